@@ -1,0 +1,137 @@
+"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints.
+
+This package and the tests are the only code that imports torch. Run as
+`python -m convert CHECKPOINT OUTPUT_DIR` or `python -m convert --to-torch DIR OUT.pth`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert.mapping import (
+    ConversionError,
+    describe,
+    infer_config,
+    state_dict_to_weights,
+    torch_key,
+    weights_to_state_dict,
+)
+from sam_jax.checkpoint import atomic_directory, load_directory, write_checkpoint
+from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.modeling.sam import SamParams
+
+MODEL_TYPES = ("auto", *MODEL_REGISTRY)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Reads a reference checkpoint (a state_dict, or `{"model": state_dict}`) as float32 numpy.
+
+    Raises:
+        ConversionError: unreadable, truncated or not a dict of tensors.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"{path}: unreadable checkpoint ({first})") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f"{path}: not a state_dict (got {type(obj).__name__})")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise ConversionError(f"{path}: entry {key!r} is not a floating-point tensor")
+        out[str(key)] = value.detach().to(torch.float32).cpu().numpy()
+    return out
+
+
+def convert_state_dict(
+    state_dict: dict[str, np.ndarray], model_type: str = "auto", decoder_num_heads: int | None = None
+) -> SamParams:
+    """Builds `SamParams` from a reference state_dict (numpy values).
+
+    Args:
+        state_dict: reference keys -> arrays.
+        model_type: "auto" infers the architecture from shapes; "vit_b"/"vit_l"/"vit_h"
+            requires that architecture.
+        decoder_num_heads: the decoder's head count (not visible in shapes); default 8.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    heads = {} if decoder_num_heads is None else {"decoder_num_heads": decoder_num_heads}
+    try:
+        config: SamConfig = (
+            infer_config(state_dict, **heads) if model_type == "auto" else get_config(model_type, **heads)
+        )
+    except ConversionError:
+        raise
+    except ValueError as e:
+        raise ConversionError(f"the tensors describe no valid SAM model: {e}") from None
+    return SamParams(config=config, weights=state_dict_to_weights(state_dict, config))
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    model_type: str = "auto",
+    decoder_num_heads: int | None = None,
+) -> SamParams:
+    """Converts an official checkpoint file into a sam_jax checkpoint directory (atomically)."""
+    state_dict = read_state_dict(checkpoint)
+    try:
+        params = convert_state_dict(state_dict, model_type, decoder_num_heads)
+    except ConversionError as e:
+        raise ConversionError(f"{checkpoint}: {e}") from None
+    with atomic_directory(output_dir) as tmp:
+        write_checkpoint(tmp, params, {"converted_from": Path(checkpoint).name, "model_type": describe(params.config)})
+    return params
+
+
+def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> dict[str, Any]:
+    """Writes a sam_jax checkpoint back as a reference state_dict file (atomically).
+
+    The result loads into the reference model with `load_state_dict(strict=True)`.
+    """
+    import tempfile
+
+    import torch
+
+    try:
+        params = load_directory(flax_dir)
+    except (OSError, ValueError) as e:
+        raise ConversionError(str(e)) from None
+    state_dict = {k: torch.from_numpy(v) for k, v in weights_to_state_dict(params.weights).items()}
+    output = Path(output).absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)
+    os.close(fd)
+    try:
+        torch.save(state_dict, tmp)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return state_dict
+
+
+__all__ = [
+    "ConversionError",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "export_torch",
+    "infer_config",
+    "read_state_dict",
+    "state_dict_to_weights",
+    "torch_key",
+    "weights_to_state_dict",
+]

@@ -1,0 +1,50 @@
+"""Command line: `python -m convert CHECKPOINT OUTPUT_DIR` / `python -m convert --to-torch DIR OUT.pth`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from convert import MODEL_TYPES, ConversionError, convert_checkpoint, export_torch
+from convert.mapping import describe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m convert",
+        description="Convert an official SAM checkpoint (.pth) to a sam_jax checkpoint directory, "
+        "or back with --to-torch.",
+    )
+    p.add_argument("source", help="official checkpoint (.pth), or with --to-torch a sam_jax checkpoint directory")
+    p.add_argument("output", help="output directory, or with --to-torch the output .pth file")
+    p.add_argument("--to-torch", action="store_true", help="export a sam_jax checkpoint as a reference state_dict")
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES, help="architecture (default: inferred)")
+    p.add_argument(
+        "--decoder-num-heads",
+        type=int,
+        default=None,
+        help="mask decoder heads, invisible in tensor shapes (default 8, as every official model)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.to_torch:
+            state_dict = export_torch(args.source, args.output)
+            print(f"wrote {args.output}: {len(state_dict)} tensors")
+        else:
+            params = convert_checkpoint(args.source, args.output, args.model_type, args.decoder_num_heads)
+            print(f"wrote {args.output}: {describe(params.config)} model")
+    except ConversionError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"convert: error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

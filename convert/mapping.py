@@ -1,0 +1,202 @@
+"""Name and layout mapping between reference state_dicts and `SamParams.weights`.
+
+Pure numpy: no torch here. Flax paths mirror torch keys by one rule, so the mapping is
+derived, not tabulated:
+
+- a module name ending in `_N` is torch's list index `.N`
+  (`blocks_3` <-> `blocks.3`, `neck_2` <-> `neck.2`);
+- a leaf `kernel` is torch's `weight`, transposed: Linear (out, in) <-> (in, out);
+  Conv2d (out, in, kh, kw) <-> (kh, kw, in, out); ConvTranspose2d (in, out, kh, kw)
+  <-> (kh, kw, in, out);
+- leaves `scale` (LayerNorm) and `embedding` (nn.Embedding) are torch's `weight`;
+- every other leaf (`bias`, `pos_embed`, `rel_pos_h`, ...) keeps its name and layout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from sam_jax.config import MODEL_REGISTRY, SamConfig
+from sam_jax.modeling.sam import abstract_params
+
+# The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)).
+TRANSPOSED_CONVS = ("mask_decoder.output_upscaling.0", "mask_decoder.output_upscaling.3")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model: names the offending key."""
+
+
+def _module_to_torch(name: str) -> str:
+    return re.sub(r"_(\d+)$", r".\1", name)
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+    """Flax weights path -> reference state_dict key."""
+    *modules, leaf = path
+    prefix = ".".join(_module_to_torch(m) for m in modules)
+    leaf = "weight" if leaf in ("kernel", "scale", "embedding") else leaf
+    return f"{prefix}.{leaf}"
+
+
+def _iter_leaves(tree: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(tree, Mapping):
+        for k in tree:
+            yield from _iter_leaves(tree[k], (*path, str(k)))
+    else:
+        yield path, tree
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def to_flax_layout(key: str, leaf: str, value: np.ndarray) -> np.ndarray:
+    """Reference tensor -> flax layout for the leaf named `leaf` at torch key `key`."""
+    if leaf != "kernel":
+        return value
+    if value.ndim == 2:
+        return value.T
+    if key.rsplit(".", 1)[0] in TRANSPOSED_CONVS:
+        return value.transpose(2, 3, 0, 1)
+    return value.transpose(2, 3, 1, 0)
+
+
+def to_torch_layout(key: str, leaf: str, value: np.ndarray) -> np.ndarray:
+    """Inverse of `to_flax_layout`."""
+    if leaf != "kernel":
+        return value
+    if value.ndim == 2:
+        return value.T
+    if key.rsplit(".", 1)[0] in TRANSPOSED_CONVS:
+        return value.transpose(2, 3, 0, 1)
+    return value.transpose(3, 2, 0, 1)
+
+
+def state_dict_to_weights(state_dict: Mapping[str, np.ndarray], config: SamConfig) -> dict[str, Any]:
+    """Maps a reference state_dict onto the weights tree of `config`, strictly.
+
+    Every parameter of the model must be filled with a tensor of the right shape, and
+    every tensor must be used.
+
+    Raises:
+        ConversionError naming the first missing, unexpected or mis-shaped key.
+    """
+    expected = abstract_params(config).weights
+    weights: dict[str, Any] = {}
+    used = set()
+    for path, spec in _iter_leaves(expected):
+        key = torch_key(path)
+        if key not in state_dict:
+            raise ConversionError(f"missing tensor {key!r} (needed for a {describe(config)} model)")
+        value = to_flax_layout(key, path[-1], np.asarray(state_dict[key]))
+        if value.shape != tuple(spec.shape):
+            want = to_torch_layout(key, path[-1], np.empty(spec.shape, np.uint8)).shape
+            got = np.asarray(state_dict[key]).shape
+            raise ConversionError(f"tensor {key!r} has shape {tuple(got)}, expected {tuple(want)}")
+        _set(weights, path, np.ascontiguousarray(value, dtype=np.float32))
+        used.add(key)
+    extra = sorted(set(state_dict) - used)
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ConversionError(f"unexpected tensor {extra[0]!r}{more}: not part of a {describe(config)} model")
+    return weights
+
+
+def weights_to_state_dict(weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Flax weights tree -> reference state_dict of float32 numpy arrays (same values, bit for bit)."""
+    out = {}
+    for path, value in _iter_leaves(weights):
+        key = torch_key(path)
+        out[key] = np.ascontiguousarray(to_torch_layout(key, path[-1], np.asarray(value, np.float32)))
+    return out
+
+
+def describe(config: SamConfig) -> str:
+    for name, registered in MODEL_REGISTRY.items():
+        if registered == config:
+            return name
+    return f"custom (embed {config.encoder_embed_dim}, depth {config.encoder_depth}, image {config.image_size})"
+
+
+def _need(state_dict: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise ConversionError(f"missing tensor {key!r}: not a SAM checkpoint, or an incomplete one")
+    return tuple(np.shape(state_dict[key]))
+
+
+def _count(state_dict: Mapping[str, np.ndarray], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 8) -> SamConfig:
+    """Infers the architecture of a reference checkpoint from its tensor shapes.
+
+    Works for any model built from the reference classes with SAM's fixed choices
+    (LayerNorm eps, GELU, hypernetwork widths). The decoder's head count does not show in
+    any shape: every official model uses 8, the default here.
+
+    Raises:
+        ConversionError naming a key when the tensors do not describe a SAM model.
+    """
+    enc = "image_encoder."
+    embed_dim, in_chans, patch, _ = _need(state_dict, enc + "patch_embed.proj.weight")
+    if in_chans != 3:
+        raise ConversionError(f"tensor {enc}patch_embed.proj.weight has {in_chans} input channels, expected 3")
+    depth = _count(state_dict, enc + "blocks.")
+    if depth == 0:
+        raise ConversionError(f"missing tensor {enc}blocks.0.attn.qkv.weight: no encoder blocks")
+    use_abs_pos = enc + "pos_embed" in state_dict
+    image_size = _need(state_dict, enc + "pos_embed")[1] * patch if use_abs_pos else 1024
+    grid = image_size // patch
+    use_rel_pos = enc + "blocks.0.attn.rel_pos_h" in state_dict
+    registry = {c.encoder_embed_dim: c for c in MODEL_REGISTRY.values()}
+    if use_rel_pos:
+        head_dim = _need(state_dict, enc + "blocks.0.attn.rel_pos_h")[1]
+        num_heads = embed_dim // head_dim
+        lengths = [_need(state_dict, f"{enc}blocks.{i}.attn.rel_pos_h")[0] for i in range(depth)]
+        global_idx = tuple(i for i, n in enumerate(lengths) if n == 2 * grid - 1)
+        windowed = {n for n in lengths if n != 2 * grid - 1}
+        if len(windowed) > 1:
+            raise ConversionError(f"windowed blocks have rel_pos_h of different lengths {sorted(windowed)}")
+        window = (windowed.pop() + 1) // 2 if windowed else 14
+    elif embed_dim in registry:
+        ref = registry[embed_dim]
+        num_heads, global_idx, window = ref.encoder_num_heads, ref.encoder_global_attn_indexes, ref.encoder_window_size
+    else:
+        raise ConversionError("cannot infer encoder heads and windows without rel_pos tensors")
+    mlp_dim = _need(state_dict, enc + "blocks.0.mlp.lin1.weight")[0]
+    out_chans = _need(state_dict, enc + "neck.0.weight")[0]
+    dec = "mask_decoder."
+    mask_tokens = _need(state_dict, dec + "mask_tokens.weight")[0]
+    internal = _need(state_dict, dec + "transformer.layers.0.cross_attn_token_to_image.q_proj.weight")[0]
+    return SamConfig(
+        encoder_embed_dim=embed_dim,
+        encoder_depth=depth,
+        encoder_num_heads=num_heads,
+        encoder_global_attn_indexes=global_idx,
+        image_size=image_size,
+        patch_size=patch,
+        encoder_window_size=window,
+        encoder_mlp_ratio=mlp_dim / embed_dim,
+        qkv_bias=enc + "blocks.0.attn.qkv.bias" in state_dict,
+        use_abs_pos=use_abs_pos,
+        use_rel_pos=use_rel_pos,
+        prompt_embed_dim=out_chans,
+        mask_in_chans=_need(state_dict, "prompt_encoder.mask_downscaling.3.weight")[0],
+        decoder_depth=_count(state_dict, dec + "transformer.layers."),
+        decoder_num_heads=decoder_num_heads,
+        decoder_mlp_dim=_need(state_dict, dec + "transformer.layers.0.mlp.lin1.weight")[0],
+        attention_downsample_rate=out_chans // internal,
+        num_multimask_outputs=mask_tokens - 1,
+        iou_head_depth=_count(state_dict, dec + "iou_prediction_head.layers."),
+        iou_head_hidden_dim=_need(state_dict, dec + "iou_prediction_head.layers.0.weight")[0],
+    )

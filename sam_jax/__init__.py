@@ -1,0 +1,59 @@
+"""sam-jax: Segment Anything (SAM v1) in JAX/Flax, exact to the reference.
+
+params = sam_jax.load("converted-checkpoint-dir")
+masks, scores, low_res = sam_jax.predict(params, image, points=[[500, 375]])
+
+emb = sam_jax.encode(params, image)          # once per image
+masks, scores, low_res = sam_jax.decode(params, emb, box=[10, 20, 300, 400])
+"""
+
+from __future__ import annotations
+
+import os
+
+from sam_jax.checkpoint import load_directory, save
+from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.modeling.sam import SamParams, init_params
+from sam_jax.predictor import ImageEmbedding, decode, encode, predict
+
+__version__ = "0.1.0"
+
+
+def load(path: str | os.PathLike[str]) -> SamParams:
+    """Loads `SamParams` from a checkpoint directory written by the converter or `save`.
+
+    Args:
+        path: a checkpoint directory.
+    Returns:
+        `SamParams` carrying their `SamConfig`.
+    Raises:
+        FileNotFoundError: no checkpoint at `path`.
+        ValueError: the checkpoint is damaged or its weights do not fit its config.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a checkpoint directory path, got {type(path).__name__}")
+    return load_directory(path)
+
+
+def init(config: SamConfig | str, seed: int = 0) -> SamParams:
+    """Randomly initialised `SamParams` for a config or registry name (e.g. "vit_b")."""
+    if isinstance(config, str):
+        config = get_config(config)
+    if not isinstance(config, SamConfig):
+        raise TypeError(f"config must be a SamConfig or a registry name, got {type(config).__name__}")
+    return init_params(config, seed)
+
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "ImageEmbedding",
+    "SamConfig",
+    "SamParams",
+    "decode",
+    "encode",
+    "get_config",
+    "init",
+    "load",
+    "predict",
+    "save",
+]

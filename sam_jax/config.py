@@ -1,0 +1,164 @@
+"""Model configurations: one frozen, hashable dataclass per model, and a registry.
+
+A `SamConfig` holds every architectural choice of the reference `segment_anything`
+classes (`ImageEncoderViT`, `PromptEncoder`, `MaskDecoder`, `TwoWayTransformer`) so a
+config can be a static argument of `jax.jit`. The registry mirrors
+`segment_anything.build_sam.sam_model_registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """Architecture of one SAM model (reference `build_sam._build_sam` and its classes).
+
+    Image encoder (`ImageEncoderViT`):
+        image_size: side of the square model input (the image is resized and padded to it).
+        patch_size: side of a patch; the embedding grid is image_size // patch_size.
+        encoder_embed_dim, encoder_depth, encoder_num_heads: ViT width, depth and heads.
+        encoder_global_attn_indexes: blocks with global attention; the others are windowed.
+        encoder_window_size: window side of the windowed blocks.
+        encoder_mlp_ratio: MLP hidden width / embed dim.
+        qkv_bias, use_abs_pos, use_rel_pos: as the reference flags.
+    Prompt encoder (`PromptEncoder`):
+        prompt_embed_dim: width of prompt tokens, image embedding and decoder (256 in SAM).
+        mask_in_chans: hidden channels of the mask-prompt downscaler.
+    Mask decoder (`MaskDecoder`, `TwoWayTransformer`):
+        decoder_depth, decoder_num_heads, decoder_mlp_dim: two-way transformer sizes.
+        attention_downsample_rate: cross attention runs at prompt_embed_dim // rate.
+        num_multimask_outputs: masks returned with multimask_output=True.
+        iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+    Pre-processing:
+        pixel_mean, pixel_std: per-channel RGB normalisation.
+    """
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    patch_size: int = 16
+    encoder_window_size: int = 14
+    encoder_mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = PIXEL_STD
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples so the config stays hashable whatever was passed.
+        object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in self.encoder_global_attn_indexes))
+        object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
+        object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+        problems = []
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            problems.append("encoder_embed_dim must be divisible by encoder_num_heads")
+        if any(not 0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes):
+            problems.append("encoder_global_attn_indexes must lie in [0, encoder_depth)")
+        internal = self.prompt_embed_dim // max(self.attention_downsample_rate, 1)
+        if self.prompt_embed_dim % self.decoder_num_heads or internal % self.decoder_num_heads:
+            problems.append("prompt_embed_dim (and its downsampled width) must be divisible by decoder_num_heads")
+        if self.prompt_embed_dim % 8 or self.prompt_embed_dim % 2:
+            problems.append("prompt_embed_dim must be a multiple of 8 (the upscaler ends at dim // 8)")
+        if self.mask_in_chans % 4:
+            problems.append("mask_in_chans must be a multiple of 4")
+        if problems:
+            raise ValueError("invalid SamConfig: " + "; ".join(problems))
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid (64 for the official models)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the low-res mask logits and of `mask_input` (256 for the official models)."""
+        return 4 * self.embedding_size
+
+    @property
+    def num_mask_tokens(self) -> int:
+        return self.num_multimask_outputs + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SamConfig:
+        """Builds a config from `to_dict` output; unknown keys from newer versions are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The official models (reference build_sam.py): only the encoder differs.
+MODEL_REGISTRY: dict[str, SamConfig] = {
+    "vit_h": SamConfig(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
+    "vit_l": SamConfig(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_b": SamConfig(
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> SamConfig:
+    """Returns a registered configuration, optionally with fields replaced.
+
+    Args:
+        name: a registry name (`vit_b`, `vit_l`, `vit_h`), optionally followed by
+            `/field=value` overrides, e.g. `"vit_b/image_size=512"`.
+        **overrides: further field replacements.
+    Returns:
+        The frozen `SamConfig`.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string such as 'vit_b', got {type(name).__name__}")
+    base, *parts = name.split("/")
+    if base not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model type {base!r}; expected one of {sorted(MODEL_REGISTRY)}")
+    fields = {f.name: f for f in dataclasses.fields(SamConfig)}
+    parsed: dict[str, Any] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"bad override {part!r} in {name!r}; expected FIELD=VALUE with a SamConfig field")
+        current = getattr(MODEL_REGISTRY[base], key)
+        if isinstance(current, tuple):
+            parsed[key] = tuple(type(current[0] if current else 0)(v) for v in value.split(",") if v)
+        elif isinstance(current, bool):
+            parsed[key] = value.lower() in ("1", "true", "yes")
+        else:
+            parsed[key] = type(current)(value)
+    parsed.update(overrides)
+    return dataclasses.replace(MODEL_REGISTRY[base], **parsed)

@@ -1,0 +1,72 @@
+"""Building blocks shared by the encoder and decoder (reference `modeling/common.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch's `nn.GELU()`; `nn.gelu` defaults to the tanh approximation."""
+    return nn.gelu(x, approximate=False)
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    """LayerNorm over the channel (last) axis.
+
+    The reference `LayerNorm2d` normalises NCHW over C; in NHWC that is a plain LayerNorm.
+    `use_fast_variance=False` computes E[(x - mean)^2] like torch rather than E[x^2] - mean^2,
+    which loses precision when the mean is large.
+    """
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+
+
+class MLPBlock(nn.Module):
+    """`lin2(act(lin1(x)))` (reference `MLPBlock`)."""
+
+    mlp_dim: int
+    act: Callable[[jax.Array], jax.Array] = gelu
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        x = nn.Dense(self.mlp_dim, name="lin1")(x)
+        return nn.Dense(dim, name="lin2")(self.act(x))
+
+
+def relu(x: jax.Array) -> jax.Array:
+    return jnp.maximum(x, 0)
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Source indices and weight of torch's linear interpolation with align_corners=False.
+
+    Reference: ATen `area_pixel_compute_source_index`: src = max(scale * (dst + 0.5) - 0.5, 0)
+    with scale = in / out; the two taps are floor(src) and its right neighbour (clamped).
+    Computed with numpy at trace time, so they are constants of the compiled program.
+    """
+    import numpy as np
+
+    src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return jnp.asarray(i0), jnp.asarray(i1), jnp.asarray((src - i0).astype(np.float32))
+
+
+def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:
+    """Resizes one axis like torch `F.interpolate(mode="linear"/"bilinear", align_corners=False)`.
+
+    No antialiasing, as torch's default; `jax.image.resize` antialiases when shrinking.
+    Applying it to two axes in turn is torch's bilinear mode up to float rounding.
+    """
+    axis = axis % x.ndim
+    if x.shape[axis] == size:
+        return x
+    i0, i1, w1 = _linear_taps(x.shape[axis], size)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    w1 = w1.reshape(shape).astype(x.dtype)
+    return jnp.take(x, i0, axis=axis) * (1 - w1) + jnp.take(x, i1, axis=axis) * w1

@@ -1,0 +1,209 @@
+"""The image encoder: a windowed ViT with decomposed relative positions (reference
+`modeling/image_encoder.py`, after ViTDet, Li et al. 2022, arXiv:2203.16527).
+
+Arrays are NHWC throughout. Input: normalised, padded images (B, S, S, 3) with S the
+config's `image_size`; output: image embeddings (B, S/16, S/16, prompt_embed_dim).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling.common import MLPBlock, interpolate_linear, layer_norm
+
+ENCODER_LN_EPS = 1e-6
+
+
+def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
+    """Splits (B, H, W, C) into non-overlapping windows, zero-padding H and W to a multiple.
+
+    Padded tokens are zeros and take part in attention as keys, as in the reference.
+
+    Returns:
+        windows: (B * num_windows, window_size, window_size, C).
+        (Hp, Wp): the padded height and width.
+    """
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(windows: jax.Array, window_size: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> jax.Array:
+    """Inverse of `window_partition`: (B * num_windows, ws, ws, C) -> (B, H, W, C), unpadded."""
+    hp, wp = pad_hw
+    h, w = hw
+    b = windows.shape[0] // (hp * wp // window_size // window_size)
+    x = windows.reshape(b, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :]
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
+    """Relative-position embeddings for every (query, key) pair along one axis.
+
+    Args:
+        q_size, k_size: query and key lengths along the axis.
+        rel_pos: the stored table (L, head_dim). When L differs from 2 * max(q, k) - 1
+            (a table trained at another resolution) it is linearly interpolated, as the
+            reference does.
+    Returns:
+        (q_size, k_size, head_dim).
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    rel_pos = interpolate_linear(rel_pos, max_rel_dist, axis=0)
+    # Scale coordinates with the shorter side when q and k differ (reference get_rel_pos);
+    # torch does this arithmetic in float32, so we do too.
+    q_coords = np.arange(q_size, dtype=np.float32)[:, None] * np.float32(max(k_size / q_size, 1.0))
+    k_coords = np.arange(k_size, dtype=np.float32)[None, :] * np.float32(max(q_size / k_size, 1.0))
+    relative = (q_coords - k_coords) + np.float32((k_size - 1) * max(q_size / k_size, 1.0))
+    return rel_pos[relative.astype(np.int64)]
+
+
+def add_decomposed_rel_pos(
+    attn: jax.Array,
+    q: jax.Array,
+    rel_pos_h: jax.Array,
+    rel_pos_w: jax.Array,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> jax.Array:
+    """Adds MViTv2's decomposed relative positions to attention logits (arXiv:2112.01526).
+
+    attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
+
+    Args:
+        attn: logits (..., q_h * q_w, k_h * k_w).
+        q: queries (..., q_h * q_w, head_dim).
+        rel_pos_h, rel_pos_w: tables (L_h, head_dim), (L_w, head_dim).
+        q_size, k_size: spatial (h, w) of queries and keys.
+    Returns:
+        attn with the relative-position terms added, same shape.
+    """
+    (q_h, q_w), (k_h, k_w) = q_size, k_size
+    r_h = get_rel_pos(q_h, k_h, rel_pos_h)
+    r_w = get_rel_pos(q_w, k_w, rel_pos_w)
+    lead = q.shape[:-2]
+    r_q = q.reshape(*lead, q_h, q_w, q.shape[-1])
+    rel_h = jnp.einsum("...hwc,hkc->...hwk", r_q, r_h)
+    rel_w = jnp.einsum("...hwc,wkc->...hwk", r_q, r_w)
+    attn = attn.reshape(*lead, q_h, q_w, k_h, k_w)
+    attn = attn + rel_h[..., :, :, :, None] + rel_w[..., :, :, None, :]
+    return attn.reshape(*lead, q_h * q_w, k_h * k_w)
+
+
+class Attention(nn.Module):
+    """Multi-head self attention with optional decomposed relative positions.
+
+    Attributes:
+        num_heads: attention heads.
+        qkv_bias: whether the fused qkv projection has a bias.
+        use_rel_pos: whether to add relative positions.
+        rel_pos_size: (h, w) the tables are sized for at initialisation (the window, or
+            the whole grid for global blocks). Loaded tables of another length are
+            interpolated at call time.
+    """
+
+    num_heads: int
+    qkv_bias: bool = True
+    use_rel_pos: bool = True
+    rel_pos_size: tuple[int, int] = (14, 14)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, dim = x.shape
+        head_dim = dim // self.num_heads
+        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, name="qkv")(x)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, head_dim)
+        attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
+        if self.use_rel_pos:
+            init = nn.initializers.zeros
+            rel_pos_h = self.param("rel_pos_h", init, (2 * self.rel_pos_size[0] - 1, head_dim))
+            rel_pos_w = self.param("rel_pos_w", init, (2 * self.rel_pos_size[1] - 1, head_dim))
+            attn = add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, (h, w), (h, w))
+        attn = jax.nn.softmax(attn, axis=-1)
+        out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, dim)
+        return nn.Dense(dim, name="proj")(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; windowed attention when `window_size` > 0, else global."""
+
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    use_rel_pos: bool
+    window_size: int
+    grid_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x
+        x = layer_norm(ENCODER_LN_EPS, "norm1")(x)
+        rel_pos_size = (self.window_size, self.window_size) if self.window_size else self.grid_size
+        attn = Attention(self.num_heads, self.qkv_bias, self.use_rel_pos, rel_pos_size, name="attn")
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+            x = window_unpartition(attn(x), self.window_size, pad_hw, (h, w))
+        else:
+            x = attn(x)
+        x = shortcut + x
+        mlp = MLPBlock(int(x.shape[-1] * self.mlp_ratio), name="mlp")
+        return x + mlp(layer_norm(ENCODER_LN_EPS, "norm2")(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, H, W, 3) -> (B, H/p, W/p, embed_dim)."""
+
+    embed_dim: int
+    patch_size: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj")(x)
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT image encoder with a convolutional neck to `prompt_embed_dim` channels."""
+
+    config: SamConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, prompt_embed_dim)."""
+        cfg = self.config
+        p = cfg.patch_size
+        x = PatchEmbed(cfg.encoder_embed_dim, p, name="patch_embed")(x)
+        grid = (cfg.embedding_size, cfg.embedding_size)
+        if cfg.use_abs_pos:
+            pos_embed = self.param("pos_embed", nn.initializers.zeros, (1, *grid, cfg.encoder_embed_dim))
+            x = x + pos_embed
+        for i in range(cfg.encoder_depth):
+            window = 0 if i in cfg.encoder_global_attn_indexes else cfg.encoder_window_size
+            x = Block(
+                num_heads=cfg.encoder_num_heads,
+                mlp_ratio=cfg.encoder_mlp_ratio,
+                qkv_bias=cfg.qkv_bias,
+                use_rel_pos=cfg.use_rel_pos,
+                window_size=window,
+                grid_size=grid,
+                name=f"blocks_{i}",
+            )(x)
+        out = cfg.prompt_embed_dim
+        x = nn.Conv(out, (1, 1), use_bias=False, name="neck_0")(x)
+        x = layer_norm(ENCODER_LN_EPS, "neck_1")(x)
+        x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="neck_2")(x)
+        return layer_norm(ENCODER_LN_EPS, "neck_3")(x)

@@ -1,0 +1,116 @@
+"""The mask decoder (reference `modeling/mask_decoder.py`).
+
+Output tokens (one IoU token, `num_multimask_outputs + 1` mask tokens) run through the
+two-way transformer with the prompt tokens; each mask token becomes, through its own
+hypernetwork MLP, the weights of a dot product with the upscaled image embedding.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling.common import gelu, layer_norm, relu
+from sam_jax.modeling.transformer import TwoWayTransformer
+
+LAYER_NORM_2D_EPS = 1e-6
+
+
+class MLP(nn.Module):
+    """`num_layers` Dense layers with ReLU between them (reference `MLP`)."""
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    sigmoid_output: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+            x = x if last else relu(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
+
+
+class ConvTranspose2x2(nn.Module):
+    """torch `ConvTranspose2d(kernel_size=2, stride=2)`: each pixel becomes a 2x2 block.
+
+    Kernel layout (2, 2, in, out); the converter transposes torch's (in, out, 2, 2).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel)
+        return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+
+
+class MaskDecoder(nn.Module):
+    config: SamConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        image_embedding: jax.Array,
+        image_pe: jax.Array,
+        sparse_prompt_embeddings: jax.Array,
+        dense_prompt_embeddings: jax.Array,
+        multimask_output: bool,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Predicts masks for B prompts on one or B images.
+
+        Args:
+            image_embedding: (1 or B, E, E, C), broadcast over prompts when 1.
+            image_pe: (E, E, C) dense positional encoding.
+            sparse_prompt_embeddings: (B, N, C).
+            dense_prompt_embeddings: (B, E, E, C).
+            multimask_output: return the `num_multimask_outputs` masks, else the single one.
+        Returns:
+            masks: (B, M, 4E, 4E) low-res logits; iou_pred: (B, M).
+        """
+        cfg = self.config
+        dim = cfg.prompt_embed_dim
+        n_tokens = cfg.num_mask_tokens
+        iou_token = nn.Embed(1, dim, name="iou_token").embedding
+        mask_tokens = nn.Embed(n_tokens, dim, name="mask_tokens").embedding
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = jnp.broadcast_to(jnp.concatenate([iou_token, mask_tokens]), (b, 1 + n_tokens, dim))
+        tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings], axis=1)
+
+        src = image_embedding + dense_prompt_embeddings  # broadcasts one image over B prompts
+        transformer = TwoWayTransformer(
+            cfg.decoder_depth,
+            cfg.decoder_num_heads,
+            cfg.decoder_mlp_dim,
+            cfg.attention_downsample_rate,
+            name="transformer",
+        )
+        hs, src = transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + n_tokens, :]
+
+        h, w = image_embedding.shape[1:3]
+        x = src.reshape(b, h, w, dim)
+        x = ConvTranspose2x2(dim // 4, name="output_upscaling_0")(x)
+        x = gelu(layer_norm(LAYER_NORM_2D_EPS, "output_upscaling_1")(x))
+        upscaled = gelu(ConvTranspose2x2(dim // 8, name="output_upscaling_3")(x))
+
+        hyper_in = jnp.stack(
+            [
+                MLP(dim, dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(mask_tokens_out[:, i, :])
+                for i in range(n_tokens)
+            ],
+            axis=1,
+        )
+        masks = jnp.einsum("bkc,bhwc->bkhw", hyper_in, upscaled)
+        iou_pred = MLP(cfg.iou_head_hidden_dim, n_tokens, cfg.iou_head_depth, name="iou_prediction_head")(iou_token_out)
+        # Token 0 is the single-mask output; tokens 1.. are the multimask outputs.
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou_pred[:, sl]

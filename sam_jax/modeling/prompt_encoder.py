@@ -1,0 +1,151 @@
+"""The prompt encoder (reference `modeling/prompt_encoder.py`).
+
+Points and boxes become sparse tokens (random Fourier features plus learned
+embeddings, Tancik et al. 2020, arXiv:2006.10739); a low-res mask becomes a dense
+embedding added to the image embedding, or the learned `no_mask` embedding otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling.common import gelu, layer_norm
+
+LAYER_NORM_2D_EPS = 1e-6
+
+# Point labels (reference `_embed_points`).
+LABEL_PADDING = -1
+LABEL_BACKGROUND = 0
+LABEL_FOREGROUND = 1
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Positional encoding by random spatial frequencies (reference `PositionEmbeddingRandom`).
+
+    The Gaussian matrix is a fixed buffer in the reference, not a trained parameter; it
+    lives in the params tree so checkpoints carry it, and training freezes it.
+    """
+
+    num_pos_feats: int
+
+    @nn.compact
+    def encode(self, coords: jax.Array) -> jax.Array:
+        """Coordinates normalised to [0, 1] (..., 2) -> features (..., 2 * num_pos_feats)."""
+        gaussian = self.param(
+            "positional_encoding_gaussian_matrix", nn.initializers.normal(1.0), (2, self.num_pos_feats)
+        )
+        coords = 2 * coords - 1
+        coords = 2 * math.pi * (coords @ gaussian)
+        return jnp.concatenate([jnp.sin(coords), jnp.cos(coords)], axis=-1)
+
+    def dense(self, size: tuple[int, int]) -> jax.Array:
+        """Encoding of every cell centre of an (h, w) grid -> (h, w, C)."""
+        h, w = size
+        y = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h
+        x = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
+        grid = jnp.stack(jnp.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
+        return self.encode(grid)
+
+    def with_coords(self, coords: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+        """Pixel (x, y) coordinates in an (h, w) image -> features (..., C)."""
+        h, w = image_size
+        return self.encode(coords / jnp.asarray([w, h], dtype=coords.dtype))
+
+
+class PromptEncoder(nn.Module):
+    """Encodes point, box and mask prompts.
+
+    Submodule and parameter names mirror the reference state_dict keys
+    (`point_embeddings_0` <-> `point_embeddings.0`), which the converter relies on.
+    """
+
+    config: SamConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        dim = cfg.prompt_embed_dim
+        self.pe_layer = PositionEmbeddingRandom(dim // 2)
+        # Foreground / background points, then the two box corners.
+        self.point_embeddings = [nn.Embed(1, dim, name=f"point_embeddings_{i}") for i in range(4)]
+        self.not_a_point_embed = nn.Embed(1, dim)
+        self.no_mask_embed = nn.Embed(1, dim)
+        c = cfg.mask_in_chans
+        self.mask_downscaling = [
+            nn.Conv(c // 4, (2, 2), strides=(2, 2), padding="VALID", name="mask_downscaling_0"),
+            layer_norm(LAYER_NORM_2D_EPS, "mask_downscaling_1"),
+            nn.Conv(c, (2, 2), strides=(2, 2), padding="VALID", name="mask_downscaling_3"),
+            layer_norm(LAYER_NORM_2D_EPS, "mask_downscaling_4"),
+            nn.Conv(dim, (1, 1), name="mask_downscaling_6"),
+        ]
+
+    def _input_image_size(self) -> tuple[int, int]:
+        return (self.config.image_size, self.config.image_size)
+
+    def _embed_points(self, points: jax.Array, labels: jax.Array, pad: bool) -> jax.Array:
+        points = points + 0.5  # shift to the pixel centre
+        if pad:
+            # Without a box, a padding point (label -1) is appended (reference `_embed_points`).
+            b = points.shape[0]
+            points = jnp.concatenate([points, jnp.zeros((b, 1, 2), points.dtype)], axis=1)
+            labels = jnp.concatenate([labels, jnp.full((b, 1), LABEL_PADDING, labels.dtype)], axis=1)
+        emb = self.pe_layer.with_coords(points, self._input_image_size())
+        lab = labels[..., None]
+        emb = jnp.where(lab == LABEL_PADDING, 0.0, emb)
+        emb = emb + jnp.where(lab == LABEL_PADDING, self.not_a_point_embed.embedding[0], 0.0)
+        emb = emb + jnp.where(lab == LABEL_BACKGROUND, self.point_embeddings[0].embedding[0], 0.0)
+        return emb + jnp.where(lab == LABEL_FOREGROUND, self.point_embeddings[1].embedding[0], 0.0)
+
+    def _embed_boxes(self, boxes: jax.Array) -> jax.Array:
+        corners = (boxes + 0.5).reshape(-1, 2, 2)
+        emb = self.pe_layer.with_coords(corners, self._input_image_size())
+        corner_embed = jnp.stack([self.point_embeddings[2].embedding[0], self.point_embeddings[3].embedding[0]])
+        return emb + corner_embed
+
+    def _embed_masks(self, masks: jax.Array) -> jax.Array:
+        x = masks
+        for i, layer in enumerate(self.mask_downscaling):
+            x = layer(x)
+            if i in (1, 3):  # GELU after each LayerNorm2d
+                x = gelu(x)
+        return x
+
+    def __call__(
+        self,
+        points: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        boxes: jax.Array | None = None,
+        masks: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Embeds prompts; every given prompt shares the batch size B.
+
+        Args:
+            points: (B, N, 2) float (x, y) in the resized-and-padded input frame.
+            labels: (B, N) int, 1 foreground, 0 background, -1 padding.
+            boxes: (B, 4) XYXY in the input frame.
+            masks: (B, 4E, 4E, 1) low-res mask logits (NHWC).
+        Returns:
+            sparse: (B, N', C) tokens (N' = N (+1 padding point) (+2 box corners)).
+            dense: (B, E, E, C) mask embedding, or `no_mask` broadcast.
+            dense_pe: (E, E, C) positional encoding of the image embedding grid.
+        """
+        cfg = self.config
+        dim = cfg.prompt_embed_dim
+        no_mask = self.no_mask_embed.embedding[0]  # read unconditionally so `init` creates it
+        given = [a for a in (points, boxes, masks) if a is not None]
+        b = given[0].shape[0] if given else 1
+        sparse = [jnp.zeros((b, 0, dim), jnp.float32)]
+        if points is not None:
+            sparse.append(self._embed_points(points, labels, pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self._embed_boxes(boxes))
+        e = cfg.embedding_size
+        if masks is not None:
+            dense = self._embed_masks(masks)
+        else:
+            dense = jnp.broadcast_to(no_mask, (b, e, e, dim))
+        return jnp.concatenate(sparse, axis=1), dense, self.pe_layer.dense((e, e))

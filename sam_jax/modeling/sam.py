@@ -1,0 +1,171 @@
+"""The whole model as data: `SamParams` (config + weights pytree) and pure forward functions.
+
+There is no stateful model object. `SamParams` is a pytree whose leaves are the weights and
+whose static part is the `SamConfig`, so `jax.jit`, `jax.grad` and optax take it as is and
+every function below needs nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling.image_encoder import ImageEncoderViT
+from sam_jax.modeling.mask_decoder import MaskDecoder
+from sam_jax.modeling.prompt_encoder import PromptEncoder
+
+COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+
+@flax.struct.dataclass
+class SamParams:
+    """SAM weights with their configuration.
+
+    Attributes:
+        config: the architecture (static: part of the pytree structure, not a leaf).
+        weights: `{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`, each
+            a nested dict of arrays whose paths mirror the reference state_dict keys
+            (`blocks_3/attn/qkv/kernel` <-> `blocks.3.attn.qkv.weight`).
+    """
+
+    config: SamConfig = flax.struct.field(pytree_node=False)
+    weights: dict[str, Any]
+
+
+def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
+    s, e, c = config.image_size, config.embedding_size, config.prompt_embed_dim
+    m = config.low_res_mask_size
+    f32 = jnp.float32
+    return {
+        "image_encoder": (jnp.zeros((1, s, s, 3), f32),),
+        "prompt_encoder": (
+            jnp.zeros((1, 1, 2), f32),
+            jnp.ones((1, 1), jnp.int32),
+            jnp.zeros((1, 4), f32),
+            jnp.zeros((1, m, m, 1), f32),
+        ),
+        "mask_decoder": (
+            jnp.zeros((1, e, e, c), f32),
+            jnp.zeros((e, e, c), f32),
+            jnp.zeros((1, 3, c), f32),
+            jnp.zeros((1, e, e, c), f32),
+            True,
+        ),
+    }
+
+
+def modules(config: SamConfig) -> dict[str, Any]:
+    """The three flax modules of a config, keyed like `SamParams.weights`."""
+    return {
+        "image_encoder": ImageEncoderViT(config),
+        "prompt_encoder": PromptEncoder(config),
+        "mask_decoder": MaskDecoder(config),
+    }
+
+
+def init_params(config: SamConfig, rng: jax.Array | int = 0) -> SamParams:
+    """Randomly initialised weights (flax default initialisers; zeros for positions).
+
+    Args:
+        config: the architecture.
+        rng: a PRNG key or an integer seed.
+    Returns:
+        `SamParams` on the default device.
+    """
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    keys = dict(zip(COMPONENTS, jax.random.split(rng, len(COMPONENTS)), strict=True))
+    dummies = _dummy_inputs(config)
+
+    def init(name: str) -> Any:
+        module = modules(config)[name]
+        # Under jit, XLA drops the forward pass that `init` traces: only the params are outputs.
+        return jax.jit(lambda k: module.init(k, *dummies[name])["params"])(keys[name])
+
+    return SamParams(config=config, weights={name: init(name) for name in COMPONENTS})
+
+
+def abstract_params(config: SamConfig) -> SamParams:
+    """`SamParams` of `jax.ShapeDtypeStruct` leaves: the expected shapes, computed without work."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+    """Reference `Sam.preprocess` on device for images already padded on the host.
+
+    Args:
+        images: (B, S, S, 3) uint8, resized images in the top-left corner, any padding.
+        input_hw: (B, 2) int, the resized (h, w) of each image.
+    Returns:
+        (B, S, S, 3) float32: (x - mean) / std inside each image, exactly 0 in the padding
+        (the reference pads after normalising).
+    """
+    mean = jnp.asarray(config.pixel_mean, jnp.float32)
+    std = jnp.asarray(config.pixel_std, jnp.float32)
+    x = (images.astype(jnp.float32) - mean) / std
+    s = images.shape[1]
+    rows = jnp.arange(s)[None, :] < input_hw[:, 0:1]
+    cols = jnp.arange(s)[None, :] < input_hw[:, 1:2]
+    valid = rows[:, :, None] & cols[:, None, :]
+    return jnp.where(valid[..., None], x, 0.0)
+
+
+def image_encoder_forward(params: SamParams, images: jax.Array) -> jax.Array:
+    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C)."""
+    module = ImageEncoderViT(params.config)
+    return module.apply({"params": params.weights["image_encoder"]}, images)
+
+
+def prompt_encoder_forward(
+    params: SamParams,
+    points: jax.Array | None = None,
+    labels: jax.Array | None = None,
+    boxes: jax.Array | None = None,
+    masks: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """See `PromptEncoder.__call__`: returns (sparse, dense, dense_pe)."""
+    module = PromptEncoder(params.config)
+    return module.apply({"params": params.weights["prompt_encoder"]}, points, labels, boxes, masks)
+
+
+def mask_decoder_forward(
+    params: SamParams,
+    image_embedding: jax.Array,
+    image_pe: jax.Array,
+    sparse: jax.Array,
+    dense: jax.Array,
+    multimask_output: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """See `MaskDecoder.__call__`: returns (low-res logits (B, M, 4E, 4E), iou (B, M))."""
+    module = MaskDecoder(params.config)
+    return module.apply(
+        {"params": params.weights["mask_decoder"]}, image_embedding, image_pe, sparse, dense, multimask_output
+    )
+
+
+def predict_low_res(
+    params: SamParams,
+    image_embedding: jax.Array,
+    points: jax.Array | None,
+    labels: jax.Array | None,
+    boxes: jax.Array | None,
+    mask_input: jax.Array | None,
+    multimask_output: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Prompts in the model input frame -> low-res mask logits and IoU predictions.
+
+    Args:
+        image_embedding: (E, E, C) one image's embedding.
+        points: (B, N, 2) float32 or None; labels: (B, N) int32 or None.
+        boxes: (B, 4) float32 or None.
+        mask_input: (B, 4E, 4E, 1) float32 or None.
+        multimask_output: see `MaskDecoder`.
+    Returns:
+        low_res_logits (B, M, 4E, 4E), iou_predictions (B, M).
+    """
+    sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, boxes, mask_input)
+    return mask_decoder_forward(params, image_embedding[None], dense_pe, sparse, dense, multimask_output)

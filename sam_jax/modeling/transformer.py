@@ -1,0 +1,113 @@
+"""The two-way transformer of the mask decoder (reference `modeling/transformer.py`).
+
+Prompt tokens attend to themselves and to the image; the image attends back to the
+tokens. Positional encodings are re-added to queries and keys at every attention.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sam_jax.modeling.common import MLPBlock, layer_norm, relu
+
+DECODER_LN_EPS = 1e-5  # torch's nn.LayerNorm default, used by the reference decoder
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose inner width can be reduced by `downsample_rate`."""
+
+    num_heads: int
+    downsample_rate: int = 1
+
+    @nn.compact
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C)."""
+        dim = q.shape[-1]
+        inner = dim // self.downsample_rate
+        head_dim = inner // self.num_heads
+
+        def heads(x: jax.Array, name: str) -> jax.Array:
+            x = nn.Dense(inner, name=name)(x)
+            return x.reshape(*x.shape[:-1], self.num_heads, head_dim)
+
+        qh, kh, vh = heads(q, "q_proj"), heads(k, "k_proj"), heads(v, "v_proj")
+        attn = jnp.einsum("bqnd,bknd->bnqk", qh, kh) / jnp.sqrt(jnp.float32(head_dim)).astype(qh.dtype)
+        attn = jax.nn.softmax(attn, axis=-1)
+        out = jnp.einsum("bnqk,bknd->bqnd", attn, vh).reshape(*q.shape[:-1], inner)
+        return nn.Dense(dim, name="out_proj")(out)
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Self attention on tokens, token->image and image->token cross attention, token MLP."""
+
+    num_heads: int
+    mlp_dim: int
+    attention_downsample_rate: int = 2
+    skip_first_layer_pe: bool = False
+
+    @nn.compact
+    def __call__(
+        self, queries: jax.Array, keys: jax.Array, query_pe: jax.Array, key_pe: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        rate = self.attention_downsample_rate
+        self_attn = Attention(self.num_heads, name="self_attn")
+        if self.skip_first_layer_pe:
+            # The first layer's queries are the prompt embeddings themselves, so their
+            # positional part is already in them: no PE added, no residual.
+            queries = self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self_attn(q, q, queries)
+        queries = layer_norm(DECODER_LN_EPS, "norm1")(queries)
+
+        q, k = queries + query_pe, keys + key_pe
+        queries = queries + Attention(self.num_heads, rate, name="cross_attn_token_to_image")(q, k, keys)
+        queries = layer_norm(DECODER_LN_EPS, "norm2")(queries)
+
+        queries = queries + MLPBlock(self.mlp_dim, act=relu, name="mlp")(queries)
+        queries = layer_norm(DECODER_LN_EPS, "norm3")(queries)
+
+        q, k = queries + query_pe, keys + key_pe
+        keys = keys + Attention(self.num_heads, rate, name="cross_attn_image_to_token")(k, q, queries)
+        keys = layer_norm(DECODER_LN_EPS, "norm4")(keys)
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    attention_downsample_rate: int = 2
+
+    @nn.compact
+    def __call__(
+        self, image_embedding: jax.Array, image_pe: jax.Array, point_embedding: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Runs the two-way transformer.
+
+        Args:
+            image_embedding: (B, H, W, C).
+            image_pe: (B, H, W, C) or broadcastable.
+            point_embedding: (B, N, C) prompt and output tokens.
+        Returns:
+            queries: (B, N, C) processed tokens.
+            keys: (B, H * W, C) processed image tokens.
+        """
+        b, h, w, c = image_embedding.shape
+        keys = image_embedding.reshape(b, h * w, c)
+        key_pe = jnp.broadcast_to(image_pe, (b, h, w, c)).reshape(b, h * w, c)
+        queries = point_embedding
+        for i in range(self.depth):
+            queries, keys = TwoWayAttentionBlock(
+                self.num_heads,
+                self.mlp_dim,
+                self.attention_downsample_rate,
+                skip_first_layer_pe=i == 0,
+                name=f"layers_{i}",
+            )(queries, keys, point_embedding, key_pe)
+        q, k = queries + point_embedding, keys + key_pe
+        attn = Attention(self.num_heads, self.attention_downsample_rate, name="final_attn_token_to_image")
+        queries = queries + attn(q, k, keys)
+        return layer_norm(DECODER_LN_EPS, "norm_final_attn")(queries), keys

@@ -1,0 +1,330 @@
+"""The functional predictor: `encode` an image once, `decode` many prompts against it.
+
+Equivalent to the reference `SamPredictor.set_image` / `predict` / `predict_torch`, without
+state: the image embedding is a value (`ImageEmbedding`) that the caller keeps.
+
+Inputs are checked on the host before anything is traced, so a bad argument raises a
+`ValueError`/`TypeError` naming it. Compiled programs are keyed so that:
+- the encoder sees fixed (B, S, S, 3) uint8 inputs: images of any size share one program;
+- the decoder is keyed by the prompt shapes only;
+- mask post-processing (cheap) is keyed by the image size.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax import transforms
+from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
+from sam_jax.modeling.sam import SamParams, image_encoder_forward, normalize_and_pad, predict_low_res
+
+MASK_THRESHOLD = 0.0
+
+
+@flax.struct.dataclass
+class ImageEmbedding:
+    """The encoder output for one image (or a batch of same-sized images).
+
+    Attributes:
+        image_embedding: (E, E, C) for one image, (B, E, E, C) for a batch; NHWC.
+        original_size: (H, W) of the image(s) given to `encode`.
+        input_size: (h, w) after resizing the longest side to the model's image size.
+    """
+
+    image_embedding: jax.Array
+    original_size: tuple[int, int] = flax.struct.field(pytree_node=False)
+    input_size: tuple[int, int] = flax.struct.field(pytree_node=False)
+
+    @property
+    def is_batch(self) -> bool:
+        return self.image_embedding.ndim == 4
+
+    def __len__(self) -> int:
+        if not self.is_batch:
+            raise TypeError("this ImageEmbedding holds one image; len() applies to batches")
+        return int(self.image_embedding.shape[0])
+
+    def __getitem__(self, i: int) -> ImageEmbedding:
+        """The i-th image of a batch, as a single-image embedding."""
+        if not self.is_batch:
+            raise TypeError("this ImageEmbedding holds one image; only batches can be indexed")
+        return ImageEmbedding(self.image_embedding[i], self.original_size, self.input_size)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_params(params: Any) -> SamParams:
+    if not isinstance(params, SamParams):
+        raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
+    return params
+
+
+def _as_numeric(value: Any, name: str, form: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{name} must be an array of numbers {form}, got {type(value).__name__}") from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must be an array of numbers {form}, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite {form}; it contains NaN or infinite values")
+    return arr
+
+
+def check_image(image: Any, *, allow_batch: bool = False) -> np.ndarray:
+    """Returns `image` as a uint8 numpy array (H, W, 3), or (B, H, W, 3) if allowed."""
+    form = "(B, H, W, 3) or (H, W, 3)" if allow_batch else "(H, W, 3)"
+    if not hasattr(image, "__array__") and not isinstance(image, (list, tuple)):
+        raise TypeError(f"image must be a uint8 RGB array {form}, got {type(image).__name__}")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"image must be a uint8 RGB array {form} with values 0..255, got dtype {arr.dtype}")
+    if not (arr.ndim == 3 or (allow_batch and arr.ndim == 4)):
+        raise ValueError(f"image must have shape {form}, got {arr.shape}")
+    if arr.shape[-1] != 3:
+        raise ValueError(f"image must have 3 RGB channels last, shape {form}; got {arr.shape}")
+    if arr.shape[-3] < 1 or arr.shape[-2] < 1 or (arr.ndim == 4 and arr.shape[0] < 1):
+        raise ValueError(f"image must not be empty, got shape {arr.shape}")
+    return arr
+
+
+def check_prompts(
+    points: Any,
+    labels: Any,
+    box: Any,
+    mask_input: Any,
+    mask_size: int,
+) -> tuple[bool, np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validates prompts and returns them batched.
+
+    Returns:
+        (batched, points (B, N, 2) float64, labels (B, N) int32, box (B, 4) float64,
+        mask_input (B, 1, L, L) float32), absent ones None.
+    """
+    if points is None and box is None and mask_input is None:
+        raise ValueError("no prompt given: pass points, box or mask_input")
+    if labels is not None and points is None:
+        raise ValueError("labels were given without points")
+    batched_by: dict[str, bool] = {}
+    sizes: dict[str, int] = {}
+    pts = lab = bx = msk = None
+    if points is not None:
+        pts = _as_numeric(points, "points", "of shape (N, 2) or (B, N, 2)").astype(np.float64)
+        if pts.ndim not in (2, 3) or pts.shape[-1] != 2 or pts.shape[-2] < 1:
+            raise ValueError(f"points must have shape (N, 2) or (B, N, 2) with N >= 1, got {pts.shape}")
+        batched_by["points"] = pts.ndim == 3
+        pts = pts if pts.ndim == 3 else pts[None]
+        sizes["points"] = pts.shape[0]
+        if labels is None:
+            lab = np.full(pts.shape[:2], LABEL_FOREGROUND, np.int32)
+        else:
+            want = pts.shape[:2] if batched_by["points"] else pts.shape[1:2]
+            lab_arr = _as_numeric(labels, "labels", f"of shape {want}")
+            if lab_arr.shape != want:
+                raise ValueError(f"labels must have shape {want}, one per point, got {lab_arr.shape}")
+            if not np.all(lab_arr == np.round(lab_arr)) or not np.all(
+                np.isin(lab_arr, (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND))
+            ):
+                raise ValueError("labels must be 1 (foreground), 0 (background) or -1 (ignored padding point)")
+            lab = lab_arr.astype(np.int32).reshape(pts.shape[:2])
+    if box is not None:
+        bx = _as_numeric(box, "box", "of 4 numbers XYXY, shape (4,) or (B, 4)").astype(np.float64)
+        if bx.ndim not in (1, 2) or bx.shape[-1] != 4 or (bx.ndim == 2 and bx.shape[0] < 1):
+            raise ValueError(f"box must be 4 numbers XYXY, shape (4,) or (B, 4), got shape {bx.shape}")
+        batched_by["box"] = bx.ndim == 2
+        bx = bx if bx.ndim == 2 else bx[None]
+        sizes["box"] = bx.shape[0]
+    if mask_input is not None:
+        m = mask_size
+        msk = _as_numeric(mask_input, "mask_input", f"of low-res logits, shape (1, {m}, {m}) or (B, 1, {m}, {m})")
+        if msk.ndim not in (3, 4) or msk.shape[-3:] != (1, m, m) or (msk.ndim == 4 and msk.shape[0] < 1):
+            raise ValueError(f"mask_input must have shape (1, {m}, {m}) or (B, 1, {m}, {m}), got {msk.shape}")
+        batched_by["mask_input"] = msk.ndim == 4
+        msk = (msk if msk.ndim == 4 else msk[None]).astype(np.float32)
+        sizes["mask_input"] = msk.shape[0]
+    if len(set(batched_by.values())) > 1:
+        desc = ", ".join(f"{k} {'batched' if v else 'unbatched'}" for k, v in batched_by.items())
+        raise ValueError(f"prompts must be all batched or all unbatched, got {desc}")
+    if len(set(sizes.values())) > 1:
+        desc = ", ".join(f"{k} B={v}" for k, v in sizes.items())
+        raise ValueError(f"batched prompts must share their batch size B, got {desc}")
+    return next(iter(batched_by.values())), pts, lab, bx, msk
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+# ----------------------------------------------------------------------------- compiled cores
+
+
+@jax.jit
+def _encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+    return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw))
+
+
+@functools.partial(jax.jit, static_argnames=("multimask_output",))
+def _decode_low_res(
+    params: SamParams,
+    image_embedding: jax.Array,
+    points: jax.Array | None,
+    labels: jax.Array | None,
+    boxes: jax.Array | None,
+    mask_input: jax.Array | None,
+    multimask_output: bool,
+) -> tuple[jax.Array, jax.Array]:
+    if mask_input is not None:
+        mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
+    return predict_low_res(params, image_embedding, points, labels, boxes, mask_input, multimask_output)
+
+
+@functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size", "return_logits"))
+def _postprocess(
+    low_res: jax.Array,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    return_logits: bool,
+) -> jax.Array:
+    masks = transforms.postprocess_masks(low_res, input_size, original_size, image_size)
+    return masks if return_logits else masks > MASK_THRESHOLD
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def preprocess_images(images: np.ndarray, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Host-side resize and pad of (B, H, W, 3) uint8 images -> ((B, S, S, 3), (h, w))."""
+    resized = [transforms.resize_longest_side(im, image_size) for im in images]
+    return np.stack([transforms.pad_to_square(r, image_size) for r in resized]), resized[0].shape[:2]
+
+
+def encode(params: SamParams, image: Any) -> ImageEmbedding:
+    """Computes the image embedding (reference `SamPredictor.set_image`).
+
+    Args:
+        params: model weights and config.
+        image: (H, W, 3) uint8 RGB, or (B, H, W, 3) for a batch of same-sized images.
+    Returns:
+        An `ImageEmbedding` with `image_embedding` (E, E, C), or (B, E, E, C) for a batch.
+    """
+    params = _check_params(params)
+    arr = check_image(image, allow_batch=True)
+    batch = arr.ndim == 4
+    images = arr if batch else arr[None]
+    size = params.config.image_size
+    padded, input_size = preprocess_images(images, size)
+    input_hw = np.broadcast_to(np.asarray(input_size, np.int32), (len(images), 2))
+    emb = _encode_padded(params, padded, input_hw)
+    return ImageEmbedding(emb if batch else emb[0], tuple(images.shape[1:3]), tuple(input_size))
+
+
+def decode(
+    params: SamParams,
+    embedding: ImageEmbedding,
+    points: Any = None,
+    labels: Any = None,
+    *,
+    box: Any = None,
+    mask_input: Any = None,
+    multimask_output: bool = True,
+    return_logits: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Predicts masks for prompts on an encoded image (reference `SamPredictor.predict`).
+
+    Args:
+        params: model weights and config.
+        embedding: from `encode` (one image; index a batch with `embedding[i]`).
+        points: (N, 2) pixel (x, y) in the original image, or (B, N, 2) for B prompts.
+        labels: (N,) or (B, N): 1 foreground, 0 background; default all foreground.
+        box: (4,) XYXY in original pixels, or (B, 4).
+        mask_input: (1, L, L) low-res logits from an earlier call, or (B, 1, L, L);
+            L = 256 for the official models.
+        multimask_output: return 3 masks for ambiguous prompts, else 1.
+        return_logits: return mask logits instead of booleans.
+    Returns:
+        masks: (C, H, W) bool (float32 logits with return_logits), (B, C, H, W) if batched.
+        scores: (C,) or (B, C) float32 predicted IoU.
+        low_res_logits: (C, L, L) or (B, C, L, L) float32.
+    """
+    params = _check_params(params)
+    if not isinstance(embedding, ImageEmbedding):
+        raise TypeError(f"embedding must be an ImageEmbedding from sam_jax.encode, got {type(embedding).__name__}")
+    cfg = params.config
+    e, c = cfg.embedding_size, cfg.prompt_embed_dim
+    if embedding.is_batch:
+        raise ValueError(f"embedding holds a batch of {len(embedding)} images; decode one at a time with embedding[i]")
+    if tuple(embedding.image_embedding.shape) != (e, e, c):
+        raise ValueError(
+            f"embedding has shape {tuple(embedding.image_embedding.shape)}, but this model expects ({e}, {e}, {c})"
+        )
+    multimask_output = _check_flag(multimask_output, "multimask_output")
+    return_logits = _check_flag(return_logits, "return_logits")
+    batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, cfg.low_res_mask_size)
+    size = cfg.image_size
+    if pts is not None:
+        pts = transforms.apply_coords(pts, embedding.original_size, size).astype(np.float32)
+    if bx is not None:
+        bx = transforms.apply_boxes(bx, embedding.original_size, size).astype(np.float32)
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, pts, lab, bx, msk, multimask_output)
+    masks = _postprocess(low_res, embedding.input_size, embedding.original_size, size, return_logits)
+    if not batched:
+        return masks[0], scores[0], low_res[0]
+    return masks, scores, low_res
+
+
+def predict(
+    params: SamParams,
+    image: Any,
+    points: Any = None,
+    labels: Any = None,
+    *,
+    box: Any = None,
+    mask_input: Any = None,
+    multimask_output: bool = True,
+    return_logits: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Encodes `image` and decodes the prompts: `decode(params, encode(params, image), ...)`.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        See `decode` for the others.
+    Returns:
+        (masks, scores, low_res_logits) as `decode`.
+    """
+    params = _check_params(params)
+    arr = check_image(image)
+    # Check prompts before the (expensive) encoder runs.
+    check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    return decode(
+        params,
+        encode(params, arr),
+        points,
+        labels,
+        box=box,
+        mask_input=mask_input,
+        multimask_output=multimask_output,
+        return_logits=return_logits,
+    )
+
+
+def encode_cache_size() -> int:
+    """How many encoder programs are compiled (for tests of the no-recompile contract)."""
+    return _encode_padded._cache_size()
+
+
+def decode_cache_size() -> int:
+    return _decode_low_res._cache_size()
+
+
+__all__: Sequence[str] = ["ImageEmbedding", "decode", "encode", "predict"]

@@ -1,0 +1,76 @@
+"""Pre- and post-processing that reproduce the reference's pixels.
+
+Host side (numpy / PIL): `ResizeLongestSide` (reference `utils/transforms.py`) and the
+coordinate transforms. Device side (jax): `postprocess_masks` (reference
+`Sam.postprocess_masks`).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from PIL import Image
+
+from sam_jax.modeling.common import interpolate_linear
+
+
+def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
+    """Size (h, w) after scaling the longest side to `long_side`, rounded half up."""
+    scale = long_side * 1.0 / max(old_h, old_w)
+    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resizes an (H, W, 3) uint8 image so its longest side is `long_side`.
+
+    PIL's bilinear filter, as torchvision's `resize` applies to PIL images in the
+    reference; PIL widens the filter when shrinking (antialiasing), so this is not the
+    same as a plain bilinear resize.
+    """
+    h, w = preprocess_shape(image.shape[0], image.shape[1], long_side)
+    if (h, w) == image.shape[:2]:
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pads an (h, w, 3) image at the bottom and right to (size, size, 3)."""
+    out = np.zeros((size, size, image.shape[2]), image.dtype)
+    out[: image.shape[0], : image.shape[1]] = image
+    return out
+
+
+def apply_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """Scales (..., 2) pixel (x, y) coordinates from the original to the resized image.
+
+    float64 arithmetic as the reference's numpy path; cast to float32 afterwards.
+    """
+    old_h, old_w = original_size
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    coords = np.array(coords, dtype=np.float64)
+    coords[..., 0] *= new_w / old_w
+    coords[..., 1] *= new_h / old_h
+    return coords
+
+
+def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+    """Scales (..., 4) XYXY boxes from the original to the resized image."""
+    boxes = np.asarray(boxes)
+    return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
+
+
+def postprocess_masks(
+    masks: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+) -> jax.Array:
+    """Low-res logits -> logits at the original image size.
+
+    Upsamples (..., L, L) bilinearly to (image_size, image_size), crops the padding away
+    to `input_size`, then resizes to `original_size`, each step as torch's
+    `F.interpolate(mode="bilinear", align_corners=False)`.
+    """
+    for axis in (-2, -1):
+        masks = interpolate_linear(masks, image_size, axis)
+    masks = masks[..., : input_size[0], : input_size[1]]
+    for axis, size in ((-2, original_size[0]), (-1, original_size[1])):
+        masks = interpolate_linear(masks, size, axis)
+    return masks

@@ -1,0 +1,131 @@
+"""Builds reference `segment_anything` models with every tensor randomised.
+
+The reference zero-initialises `pos_embed` and every `rel_pos_*` and starts LayerNorms at
+(1, 0); a parity test on such a model would never exercise them. `randomize_` draws every
+parameter and buffer that the state_dict holds, and checks that none was left out.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.common import LayerNorm2d
+
+from sam_jax.config import SamConfig
+
+# A small model with every feature: windowed blocks whose grid (16) is not a multiple of the
+# window (6, so padding happens), a global block, and small widths so tests run fast.
+SMALL = SamConfig(
+    encoder_embed_dim=64,
+    encoder_depth=3,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1,),
+    image_size=256,
+    encoder_window_size=6,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
+
+def build_reference(cfg: SamConfig) -> Sam:
+    """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`)."""
+    e = cfg.embedding_size
+    encoder = ImageEncoderViT(
+        depth=cfg.encoder_depth,
+        embed_dim=cfg.encoder_embed_dim,
+        img_size=cfg.image_size,
+        mlp_ratio=cfg.encoder_mlp_ratio,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.encoder_num_heads,
+        patch_size=cfg.patch_size,
+        qkv_bias=cfg.qkv_bias,
+        use_abs_pos=cfg.use_abs_pos,
+        use_rel_pos=cfg.use_rel_pos,
+        global_attn_indexes=cfg.encoder_global_attn_indexes,
+        window_size=cfg.encoder_window_size,
+        out_chans=cfg.prompt_embed_dim,
+    )
+    prompt = PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim,
+        image_embedding_size=(e, e),
+        input_image_size=(cfg.image_size, cfg.image_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
+    decoder = MaskDecoder(
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        transformer=TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim,
+            num_heads=cfg.decoder_num_heads,
+            attention_downsample_rate=cfg.attention_downsample_rate,
+        ),
+        transformer_dim=cfg.prompt_embed_dim,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+    )
+    return Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Draws every state_dict tensor of `model` at a scale that keeps activations sane."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(t: torch.Tensor, scale: float, offset: float = 0.0) -> None:
+        t.copy_(torch.randn(t.shape, generator=g) * scale + offset)
+
+    # Only what the state_dict holds: `pixel_mean`/`pixel_std` are non-persistent buffers.
+    saved = {id(v) for v in model.state_dict(keep_vars=True).values()}
+    touched: set[int] = set()
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        for name, t in own.items():
+            if id(t) not in saved:
+                continue
+            if isinstance(module, (torch.nn.LayerNorm, LayerNorm2d)):
+                draw(t, 0.2, 1.0 if name == "weight" else 0.0)
+            elif name == "bias":
+                draw(t, 0.1)
+            elif isinstance(module, torch.nn.ConvTranspose2d):
+                draw(t, 1.0 / np.sqrt(t.shape[0]))
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                draw(t, 1.0 / np.sqrt(np.prod(t.shape[1:])))
+            elif name.startswith("rel_pos") or name == "pos_embed":
+                draw(t, 0.5)
+            else:  # nn.Embedding weights, the random-Fourier Gaussian matrix
+                draw(t, 1.0)
+            touched.add(id(t))
+    missing = [k for k, v in model.state_dict(keep_vars=True).items() if id(v) not in touched]
+    assert not missing, f"not randomised: {missing}"
+    return model
+
+
+def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
+    """Saves in the official checkpoint format: a plain state_dict of float32 tensors."""
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A deterministic RGB uint8 image with smooth gradients, edges and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack(
+        [
+            128 + 100 * np.sin(x / (w / 6.0) + seed),
+            128 + 100 * np.cos(y / (h / 5.0)),
+            255.0 * ((x // max(w // 7, 1) + y // max(h // 5, 1)) % 2),
+        ],
+        axis=-1,
+    )
+    img += rng.normal(0, 12, img.shape)
+    cy, cx, r = h * 0.4, w * 0.6, min(h, w) * 0.2
+    img[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = (240, 30, 30)
+    return np.clip(img, 0, 255).astype(np.uint8)
