@@ -56,7 +56,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def convert_state_dict(
-    state_dict: dict[str, np.ndarray], model_type: str = "auto", decoder_num_heads: int | None = None
+    state_dict: dict[str, np.ndarray],
+    model_type: str = "auto",
+    decoder_num_heads: int | None = None,
+    *,
+    config: SamConfig | None = None,
 ) -> SamParams:
     """Builds `SamParams` from a reference state_dict (numpy values).
 
@@ -65,7 +69,10 @@ def convert_state_dict(
         model_type: "auto" infers the architecture from shapes; "vit_b"/"vit_l"/"vit_h"
             requires that architecture.
         decoder_num_heads: the decoder's head count (not visible in shapes); default 8.
+        config: an explicit architecture, overriding `model_type`.
     """
+    if config is not None:
+        return SamParams(config=config, weights=state_dict_to_weights(state_dict, config))
     if model_type not in MODEL_TYPES:
         raise ConversionError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
     heads = {} if decoder_num_heads is None else {"decoder_num_heads": decoder_num_heads}

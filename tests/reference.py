@@ -113,7 +113,7 @@ def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A deterministic RGB uint8 image with smooth gradients, edges and noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]

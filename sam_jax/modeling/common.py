@@ -50,10 +50,13 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[jax.Array, jax.Array, jax
     """
     import numpy as np
 
-    src = np.maximum((in_size / out_size) * (np.arange(out_size) + 0.5) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    # float32 arithmetic, as ATen does for float tensors, so the weights round the same way.
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
+    i0 = np.minimum(src.astype(np.int32), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    return jnp.asarray(i0), jnp.asarray(i1), jnp.asarray((src - i0).astype(np.float32))
+    w1 = src - i0.astype(np.float32)
+    return jnp.asarray(i0), jnp.asarray(i1), jnp.asarray(w1)
 
 
 def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:

@@ -118,6 +118,13 @@ class Attention(nn.Module):
     use_rel_pos: bool = True
     rel_pos_size: tuple[int, int] = (14, 14)
 
+    def _rel_pos_table(self, name: str, length: int, head_dim: int) -> jax.Array:
+        # A loaded table is used whatever its length (`self.param` would insist on the
+        # init shape): one trained at another resolution is interpolated by get_rel_pos.
+        if self.has_variable("params", name):
+            return self.get_variable("params", name)
+        return self.param(name, nn.initializers.zeros, (length, head_dim))
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, H, W, C) -> (B, H, W, C)."""
@@ -128,9 +135,8 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, head_dim)
         attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
         if self.use_rel_pos:
-            init = nn.initializers.zeros
-            rel_pos_h = self.param("rel_pos_h", init, (2 * self.rel_pos_size[0] - 1, head_dim))
-            rel_pos_w = self.param("rel_pos_w", init, (2 * self.rel_pos_size[1] - 1, head_dim))
+            rel_pos_h = self._rel_pos_table("rel_pos_h", 2 * self.rel_pos_size[0] - 1, head_dim)
+            rel_pos_w = self._rel_pos_table("rel_pos_w", 2 * self.rel_pos_size[1] - 1, head_dim)
             attn = add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, (h, w), (h, w))
         attn = jax.nn.softmax(attn, axis=-1)
         out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, dim)

@@ -1,0 +1,78 @@
+"""Shared fixtures: randomised reference models, their official-format checkpoints, and
+the same weights converted by our converter."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from reference import SMALL, build_reference, randomize_, save_state_dict
+
+import convert
+import sam_jax
+
+torch.set_grad_enabled(False)
+
+
+class Converted:
+    """A reference model and the same weights loaded through `python -m convert` + `sam_jax.load`."""
+
+    def __init__(self, ref: torch.nn.Module, checkpoint: Path, directory: Path) -> None:
+        self.ref = ref
+        self.checkpoint = checkpoint
+        self.directory = directory
+        convert.convert_checkpoint(checkpoint, directory)
+        self.params = sam_jax.load(directory)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    d = tmp_path_factory.mktemp("small")
+    ref = randomize_(build_reference(SMALL), seed=0)
+    return Converted(ref, save_state_dict(ref, d / "small.pth"), d / "small-jax")
+
+
+@pytest.fixture(scope="session")
+def vit_b(tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    from segment_anything import sam_model_registry
+
+    d = tmp_path_factory.mktemp("vit_b")
+    ref = randomize_(sam_model_registry["vit_b"]().eval(), seed=1)
+    return Converted(ref, save_state_dict(ref, d / "sam_vit_b_random.pth"), d / "vit_b-jax")
+
+
+def assert_parity(ref: tuple, ours: tuple, what: str = "") -> dict[str, float]:
+    """The project's fp32 tolerances, applied to a (masks, scores, low_res_logits) triple.
+
+    Low-res logits within 1e-3 of their largest magnitude, IoU predictions within 1e-3
+    absolute, binary masks equal on at least 99.9% of pixels.
+    """
+    r_masks, r_scores, r_low = (np.asarray(x) for x in ref)
+    o_masks, o_scores, o_low = (np.asarray(x) for x in ours)
+    assert o_masks.shape == r_masks.shape and o_masks.dtype == r_masks.dtype, (what, o_masks.shape, r_masks.shape)
+    assert o_scores.shape == r_scores.shape and o_low.shape == r_low.shape, what
+    figures = {
+        "logit_rel_err": float(np.abs(o_low - r_low).max() / np.abs(r_low).max()),
+        "score_abs_err": float(np.abs(o_scores - r_scores).max()),
+        "mask_agreement": float((o_masks == r_masks).mean())
+        if r_masks.dtype == bool
+        else float(((o_masks > 0) == (r_masks > 0)).mean()),
+    }
+    assert figures["logit_rel_err"] <= 1e-3, (what, figures)
+    assert figures["score_abs_err"] <= 1e-3, (what, figures)
+    assert figures["mask_agreement"] >= 0.999, (what, figures)
+    return figures
+
+
+def rel_err(ours: object, ref: object) -> float:
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    if ref.size == 0:
+        return 0.0
+    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
