@@ -57,7 +57,7 @@ def test_encode_matches_set_image(small_predictors, size):
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 @pytest.mark.parametrize("multimask_output", [True, False])
 def test_decode_matches_predict(small, small_predictors, size, multimask_output):
-    image, ref, emb = small_predictors[size]
+    _, ref, emb = small_predictors[size]
     for name, case in prompt_cases(*size).items():
         expected = ref.predict(**case, multimask_output=multimask_output)
         got = sam_jax.decode(small.params, emb, **ours_kwargs(case), multimask_output=multimask_output)
@@ -87,7 +87,7 @@ def test_predict_end_to_end(small, small_predictors):
 
 
 def test_labels_default_to_foreground(small, small_predictors):
-    image, ref, emb = small_predictors[(640, 427)]
+    _, ref, emb = small_predictors[(640, 427)]
     pts = np.array([[100.0, 200.0], [300.0, 50.0]])
     expected = ref.predict(point_coords=pts, point_labels=np.ones(2))
     assert_parity(expected, sam_jax.decode(small.params, emb, pts), "default labels")
