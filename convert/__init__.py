@@ -117,7 +117,11 @@ def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str
         params = load_directory(flax_dir)
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
-    state_dict = {k: torch.from_numpy(v) for k, v in weights_to_state_dict(params.weights).items()}
+    state_dict = {
+        # np.require copies only arrays that are read-only views of device buffers.
+        k: torch.from_numpy(np.require(v, requirements=["W", "C"]))
+        for k, v in weights_to_state_dict(params.weights).items()
+    }
     output = Path(output).absolute()
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)

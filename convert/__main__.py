@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="official checkpoint (.pth), or with --to-torch a sam_jax checkpoint directory")
     p.add_argument("output", help="output directory, or with --to-torch the output .pth file")
     p.add_argument("--to-torch", action="store_true", help="export a sam_jax checkpoint as a reference state_dict")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES, help="architecture (default: inferred)")
+    p.add_argument("--model-type", default="auto", help=f"one of {', '.join(MODEL_TYPES)} (default: inferred)")
     p.add_argument(
         "--decoder-num-heads",
         type=int,

@@ -109,10 +109,10 @@ def check_prompts(
         (batched, points (B, N, 2) float64, labels (B, N) int32, box (B, 4) float64,
         mask_input (B, 1, L, L) float32), absent ones None.
     """
-    if points is None and box is None and mask_input is None:
-        raise ValueError("no prompt given: pass points, box or mask_input")
     if labels is not None and points is None:
         raise ValueError("labels were given without points")
+    if points is None and box is None and mask_input is None:
+        raise ValueError("no prompt given: pass points, box or mask_input")
     batched_by: dict[str, bool] = {}
     sizes: dict[str, int] = {}
     pts = lab = bx = msk = None
@@ -304,8 +304,10 @@ def predict(
     """
     params = _check_params(params)
     arr = check_image(image)
-    # Check prompts before the (expensive) encoder runs.
+    # Check prompts and flags before the (expensive) encoder runs.
     check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    _check_flag(multimask_output, "multimask_output")
+    _check_flag(return_logits, "return_logits")
     return decode(
         params,
         encode(params, arr),
