@@ -57,26 +57,23 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
+def _kernel_axes(key: str, ndim: int) -> tuple[int, ...]:
+    """The permutation taking a torch kernel at `key` to the flax layout."""
+    if ndim == 2:
+        return (1, 0)  # Linear (out, in) -> (in, out)
+    if key.rsplit(".", 1)[0] in TRANSPOSED_CONVS:
+        return (2, 3, 0, 1)  # ConvTranspose2d (in, out, kh, kw) -> (kh, kw, in, out)
+    return (2, 3, 1, 0)  # Conv2d (out, in, kh, kw) -> (kh, kw, in, out)
+
+
 def to_flax_layout(key: str, leaf: str, value: np.ndarray) -> np.ndarray:
     """Reference tensor -> flax layout for the leaf named `leaf` at torch key `key`."""
-    if leaf != "kernel":
-        return value
-    if value.ndim == 2:
-        return value.T
-    if key.rsplit(".", 1)[0] in TRANSPOSED_CONVS:
-        return value.transpose(2, 3, 0, 1)
-    return value.transpose(2, 3, 1, 0)
+    return value.transpose(_kernel_axes(key, value.ndim)) if leaf == "kernel" else value
 
 
 def to_torch_layout(key: str, leaf: str, value: np.ndarray) -> np.ndarray:
     """Inverse of `to_flax_layout`."""
-    if leaf != "kernel":
-        return value
-    if value.ndim == 2:
-        return value.T
-    if key.rsplit(".", 1)[0] in TRANSPOSED_CONVS:
-        return value.transpose(2, 3, 0, 1)
-    return value.transpose(3, 2, 0, 1)
+    return value.transpose(np.argsort(_kernel_axes(key, value.ndim))) if leaf == "kernel" else value
 
 
 def state_dict_to_weights(state_dict: Mapping[str, np.ndarray], config: SamConfig) -> dict[str, Any]:
