@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,14 +15,14 @@ def gelu(x: jax.Array) -> jax.Array:
     return nn.gelu(x, approximate=False)
 
 
-def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+def layer_norm(eps: float, name: str, dtype: Any = None) -> nn.LayerNorm:
     """LayerNorm over the channel (last) axis.
 
     The reference `LayerNorm2d` normalises NCHW over C; in NHWC that is a plain LayerNorm.
     `use_fast_variance=False` computes E[(x - mean)^2] like torch rather than E[x^2] - mean^2,
     which loses precision when the mean is large.
     """
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
 class MLPBlock(nn.Module):
@@ -29,12 +30,13 @@ class MLPBlock(nn.Module):
 
     mlp_dim: int
     act: Callable[[jax.Array], jax.Array] = gelu
+    dtype: Any = None  # compute dtype; None follows the inputs and (float32) params
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        x = nn.Dense(self.mlp_dim, name="lin1")(x)
-        return nn.Dense(dim, name="lin2")(self.act(x))
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x)
+        return nn.Dense(dim, dtype=self.dtype, name="lin2")(self.act(x))
 
 
 def relu(x: jax.Array) -> jax.Array:

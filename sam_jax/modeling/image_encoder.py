@@ -7,6 +7,8 @@ config's `image_size`; output: image embeddings (B, S/16, S/16, prompt_embed_dim
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -117,6 +119,7 @@ class Attention(nn.Module):
     qkv_bias: bool = True
     use_rel_pos: bool = True
     rel_pos_size: tuple[int, int] = (14, 14)
+    dtype: Any = None
 
     def _rel_pos_table(self, name: str, length: int, head_dim: int) -> jax.Array:
         # A loaded table is used whatever its length (`self.param` would insist on the
@@ -130,17 +133,18 @@ class Attention(nn.Module):
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, dim = x.shape
         head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, name="qkv")(x)
+        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, head_dim)
         attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
         if self.use_rel_pos:
             rel_pos_h = self._rel_pos_table("rel_pos_h", 2 * self.rel_pos_size[0] - 1, head_dim)
             rel_pos_w = self._rel_pos_table("rel_pos_w", 2 * self.rel_pos_size[1] - 1, head_dim)
-            attn = add_decomposed_rel_pos(attn, q, rel_pos_h, rel_pos_w, (h, w), (h, w))
-        attn = jax.nn.softmax(attn, axis=-1)
+            attn = add_decomposed_rel_pos(attn, q, rel_pos_h.astype(q.dtype), rel_pos_w.astype(q.dtype), (h, w), (h, w))
+        # Softmax in float32 whatever the compute dtype: bf16 logits lose the small weights.
+        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, dim)
-        return nn.Dense(dim, name="proj")(out)
+        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
 class Block(nn.Module):
@@ -152,13 +156,14 @@ class Block(nn.Module):
     use_rel_pos: bool
     window_size: int
     grid_size: tuple[int, int]
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shortcut = x
-        x = layer_norm(ENCODER_LN_EPS, "norm1")(x)
+        x = layer_norm(ENCODER_LN_EPS, "norm1", self.dtype)(x)
         rel_pos_size = (self.window_size, self.window_size) if self.window_size else self.grid_size
-        attn = Attention(self.num_heads, self.qkv_bias, self.use_rel_pos, rel_pos_size, name="attn")
+        attn = Attention(self.num_heads, self.qkv_bias, self.use_rel_pos, rel_pos_size, self.dtype, name="attn")
         if self.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, pad_hw = window_partition(x, self.window_size)
@@ -166,8 +171,8 @@ class Block(nn.Module):
         else:
             x = attn(x)
         x = shortcut + x
-        mlp = MLPBlock(int(x.shape[-1] * self.mlp_ratio), name="mlp")
-        return x + mlp(layer_norm(ENCODER_LN_EPS, "norm2")(x))
+        mlp = MLPBlock(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")
+        return x + mlp(layer_norm(ENCODER_LN_EPS, "norm2", self.dtype)(x))
 
 
 class PatchEmbed(nn.Module):
@@ -175,41 +180,54 @@ class PatchEmbed(nn.Module):
 
     embed_dim: int
     patch_size: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = self.patch_size
-        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj")(x)
+        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj")(x)
 
 
 class ImageEncoderViT(nn.Module):
-    """ViT image encoder with a convolutional neck to `prompt_embed_dim` channels."""
+    """ViT image encoder with a convolutional neck to `prompt_embed_dim` channels.
+
+    Attributes:
+        config: the architecture.
+        dtype: compute dtype (float32 default; bfloat16 for speed). Parameters stay float32
+            and the output embedding is float32 whatever the compute dtype.
+        remat: recompute each block's activations in the backward pass instead of storing
+            them (gradient checkpointing): less memory for training, same values.
+    """
 
     config: SamConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, prompt_embed_dim)."""
+        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, prompt_embed_dim) float32."""
         cfg = self.config
         p = cfg.patch_size
-        x = PatchEmbed(cfg.encoder_embed_dim, p, name="patch_embed")(x)
+        x = PatchEmbed(cfg.encoder_embed_dim, p, self.dtype, name="patch_embed")(x.astype(self.dtype))
         grid = (cfg.embedding_size, cfg.embedding_size)
         if cfg.use_abs_pos:
             pos_embed = self.param("pos_embed", nn.initializers.zeros, (1, *grid, cfg.encoder_embed_dim))
-            x = x + pos_embed
+            x = x + pos_embed.astype(self.dtype)
+        block_cls = nn.remat(Block) if self.remat else Block
         for i in range(cfg.encoder_depth):
             window = 0 if i in cfg.encoder_global_attn_indexes else cfg.encoder_window_size
-            x = Block(
+            x = block_cls(
                 num_heads=cfg.encoder_num_heads,
                 mlp_ratio=cfg.encoder_mlp_ratio,
                 qkv_bias=cfg.qkv_bias,
                 use_rel_pos=cfg.use_rel_pos,
                 window_size=window,
                 grid_size=grid,
+                dtype=self.dtype,
                 name=f"blocks_{i}",
             )(x)
         out = cfg.prompt_embed_dim
-        x = nn.Conv(out, (1, 1), use_bias=False, name="neck_0")(x)
-        x = layer_norm(ENCODER_LN_EPS, "neck_1")(x)
-        x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="neck_2")(x)
-        return layer_norm(ENCODER_LN_EPS, "neck_3")(x)
+        x = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
+        x = layer_norm(ENCODER_LN_EPS, "neck_1", self.dtype)(x)
+        x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="neck_2")(x)
+        return layer_norm(ENCODER_LN_EPS, "neck_3", jnp.float32)(x)

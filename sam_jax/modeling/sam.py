@@ -114,9 +114,16 @@ def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array)
     return jnp.where(valid[..., None], x, 0.0)
 
 
-def image_encoder_forward(params: SamParams, images: jax.Array) -> jax.Array:
-    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C)."""
-    module = ImageEncoderViT(params.config)
+def image_encoder_forward(
+    params: SamParams, images: jax.Array, dtype: Any = jnp.float32, remat: bool = False
+) -> jax.Array:
+    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32.
+
+    Args:
+        dtype: compute dtype of the encoder (see `ImageEncoderViT`).
+        remat: gradient checkpointing of encoder blocks (for training).
+    """
+    module = ImageEncoderViT(params.config, dtype=dtype, remat=remat)
     return module.apply({"params": params.weights["image_encoder"]}, images)
 
 
