@@ -10,6 +10,7 @@ masks, scores, low_res = sam_jax.decode(params, emb, box=[10, 20, 300, 400])
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
@@ -18,12 +19,17 @@ from sam_jax.predictor import ImageEmbedding, decode, encode, predict
 
 __version__ = "0.1.0"
 
+# Models shipped inside the package, by name (see README: "The embedded default").
+EMBEDDED_MODELS = {"tiny-shapes": Path(__file__).parent / "models" / "tiny-shapes"}
+
 
 def load(path: str | os.PathLike[str]) -> SamParams:
-    """Loads `SamParams` from a checkpoint directory written by the converter or `save`.
+    """Loads `SamParams` from a checkpoint.
 
     Args:
-        path: a checkpoint directory.
+        path: the name of an embedded model ("tiny-shapes"), or a directory written by the
+            converter or `save`, or a training run (its latest step) or one of its steps.
+            A name is only looked up when no file of that name exists.
     Returns:
         `SamParams` carrying their `SamConfig`.
     Raises:
@@ -32,6 +38,8 @@ def load(path: str | os.PathLike[str]) -> SamParams:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a checkpoint directory path, got {type(path).__name__}")
+    if isinstance(path, str) and path in EMBEDDED_MODELS and not os.path.exists(path):
+        path = EMBEDDED_MODELS[path]
     return load_directory(path)
 
 

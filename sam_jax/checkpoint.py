@@ -99,11 +99,37 @@ def save(path: str | os.PathLike[str], params: SamParams) -> None:
         write_checkpoint(tmp, params)
 
 
+# Inside a training run step (`sam_jax.train.CheckpointStore`): `<step>/meta/metadata`.
+RUN_META_FILE = ("meta", "metadata")
+
+
+def resolve(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Finds the weights directory's parent and the metadata file of a checkpoint.
+
+    Accepts a directory written by `save` or the converter, a training-run step directory,
+    or a training-run directory (its latest complete step).
+
+    Returns:
+        (directory holding `weights/`, metadata JSON path).
+    """
+    p = Path(path)
+    if (p / META_FILE).is_file():
+        return p, p / META_FILE
+    if p.joinpath(*RUN_META_FILE).is_file():
+        return p, p.joinpath(*RUN_META_FILE)
+    steps = (
+        sorted(int(c.name) for c in p.iterdir() if c.name.isdigit() and c.joinpath(*RUN_META_FILE).is_file())
+        if p.is_dir()
+        else []
+    )
+    if steps:
+        return resolve(p / str(steps[-1]))
+    raise FileNotFoundError(f"{path}: not a sam_jax checkpoint directory (no {META_FILE}, nor a training run)")
+
+
 def read_config(path: str | os.PathLike[str]) -> SamConfig:
     """Reads only the configuration of a checkpoint directory."""
-    meta_path = Path(path) / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path}: not a sam_jax checkpoint directory (no {META_FILE})")
+    _, meta_path = resolve(path)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -149,7 +175,7 @@ def load_directory(path: str | os.PathLike[str]) -> SamParams:
     import orbax.checkpoint as ocp
 
     config = read_config(path)
-    weights_path = (Path(path) / WEIGHTS_DIR).absolute()
+    weights_path = (resolve(path)[0] / WEIGHTS_DIR).absolute()
     if not weights_path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint has no {WEIGHTS_DIR}/ directory")
     try:

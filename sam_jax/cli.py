@@ -1,0 +1,130 @@
+"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax convert ...`.
+
+Every failure the user can cause prints one line, `sam-jax: error: ...`, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+# Defaults: a fine-tune starts gently from trained weights, a run from scratch does not.
+FINETUNE_LR = 1e-4
+SCRATCH_LR = 1e-3
+
+
+def _finetune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="train or fine-tune a model on image/mask data",
+        description="Fine-tune a checkpoint (--init) or train a named configuration from scratch (--config).",
+    )
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--init", help="checkpoint to start from (anything sam_jax.load takes)")
+    start.add_argument("--config", help="registry configuration to train from scratch (vit_t, vit_b, vit_l, vit_h)")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="training data, repeatable: a folder (images/ + masks/), a COCO json, or 'synthetic[:key=value,...]'",
+    )
+    p.add_argument("--val-data", help="held-out data for evaluation (default: synthetic scenes of another seed)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8, help="images per step, a multiple of the device count")
+    p.add_argument("--prompts-per-image", type=int, default=4)
+    p.add_argument(
+        "--lr", type=float, help=f"peak learning rate (default {FINETUNE_LR} with --init, {SCRATCH_LR} with --config)"
+    )
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--correction-rounds", type=int, default=2, help="simulated correction clicks per prompt")
+    p.add_argument("--box-probability", type=float, default=0.5)
+    p.add_argument(
+        "--freeze",
+        action="append",
+        default=[],
+        help="module or path pattern to keep fixed, repeatable (image_encoder, prompt_encoder, mask_decoder, ...)",
+    )
+    p.add_argument("--remat", action="store_true", help="gradient checkpointing of encoder blocks")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="encoder compute dtype")
+    p.add_argument("--checkpoint-dir", help="orbax run directory (saves, keeps the last --keep, resumes)")
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--keep", type=int, default=3)
+    p.add_argument("--no-resume", action="store_true", help="ignore a run already in --checkpoint-dir")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
+    p.add_argument("--eval-images", type=int, default=50, help="held-out images per evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", help="also write the final model here with sam_jax.save")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def finetune(args: argparse.Namespace) -> int:
+    import sam_jax
+    from sam_jax import data, evaluate, train
+
+    params = sam_jax.load(args.init) if args.init else sam_jax.init(sam_jax.get_config(args.config), args.seed)
+    lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else SCRATCH_LR)
+    cfg = train.TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        prompts_per_image=args.prompts_per_image,
+        learning_rate=lr,
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        correction_rounds=args.correction_rounds,
+        box_probability=args.box_probability,
+        freeze=tuple(args.freeze),
+        remat=args.remat,
+        compute_dtype=args.dtype,
+        seed=args.seed,
+    )
+    datasets = [data.open_dataset(spec) for spec in args.data]
+    val = data.open_dataset(args.val_data) if args.val_data else data.heldout_synthetic(params.config.image_size)
+
+    def evaluate_fn(p: sam_jax.SamParams) -> dict[str, float]:
+        return evaluate.evaluate(p, val, num_images=args.eval_images, clicks=(1, 3))
+
+    t0 = time.perf_counter()
+    params = train.train(
+        params,
+        datasets,
+        cfg,
+        args.checkpoint_dir,
+        save_every=args.save_every,
+        keep=args.keep,
+        resume=not args.no_resume,
+        evaluate_fn=evaluate_fn,
+        eval_every=args.eval_every,
+        progress=not args.no_progress,
+    )
+    if args.export:
+        sam_jax.save(args.export, params)
+        print(f"exported {args.export}")
+    print(f"done in {time.perf_counter() - t0:.0f} s; checkpoints in {args.checkpoint_dir or '(none)'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:  # the converter keeps its own parser (python -m convert)
+        from convert.__main__ import main as convert_main
+
+        return convert_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
+    _finetune_parser(sub)
+    args = parser.parse_args(argv)
+    from sam_jax.data import DataError
+
+    try:
+        return finetune(args)
+    except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
+        print(f"sam-jax: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Interactive-segmentation quality: mean IoU from one point, from a box, and after k
+correction clicks, measured through the public predictor at full image resolution.
+
+Protocol (as in SAM's and RITM's evaluations): the first click is the mask's most
+interior pixel (the maximum of its distance transform); each correction click is the most
+interior pixel of the current error region, foreground if it lies in the ground truth and
+background otherwise, with the previous low-res logits fed back as `mask_input`. From one
+point the highest-scoring of the multimask outputs is taken; a box and later clicks use
+the single-mask output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from sam_jax.modeling.sam import SamParams
+from sam_jax.predictor import decode, encode
+
+
+def interior_point(region: np.ndarray) -> tuple[float, float]:
+    """(x, y) of the pixel farthest from the region's boundary (image edges count as boundary)."""
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x), float(y)
+
+
+def tight_box(mask: np.ndarray) -> np.ndarray:
+    """XYXY box of a mask, inclusive pixel coordinates (as the reference's `batched_mask_to_box`)."""
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
+
+
+def iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """IoU over the last two axes of boolean arrays."""
+    inter = np.logical_and(pred, target).sum(axis=(-2, -1))
+    union = np.logical_or(pred, target).sum(axis=(-2, -1))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Sequence[int] = (3,)) -> dict[str, float]:
+    """Mean IoU over every instance of the first `num_images` samples of `dataset`.
+
+    Args:
+        params: the model.
+        dataset: `len()` and `[i] -> Sample` with `.image` (H, W, 3) uint8, `.masks` (K, H, W) bool.
+        num_images: how many samples (from the start) to use.
+        clicks: numbers of correction clicks after the first point to report.
+    Returns:
+        {"point_miou", "box_miou", "click{k}_miou" for each k, "instances"}.
+    """
+    point, box, after = [], [], {k: [] for k in clicks}
+    rounds = max(clicks, default=0)
+    for i in range(min(num_images, len(dataset))):
+        sample = dataset[i]
+        gt = np.asarray(sample.masks, bool)
+        if len(gt) == 0:
+            continue
+        emb = encode(params, sample.image)
+        pts = np.array([[interior_point(m)] for m in gt])  # (K, 1, 2)
+        labels = np.ones(pts.shape[:2], np.int32)
+        masks, scores, low = (np.asarray(a) for a in decode(params, emb, pts, labels))
+        best = np.argmax(scores, axis=1)
+        pred = masks[np.arange(len(gt)), best]
+        point.extend(iou(pred, gt))
+        box_masks, _, _ = decode(params, emb, box=np.stack([tight_box(m) for m in gt]), multimask_output=False)
+        box.extend(iou(np.asarray(box_masks)[:, 0], gt))
+        logits = low[np.arange(len(gt)), best][:, None]
+        for r in range(1, rounds + 1):
+            new_pts, new_labels = [], []
+            for k in range(len(gt)):
+                error = pred[k] ^ gt[k]
+                if error.any():
+                    x, y = interior_point(error)
+                    new_pts.append([x, y])
+                    new_labels.append(1 if gt[k][int(y), int(x)] else 0)
+                else:  # already perfect: a padding point keeps the batch rectangular
+                    new_pts.append([0.0, 0.0])
+                    new_labels.append(-1)
+            pts = np.concatenate([pts, np.array(new_pts)[:, None]], axis=1)
+            labels = np.concatenate([labels, np.array(new_labels)[:, None]], axis=1)
+            masks, _, low = (
+                np.asarray(a) for a in decode(params, emb, pts, labels, mask_input=logits, multimask_output=False)
+            )
+            pred, logits = masks[:, 0], low
+            if r in after:
+                after[r].extend(iou(pred, gt))
+    out = {"point_miou": float(np.mean(point)), "box_miou": float(np.mean(box))}
+    out |= {f"click{k}_miou": float(np.mean(v)) for k, v in after.items()}
+    out["instances"] = float(len(point))
+    return out

@@ -1,0 +1,184 @@
+"""Training: losses, learning, freezing, exact resume after a kill, checkpoints, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from reference import build_reference
+
+import convert
+import sam_jax
+from sam_jax import evaluate, train
+from sam_jax.data import SyntheticShapes
+from sam_jax.train import TrainConfig
+
+# Small enough that a step takes milliseconds: 64x64 images, a 4x4 token grid.
+TINY = sam_jax.SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    patch_size=8,
+    encoder_window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+DATA = SyntheticShapes(size=64, length=400, seed=0, max_objects=3)
+HELDOUT = SyntheticShapes(size=64, length=50, seed=99, max_objects=3)
+CFG = TrainConfig(steps=8, batch_size=4, prompts_per_image=2, learning_rate=2e-3, warmup_steps=2, seed=1)
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_focal_and_dice_match_their_formulas():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (2, 5, 5)).astype(np.float32)
+    target = rng.random((2, 5, 5)) > 0.5
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    ce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    p_t = np.where(target, p, 1 - p)
+    focal = np.mean(np.where(target, 0.25, 0.75) * ce * (1 - p_t) ** 2, axis=(1, 2))
+    dice = 1 - (2 * (p * target).sum(axis=(1, 2)) + 1) / (p.sum(axis=(1, 2)) + target.sum(axis=(1, 2)) + 1)
+    np.testing.assert_allclose(train.sigmoid_focal_loss(logits, target), focal, rtol=1e-5)
+    np.testing.assert_allclose(train.dice_loss(logits, target), dice, rtol=1e-5)
+
+
+def test_sam_loss_trains_only_the_best_candidate():
+    target = np.zeros((1, 8, 8), bool)
+    target[0, 2:6, 2:6] = True
+    good = np.where(target, 10.0, -10.0)[:, None]
+    bad = -good
+    logits = np.concatenate([bad, good, bad], axis=1).astype(np.float32)
+    iou_pred = np.array([[0.0, 1.0, 0.0]], np.float32)
+    loss, m = train.sam_loss(logits, iou_pred, target, CFG)
+    assert float(m["iou"]) == 1.0 and float(m["iou_loss"]) == 0.0
+    assert float(loss) < 1e-3  # the bad candidates cost nothing
+
+
+def test_prompt_simulation():
+    key = jax.random.key(0)
+    target = np.zeros((3, 16, 16), bool)
+    target[0, 4:8, 4:8] = True
+    target[1, 0:3, 10:16] = True
+    pts, found = train.sample_points_from(key, target, 64)
+    assert found[:2].all() and not found[2]
+    cells = (np.asarray(pts[:2])[:, ::-1] / 4).astype(int)
+    assert target[0][tuple(cells[0])] and target[1][tuple(cells[1])]
+    boxes = np.asarray(train.noisy_boxes(key, target[:2], 64))
+    np.testing.assert_allclose(boxes, [[16, 16, 32, 32], [40, 0, 64, 12]], atol=8)
+    pred = np.zeros_like(target)
+    pred[0, 4:8, 4:12] = True  # spills right: the click must be background, on the spill
+    click, labels = train.correction_click(key, pred, target, 64)
+    assert int(labels[0, 0]) == 0 and np.asarray(click)[0, 0, 0] >= 32
+    assert int(labels[1, 0]) == 1  # all missed: foreground click
+    assert int(labels[2, 0]) == -1  # nothing to correct: a padding point
+
+
+def test_short_training_lowers_loss_and_raises_iou():
+    params = sam_jax.init(TINY, 0)
+    before = evaluate.evaluate(params, HELDOUT, num_images=20, clicks=())
+    log = []
+    cfg = dataclasses.replace(CFG, steps=60, batch_size=8)
+    trained = train.train(params, [DATA], cfg, progress=False, log=log.append, evaluate_fn=None)
+    after = evaluate.evaluate(trained, HELDOUT, num_images=20, clicks=())
+    assert after["box_miou"] > before["box_miou"] + 0.1, (before, after)
+    assert after["point_miou"] > before["point_miou"] + 0.05, (before, after)
+
+
+def test_frozen_parameters_stay_bit_identical():
+    params = sam_jax.init(TINY, 0)
+    cfg = dataclasses.replace(CFG, steps=3, freeze=("image_encoder", "mask_decoder/iou_prediction_head"))
+    trainable, frozen = train.partition(params.weights, cfg.freeze)
+    assert "image_encoder" not in trainable and "iou_prediction_head" not in trainable["mask_decoder"]
+    state = train.make_optimizer(cfg).init(trainable)
+    assert all("image_encoder" not in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state))
+    trained = train.train(params, [DATA], cfg, progress=False, log=lambda s: None)
+    assert leaves_equal(trained.weights["image_encoder"], params.weights["image_encoder"])
+    assert leaves_equal(
+        trained.weights["mask_decoder"]["iou_prediction_head"], params.weights["mask_decoder"]["iou_prediction_head"]
+    )
+    pe = "positional_encoding_gaussian_matrix"
+    assert np.array_equal(
+        trained.weights["prompt_encoder"]["pe_layer"][pe], params.weights["prompt_encoder"]["pe_layer"][pe]
+    )
+    assert not leaves_equal(
+        trained.weights["mask_decoder"]["transformer"], params.weights["mask_decoder"]["transformer"]
+    )
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    params = sam_jax.init(TINY, 0)
+    quiet = dict(progress=False, log=lambda s: None)
+    straight = train.train(params, [DATA], CFG, str(tmp_path / "a"), save_every=3, **quiet)
+    # Killed before step 7 (after the checkpoint at step 6, with step 6 lost)... then resumed.
+    train.train(params, [DATA], CFG, str(tmp_path / "b"), save_every=3, stop_after=5, **quiet)
+    assert train.CheckpointStore(str(tmp_path / "b"), 3).latest_step() == 3
+    resumed = train.train(params, [DATA], CFG, str(tmp_path / "b"), save_every=3, **quiet)
+    assert leaves_equal(resumed.weights, straight.weights)
+    # The run directory and each step load as checkpoints.
+    assert leaves_equal(sam_jax.load(tmp_path / "b").weights, straight.weights)
+    assert sam_jax.load(tmp_path / "b" / "3").config == TINY
+
+
+def test_run_checkpoint_exports_to_the_reference(tmp_path):
+    params = sam_jax.init(TINY, 0)
+    train.train(
+        params, [DATA], dataclasses.replace(CFG, steps=2), str(tmp_path / "run"), progress=False, log=lambda s: None
+    )
+    sd = convert.export_torch(tmp_path / "run", tmp_path / "m.pth")
+    cfg = convert.infer_config({k: v.numpy() for k, v in sd.items()})
+    assert cfg == TINY
+    build_reference(cfg).load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sam_jax.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_refuses_bad_data_in_one_line(tmp_path):
+    result = run_cli("finetune", "--config", "vit_t", "--data", str(tmp_path / "nowhere"), "--steps", "1")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "nowhere" in result.stderr, result.stderr
+
+
+def test_cli_finetune_runs_and_resumes(tmp_path):
+    sam_jax.save(tmp_path / "init", sam_jax.init(TINY, 0))
+    args = [
+        "finetune",
+        "--init",
+        str(tmp_path / "init"),
+        "--data",
+        "synthetic:size=64,length=50,max_objects=3",
+        "--val-data",
+        "synthetic:size=64,length=5,seed=7",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--checkpoint-dir",
+        str(tmp_path / "run"),
+        "--save-every",
+        "2",
+        "--eval-images",
+        "3",
+        "--export",
+        str(tmp_path / "final"),
+        "--no-progress",
+    ]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "final:" in result.stdout and "point_miou" in result.stdout
+    assert sam_jax.load(tmp_path / "final").config == TINY
+    result = run_cli(*args)  # nothing left to do: resumes at step 4 and stops
+    assert result.returncode == 0 and "resumed from step 4" in result.stdout, result.stdout + result.stderr
