@@ -8,7 +8,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 import torch
 from reference import build_reference
 
@@ -99,7 +98,7 @@ def test_short_training_lowers_loss_and_raises_iou():
 def test_frozen_parameters_stay_bit_identical():
     params = sam_jax.init(TINY, 0)
     cfg = dataclasses.replace(CFG, steps=3, freeze=("image_encoder", "mask_decoder/iou_prediction_head"))
-    trainable, frozen = train.partition(params.weights, cfg.freeze)
+    trainable, _ = train.partition(params.weights, cfg.freeze)
     assert "image_encoder" not in trainable and "iou_prediction_head" not in trainable["mask_decoder"]
     state = train.make_optimizer(cfg).init(trainable)
     assert all("image_encoder" not in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state))
