@@ -41,6 +41,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--correction-rounds", type=int, default=2, help="simulated correction clicks per prompt")
     p.add_argument("--box-probability", type=float, default=0.5)
+    p.add_argument("--focal-weight", type=float, default=20.0, help="focal loss weight (paper: 20)")
+    p.add_argument("--dice-weight", type=float, default=1.0, help="dice loss weight (paper: 1)")
     p.add_argument(
         "--freeze",
         action="append",
@@ -75,6 +77,8 @@ def finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         correction_rounds=args.correction_rounds,
         box_probability=args.box_probability,
+        focal_weight=args.focal_weight,
+        dice_weight=args.dice_weight,
         freeze=tuple(args.freeze),
         remat=args.remat,
         compute_dtype=args.dtype,

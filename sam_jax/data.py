@@ -733,3 +733,13 @@ def _open_coco(json_path: Path, image_dir: Path) -> CocoDataset:
     if json_path.suffix.lower() != ".json" or not json_path.is_file():
         raise DataError(f"{json_path}: no such annotation .json file; a dataset spec is {_SPEC_FORMS}")
     return CocoDataset(json_path, image_dir)
+
+
+# Synthetic scenes drawn with this seed are never used for training by default: the
+# held-out split for evaluating models trained on `SyntheticShapes` of other seeds.
+HELDOUT_SEED = 1_000_003
+
+
+def heldout_synthetic(size: int, length: int = 200) -> SyntheticShapes:
+    """The held-out synthetic split: `length` scenes of side `size` with `HELDOUT_SEED`."""
+    return SyntheticShapes(size=size, length=length, seed=HELDOUT_SEED)

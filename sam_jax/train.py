@@ -583,6 +583,8 @@ def train(
         cursor = int(meta["data_cursor"])
         log(f"resumed from step {start} (data cursor {cursor})")
     trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), replicated)
+    # The step donates its trainable buffers; never donate the caller's own arrays.
+    trainable, opt_state = jax.tree.map(jnp.copy, (trainable, opt_state))
 
     def meta_at(step: int, cur: int, figures: dict[str, float]) -> dict[str, Any]:
         return {
