@@ -9,10 +9,24 @@ config can be a static argument of `jax.jit`. The registry mirrors
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
+
+_C = TypeVar("_C")
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def config_to_json(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass -> JSON-ready dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def config_from_json(cls: type[_C], d: dict[str, Any]) -> _C:
+    """Inverse of `config_to_json`, tolerant of versions: unknown keys are ignored and
+    missing ones take their defaults (the dataclass turns lists back into tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +113,12 @@ class SamConfig:
         return self.num_multimask_outputs + 1
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return config_to_json(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SamConfig:
         """Builds a config from `to_dict` output; unknown keys from newer versions are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_json(cls, d)
 
 
 # The official models (reference build_sam.py): only the encoder differs.

@@ -32,7 +32,7 @@ import optax
 from PIL import Image
 
 from sam_jax import transforms
-from sam_jax.config import SamConfig
+from sam_jax.config import SamConfig, config_from_json, config_to_json
 from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
 from sam_jax.modeling.sam import (
     SamParams,
@@ -95,12 +95,11 @@ class TrainConfig:
             raise ValueError("correction_rounds and warmup_steps must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return config_to_json(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_json(cls, d)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -539,7 +538,7 @@ def train(
     resume: bool = True,
     evaluate_fn: Any = None,
     eval_every: int = 0,
-    log: Any = print,
+    log: Any = functools.partial(print, flush=True),
     progress: bool = True,
     stop_after: int | None = None,
 ) -> SamParams:
