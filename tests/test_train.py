@@ -191,3 +191,23 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
     assert sam_jax.load(tmp_path / "final").config == TINY
     result = run_cli(*args)  # nothing left to do: resumes at step 4 and stops
     assert result.returncode == 0 and "resumed from step 4" in result.stdout, result.stdout + result.stderr
+
+
+def test_remat_and_bf16_steps():
+    """Gradient checkpointing changes memory, not values; bf16 compute stays near fp32."""
+    batch, _ = train.BatchStream([DATA], TINY, CFG).next_batch()
+    weights = sam_jax.init(TINY, 0).weights
+
+    def one_step(**options):
+        cfg = dataclasses.replace(CFG, **options)
+        trainable, frozen = train.partition(jax.tree.map(np.array, weights), cfg.freeze)
+        opt_state = train.make_optimizer(cfg).init(trainable)
+        return train.train_step(trainable, frozen, opt_state, batch, np.int32(3), TINY, cfg, False)
+
+    plain, _, m_plain = one_step()
+    remat, _, m_remat = one_step(remat=True)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _, _, m_bf16 = one_step(compute_dtype="bfloat16")
+    assert abs(float(m_bf16["loss"]) - float(m_plain["loss"])) < 0.05 * float(m_plain["loss"])
+    assert abs(float(m_remat["loss"]) - float(m_plain["loss"])) < 1e-5
