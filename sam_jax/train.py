@@ -538,7 +538,7 @@ def train(
     resume: bool = True,
     evaluate_fn: Any = None,
     eval_every: int = 0,
-    log: Any = functools.partial(print, flush=True),
+    log: Any = None,
     progress: bool = True,
     stop_after: int | None = None,
 ) -> SamParams:
@@ -551,7 +551,7 @@ def train(
         checkpoint_dir: orbax run directory; saved every `save_every` steps and at the end,
             the last `keep` kept. With `resume`, a run there continues from its latest step.
         evaluate_fn: `f(params) -> dict of figures`, called every `eval_every` steps and at the end.
-        log: where progress lines go.
+        log: where progress lines go (default: printed, flushed at once so a log file is live).
         progress: show a progress bar.
         stop_after: stop before this step without saving, as a kill would (tests use it).
     Returns:
@@ -559,6 +559,7 @@ def train(
     """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    log = log or functools.partial(print, flush=True)
     devices = jax.devices()
     if cfg.batch_size % len(devices):
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {len(devices)} devices")
