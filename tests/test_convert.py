@@ -187,3 +187,14 @@ def test_convert_state_dict_api_names_the_key(small):
     sd.pop("prompt_encoder.not_a_point_embed.weight")
     with pytest.raises(convert.ConversionError, match=re.escape("prompt_encoder.not_a_point_embed.weight")):
         convert.convert_state_dict(sd)
+
+
+def test_sam_jax_convert_subcommand(small, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sam_jax.cli", "convert", str(small.checkpoint), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sam_jax.load(tmp_path / "out").config == SMALL
