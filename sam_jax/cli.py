@@ -56,7 +56,10 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=int, default=3)
     p.add_argument("--no-resume", action="store_true", help="ignore a run already in --checkpoint-dir")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
-    p.add_argument("--eval-images", type=int, default=50, help="held-out images per evaluation")
+    p.add_argument("--eval-images", type=int, default=50, help="held-out images per periodic evaluation")
+    p.add_argument(
+        "--final-eval-images", type=int, default=0, help="held-out images for the final evaluation (0: all of them)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="also write the final model here with sam_jax.save")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
@@ -87,8 +90,11 @@ def finetune(args: argparse.Namespace) -> int:
     datasets = [data.open_dataset(spec) for spec in args.data]
     val = data.open_dataset(args.val_data) if args.val_data else data.heldout_synthetic(params.config.image_size)
 
-    def evaluate_fn(p: sam_jax.SamParams) -> dict[str, float]:
-        return evaluate.evaluate(p, val, num_images=args.eval_images, clicks=(1, 3))
+    def evaluate_fn(p: sam_jax.SamParams, num_images: int = args.eval_images) -> dict[str, float]:
+        return evaluate.evaluate(p, val, num_images=num_images, clicks=(1, 3))
+
+    def final_evaluate_fn(p: sam_jax.SamParams) -> dict[str, float]:
+        return evaluate_fn(p, args.final_eval_images or len(val))
 
     t0 = time.perf_counter()
     params = train.train(
@@ -101,6 +107,7 @@ def finetune(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         evaluate_fn=evaluate_fn,
         eval_every=args.eval_every,
+        final_evaluate_fn=final_evaluate_fn,
         progress=not args.no_progress,
     )
     if args.export:

@@ -183,6 +183,8 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
         "2",
         "--eval-images",
         "3",
+        "--final-eval-images",
+        "3",
         "--export",
         str(tmp_path / "final"),
         "--no-progress",
