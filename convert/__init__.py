@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+import sam_jax
 from convert.mapping import (
     ConversionError,
     describe,
@@ -20,7 +21,7 @@ from convert.mapping import (
     torch_key,
     weights_to_state_dict,
 )
-from sam_jax.checkpoint import atomic_directory, load_directory, write_checkpoint
+from sam_jax.checkpoint import atomic_directory, write_checkpoint
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.modeling.sam import SamParams
 
@@ -105,7 +106,8 @@ def convert_checkpoint(
 
 
 def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> dict[str, Any]:
-    """Writes a sam_jax checkpoint back as a reference state_dict file (atomically).
+    """Writes a sam_jax checkpoint (or an embedded model, by name) back as a reference
+    state_dict file (atomically).
 
     The result loads into the reference model with `load_state_dict(strict=True)`.
     """
@@ -114,7 +116,7 @@ def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str
     import torch
 
     try:
-        params = load_directory(flax_dir)
+        params = sam_jax.load(flax_dir)  # a directory, or an embedded model's name
     except (OSError, ValueError) as e:
         raise ConversionError(str(e)) from None
     state_dict = {
