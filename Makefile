@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make test` (and `make demo`, which arrives with the trained default model).
+# Two commands on a fresh machine: `make demo` (the main job on the embedded model) and `make test`.
 # Both set up .venv first, only when it is missing or older than pyproject.toml.
 
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# Segments the bundled sample image with the embedded tiny-shapes model -> demo-output/.
+demo: setup
+	$(PY) -m sam_jax.demo --output demo-output
 
 # Everything, slow tests included (CI runs this).
 test: setup lint

@@ -1,0 +1,88 @@
+"""The embedded default `tiny-shapes`: shipped in the package, loadable by name, above a
+quality floor on freshly generated scenes, exportable to the reference, and what the demo runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_parity
+from reference import build_reference
+from segment_anything import SamPredictor
+
+import sam_jax
+from sam_jax import demo, evaluate
+from sam_jax.data import HELDOUT_SEED, SyntheticShapes
+
+REPO = Path(__file__).resolve().parents[1]
+# Scenes of a seed used neither by training (0) nor by the held-out split: fresh to the model.
+FRESH_SEED = 777_001
+# Floors under the figures the README reports for the 200 held-out scenes (0.26 / 0.27) and
+# far above a randomly initialised vit_t (0.03 / 0.03 on these 40 scenes). They guard the
+# shipped weights, loading and inference; they are not the quality target (README).
+POINT_FLOOR = 0.15
+BOX_FLOOR = 0.15
+
+
+@pytest.fixture(scope="module")
+def tiny() -> sam_jax.SamParams:
+    return sam_jax.load("tiny-shapes")
+
+
+def test_shipped_inside_the_package_and_small(tiny):
+    directory = sam_jax.EMBEDDED_MODELS["tiny-shapes"]
+    assert directory.is_relative_to(Path(sam_jax.__file__).parent)
+    size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+    assert 0 < size <= 20 * 2**20
+    assert tiny.config == sam_jax.get_config("vit_t")
+
+
+def test_quality_floor_on_fresh_scenes(tiny):
+    assert FRESH_SEED != HELDOUT_SEED
+    scenes = SyntheticShapes(size=256, length=40, seed=FRESH_SEED)
+    figures = evaluate.evaluate(tiny, scenes, num_images=40, clicks=())
+    assert figures["instances"] >= 40
+    assert figures["point_miou"] >= POINT_FLOOR, figures
+    assert figures["box_miou"] >= BOX_FLOOR, figures
+
+
+def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny, tmp_path):
+    out = tmp_path / "tiny-shapes.pth"
+    run = subprocess.run(
+        [sys.executable, "-m", "convert", "--to-torch", "tiny-shapes", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    ref = build_reference(tiny.config)  # from tensor shapes alone: the config is vit_t's
+    ref.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    predictor = SamPredictor(ref.eval())
+    scene = SyntheticShapes(size=320, length=1, seed=FRESH_SEED)[0]
+    image = np.ascontiguousarray(scene.image[:240])  # not square: exercises the padding
+    predictor.set_image(image)
+    emb = sam_jax.encode(tiny, image)
+    ys, xs = np.nonzero(scene.masks[0][:240])
+    point = np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]], np.float64)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
+    assert_parity(predictor.predict(point, np.array([1])), sam_jax.decode(tiny, emb, point), "point")
+    assert_parity(
+        predictor.predict(box=box, multimask_output=False),
+        sam_jax.decode(tiny, emb, box=box, multimask_output=False),
+        "box",
+    )
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path):
+    out = tmp_path / "demo-output"
+    assert demo.main(["--output", str(out)]) == 0
+    result = json.loads((out / "masks.json").read_text())
+    assert result["model"] == "tiny-shapes"
+    box_iou = [r["iou_with_truth"] for r in result["masks"] if r["prompt"] == "box"]
+    assert np.mean(box_iou) >= 0.1  # measured 0.19; a randomly initialised model: ~0.03
