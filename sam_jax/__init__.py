@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.modeling.sam import SamParams, init_params
@@ -63,6 +64,7 @@ __all__ = [
     "get_config",
     "init",
     "load",
+    "load_embedding",
     "predict",
     "save",
 ]

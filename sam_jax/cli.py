@@ -1,4 +1,4 @@
-"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax convert ...`.
+"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`.
 
 Every failure the user can cause prints one line, `sam-jax: error: ...`, and exits 1.
 """
@@ -6,9 +6,11 @@ Every failure the user can cause prints one line, `sam-jax: error: ...`, and exi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 # Defaults: a fine-tune starts gently from trained weights, a run from scratch does not.
 FINETUNE_LR = 1e-4
@@ -117,6 +119,124 @@ def finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="image embeddings for a collection of images, on every device, one host or many",
+        description=(
+            "Writes OUTPUT/<image path relative to INPUT>.npz (image_embedding, original_size, input_size) "
+            "for every image; complete outputs are skipped, so a re-run finishes a killed one."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
+    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a .txt list of paths")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step, rounded up to a multiple of devices")
+    p.add_argument("--threads", type=int, default=0, help="host threads decoding images (0: CPU count, at most 8)")
+    _distributed_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _distributed_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-host (jax.distributed)",
+        "Give all three, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or pass "
+        "--distributed alone on a cluster JAX detects by itself (Cloud TPU, SLURM, Open MPI).",
+    )
+    g.add_argument("--coordinator-address", help="host:port of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
+    g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize()")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Starts `jax.distributed` from flags or environment variables; a no-op when neither asks."""
+    address = args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    count = args.num_processes if args.num_processes is not None else os.environ.get("JAX_NUM_PROCESSES")
+    pid = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    given = [v is not None for v in (address, count, pid)]
+    if any(given) and not all(given):
+        raise ValueError("multi-host needs all of --coordinator-address, --num-processes and --process-id")
+    if not all(given) and not args.distributed:
+        return
+    import jax
+
+    if all(given):
+        try:
+            count, pid = int(count), int(pid)
+        except ValueError:
+            raise ValueError("--num-processes and --process-id must be integers") from None
+        if not 0 <= pid < count:
+            raise ValueError(f"--process-id must be in [0, {count}), got {pid}")
+        jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=pid)
+    else:
+        jax.distributed.initialize()
+
+
+def embed(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not os.path.exists(args.input):
+        raise FileNotFoundError(f"--input {args.input!r} does not exist")
+    initialize_distributed(args)
+    import jax
+
+    import sam_jax
+    from sam_jax import batch
+
+    params = sam_jax.load(args.checkpoint)
+    share = batch.process_share(batch.discover_inputs(args.input), jax.process_index(), jax.process_count())
+    t0 = time.perf_counter()
+    with _images_progress(len(share), not args.no_progress) as advance:
+        report = batch.embed_images(
+            params, args.input, args.output, args.batch_size, threads=args.threads or None, progress=advance
+        )
+    seconds = time.perf_counter() - t0
+    where = f"process {jax.process_index()}/{jax.process_count()}, {jax.local_device_count()} device(s)"
+    rate = report.written / seconds if seconds > 0 else 0.0
+    print(
+        f"{report.written} written, {report.skipped} already done, {len(report.failures)} failed "
+        f"of {report.total} ({where}); {rate:.1f} images/s"
+    )
+    if report.failures:
+        name = batch.failures_file(batch.Path(args.output), jax.process_index(), jax.process_count())
+        print(f"sam-jax: error: {len(report.failures)} image(s) failed, listed in {name}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _images_progress(total: int, enabled: bool) -> Any:
+    """A context manager yielding `advance(n)`: a rich bar with images/s, or a no-op."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(lambda n: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def bar() -> Any:
+        with Progress(
+            TextColumn("embed"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+        ) as progress:
+            task = progress.add_task("embed", total=total, rate="")
+            t0 = time.perf_counter()
+            done = 0
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, advance=n, rate=f"{rate:.1f} images/s")
+
+            yield advance
+
+    return bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:  # the converter keeps its own parser (python -m convert)
@@ -127,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
     _finetune_parser(sub)
+    _embed_parser(sub)
     args = parser.parse_args(argv)
     from sam_jax.data import DataError
 
     try:
-        return finetune(args)
+        return {"finetune": finetune, "embed": embed}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
         print(f"sam-jax: error: {e}", file=sys.stderr)
         return 1

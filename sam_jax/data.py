@@ -38,6 +38,8 @@ TEXTURE_KINDS = ("flat", "gradient", "stripes", "noise")
 # Visible parts smaller than this are dropped from a synthetic scene's masks: they are
 # slivers that vanish at the model's low-res mask resolution anyway.
 MIN_VISIBLE_PIXELS = 30
+# Bounding radius of a shape as a fraction of the image side.
+RADIUS_RANGE = (0.04, 0.225)
 
 # Errors PIL raises for a file that is not a readable image.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -259,7 +261,7 @@ def _render_scene(rng: np.random.Generator, size: int, max_objects: int) -> _Sce
     colours: list[np.ndarray] = []
     for k in range(int(rng.integers(1, max_objects + 1))):
         kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
-        r = size * rng.uniform(0.04, 0.225)  # diameter 8%..45% of the side
+        r = size * rng.uniform(*RADIUS_RANGE)
         cy, cx = size * rng.uniform(-0.05, 1.05, 2)  # may lie partly outside the image
         colour = _pick_colour(rng, background, colours)
         kinds.append(kind)

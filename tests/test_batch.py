@@ -1,0 +1,241 @@
+"""Batch embedding jobs (`sam_jax.batch`, `sam-jax embed`): 8 devices = 1 device = `encode`,
+two `jax.distributed` processes split the inputs, a killed run resumes without redoing
+finished work, and a corrupt image is recorded while the rest succeed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sam_jax
+from sam_jax import batch
+
+SMALL = sam_jax.SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    patch_size=8,
+    encoder_window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+# Sizes of different aspect ratios (the padding differs per image within one batch).
+SIZES = [
+    (48, 64),
+    (64, 48),
+    (100, 70),
+    (33, 90),
+    (64, 64),
+    (120, 80),
+    (70, 100),
+    (50, 50),
+    (90, 33),
+    (40, 64),
+    (64, 30),
+]
+
+
+def _images(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """n images (PNG and JPEG, some in sub-folders) under root."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = SIZES[i % len(SIZES)]
+        sub = root / ("" if i % 3 else f"part{i % 2}")
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"img{i:03d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("batch") / "small"
+    sam_jax.save(path, sam_jax.init(SMALL, 3))
+    return path
+
+
+def run_embed(*args: str, devices: int = 1, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cmd = [sys.executable, "-m", "sam_jax.cli", "embed", "--no-progress", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _outputs(root: Path) -> dict[str, Path]:
+    return {p.relative_to(root).as_posix(): p for p in root.rglob("*.npz")}
+
+
+def test_discover_inputs(tmp_path):
+    paths = _images(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    items = batch.discover_inputs(tmp_path / "in")
+    assert [it.key for it in items] == sorted(p.relative_to(tmp_path / "in").as_posix() for p in paths)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two of them\nin/{paths[1].relative_to(tmp_path / 'in').as_posix()}\n\n{paths[0]}\n")
+    listed = batch.discover_inputs(listing)
+    assert {it.path.resolve() for it in listed} == {paths[0].resolve(), paths[1].resolve()}
+    assert {it.key for it in listed} == {"in/" + paths[1].relative_to(tmp_path / "in").as_posix(), str(paths[0])[1:]}
+    assert batch.discover_inputs(paths[2])[0].key == paths[2].name
+    shares = [batch.process_share(items, i, 2) for i in range(2)]
+    assert sorted(it.key for s in shares for it in s) == [it.key for it in items]
+    assert not {it.key for it in shares[0]} & {it.key for it in shares[1]}
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing", "does not exist"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "holds no images"),
+        (lambda d: (d / "x.csv").write_text("a") and d / "x.csv", "must be an image"),
+        (lambda d: (d / "l.txt").write_text("../up.png\n") and d / "l.txt", "climbs out"),
+    ],
+)
+def test_discover_inputs_refuses(tmp_path, make, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        batch.discover_inputs(make(tmp_path))
+
+
+def test_same_stem_refused(tmp_path):
+    _images(tmp_path, 1)
+    Image.new("RGB", (8, 8)).save(tmp_path / "part0" / "img000.png")
+    with pytest.raises(ValueError, match="same output"):
+        batch.discover_inputs(tmp_path)
+
+
+def test_eight_devices_equal_one_device_and_encode(tmp_path, model):
+    paths = _images(tmp_path / "in", 11)  # not a multiple of 8: the last batch is padded
+    one = run_embed("--checkpoint", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    eight = run_embed(
+        "--checkpoint", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "eight"),
+        "--batch-size", "8", devices=8,
+    )  # fmt: skip
+    assert eight.returncode == 0, eight.stderr
+    assert "8 device(s)" in eight.stdout and "1 device(s)" in one.stdout
+    params = sam_jax.load(model)
+    outs1, outs8 = _outputs(tmp_path / "one"), _outputs(tmp_path / "eight")
+    assert sorted(outs1) == sorted(outs8) and len(outs1) == 11
+    for path in paths:
+        key = path.relative_to(tmp_path / "in").with_suffix(".npz").as_posix()
+        image = np.asarray(Image.open(path).convert("RGB"))
+        expected = sam_jax.encode(params, image)
+        for outs in (outs1, outs8):
+            with np.load(outs[key]) as f:
+                np.testing.assert_allclose(f["image_embedding"], np.asarray(expected.image_embedding), atol=1e-4)
+                assert tuple(f["original_size"]) == image.shape[:2]
+                assert tuple(f["input_size"]) == expected.input_size
+    # The documented loader gives what decode takes, with the same result as encode's output.
+    loaded = batch.load_embedding(outs8[sorted(outs8)[3]])
+    point = np.array([[10.0, 12.0]])
+    ours = sam_jax.decode(params, loaded, point)
+    key = sorted(outs8)[3]
+    src = next(p for p in paths if p.relative_to(tmp_path / "in").with_suffix(".npz").as_posix() == key)
+    ref = sam_jax.decode(params, sam_jax.encode(params, np.asarray(Image.open(src).convert("RGB"))), point)
+    np.testing.assert_allclose(np.asarray(ours[2]), np.asarray(ref[2]), atol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_cover_disjoint_shares(tmp_path, model):
+    _images(tmp_path / "in", 9)
+    address = f"localhost:{_free_port()}"
+    procs = [
+        run_embed(
+            "--checkpoint",
+            str(model),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / f"p{i}"),
+            "--coordinator-address",
+            address,
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(i),
+            wait=False,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+    assert "process 0/2" in results[0][0] and "process 1/2" in results[1][0]
+    shares = [set(_outputs(tmp_path / f"p{i}")) for i in range(2)]
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
+    everything = {it.key.rsplit(".", 1)[0] + ".npz" for it in batch.discover_inputs(tmp_path / "in")}
+    assert shares[0] | shares[1] == everything
+
+
+def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
+    vit_t = tmp_path / "vit_t"  # slow enough per image to be killed half way
+    sam_jax.save(vit_t, sam_jax.init("vit_t", 0))
+    _images(tmp_path / "in", 40)
+    args = ("--checkpoint", str(vit_t), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    proc = run_embed(*args, "--batch-size", "1", "--threads", "1", wait=False)
+    deadline = time.monotonic() + 300
+    while len(_outputs(tmp_path / "out")) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _outputs(tmp_path / "out")
+    assert 3 <= len(before) < 40, f"{len(before)} outputs when killed"
+    assert all(batch.is_complete_embedding(p) for p in before.values())  # nothing half written
+    stamps = {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in before.items()}
+    again = run_embed(*args, "--batch-size", "4")
+    assert again.returncode == 0, again.stderr
+    assert f"{len(before)} already done" in again.stdout
+    after = _outputs(tmp_path / "out")
+    assert len(after) == 40 and all(batch.is_complete_embedding(p) for p in after.values())
+    assert {k: (after[k].stat().st_ino, after[k].stat().st_mtime_ns) for k in before} == stamps
+
+
+def test_corrupt_image_is_recorded_and_the_rest_succeed(tmp_path, model):
+    _images(tmp_path / "in", 4)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    result = run_embed("--checkpoint", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()  # the log line naming it, then the one-line summary
+    assert "broken.png" in lines[0] and "not a readable image" in lines[0], result.stderr
+    assert lines[-1].startswith("sam-jax: error: 1 image(s) failed") and "failures.tsv" in lines[-1], result.stderr
+    assert len(_outputs(tmp_path / "out")) == 4
+    record = (tmp_path / "out" / "failures.tsv").read_text().splitlines()
+    assert len(record) == 1 and record[0].split("\t")[0].endswith("broken.png")
+    assert "not a readable image" in record[0]
+
+
+def test_cli_refuses_bad_arguments_in_one_line(tmp_path, model):
+    for args in (
+        ("--checkpoint", str(model), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")),
+        ("--checkpoint", str(model), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--batch-size", "0"),
+        ("--checkpoint", str(tmp_path / "no-model"), "--input", str(tmp_path), "--output", str(tmp_path / "o")),
+        ("--checkpoint", str(model), "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--process-id", "1"),
+    ):
+        result = run_embed(*args)
+        assert result.returncode == 1, args
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("sam-jax: error:"), (
+            result.stderr
+        )
