@@ -32,6 +32,21 @@ SMALL = SamConfig(
     iou_head_hidden_dim=32,
 )
 
+# A smaller one (64 px, patch 8) for tests that run many steps or processes.
+TINY = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    patch_size=8,
+    encoder_window_size=4,
+    prompt_embed_dim=32,
+    mask_in_chans=8,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
+
 
 def build_reference(cfg: SamConfig) -> Sam:
     """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`)."""

@@ -15,23 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from reference import TINY
 
 import sam_jax
 from sam_jax import batch
 
-SMALL = sam_jax.SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
-    image_size=64,
-    patch_size=8,
-    encoder_window_size=4,
-    prompt_embed_dim=32,
-    mask_in_chans=8,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-)
 # Sizes of different aspect ratios (the padding differs per image within one batch).
 SIZES = [
     (48, 64),
@@ -65,7 +53,7 @@ def _images(root: Path, n: int, seed: int = 0) -> list[Path]:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("batch") / "small"
-    sam_jax.save(path, sam_jax.init(SMALL, 3))
+    sam_jax.save(path, sam_jax.init(TINY, 3))
     return path
 
 
