@@ -259,7 +259,7 @@ def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
 
 def embed_images(
     params: SamParams,
-    inputs: str | os.PathLike[str],
+    inputs: str | os.PathLike[str] | Sequence[InputItem],
     output_dir: str | os.PathLike[str],
     batch_size: int = 8,
     *,
@@ -272,7 +272,7 @@ def embed_images(
 
     Args:
         params: model weights and config.
-        inputs: an image, a folder or a list file (`discover_inputs`).
+        inputs: an image, a folder or a list file, or what `discover_inputs` made of one.
         output_dir: where the `.npz` files (and any failures file) go.
         batch_size: images per device step, rounded up to a multiple of the local device
             count; a last, short batch is padded and the padding dropped.
@@ -289,7 +289,8 @@ def embed_images(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     out = Path(output_dir)
-    share = process_share(discover_inputs(inputs), index, count)
+    items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
+    share = process_share(items, index, count)
     todo = [it for it in share if not is_complete_embedding(output_path(out, it))]
     report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
     if progress and report.skipped:

@@ -185,11 +185,12 @@ def embed(args: argparse.Namespace) -> int:
     from sam_jax import batch
 
     params = sam_jax.load(args.checkpoint)
-    share = batch.process_share(batch.discover_inputs(args.input), jax.process_index(), jax.process_count())
+    items = batch.discover_inputs(args.input)
+    share = batch.process_share(items, jax.process_index(), jax.process_count())
     t0 = time.perf_counter()
     with _images_progress(len(share), not args.no_progress) as advance:
         report = batch.embed_images(
-            params, args.input, args.output, args.batch_size, threads=args.threads or None, progress=advance
+            params, items, args.output, args.batch_size, threads=args.threads or None, progress=advance
         )
     seconds = time.perf_counter() - t0
     where = f"process {jax.process_index()}/{jax.process_count()}, {jax.local_device_count()} device(s)"
