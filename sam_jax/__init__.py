@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sam_jax.automatic_mask_generator import AmgOptions, SamAutomaticMaskGenerator, generate_masks
 from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
@@ -56,11 +57,14 @@ def init(config: SamConfig | str, seed: int = 0) -> SamParams:
 
 __all__ = [
     "MODEL_REGISTRY",
+    "AmgOptions",
     "ImageEmbedding",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamParams",
     "decode",
     "encode",
+    "generate_masks",
     "get_config",
     "init",
     "load",
