@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -43,22 +44,31 @@ def relu(x: jax.Array) -> jax.Array:
     return jnp.maximum(x, 0)
 
 
-def _linear_taps(in_size: int, out_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weight of torch's linear interpolation with align_corners=False.
 
     Reference: ATen `area_pixel_compute_source_index`: src = max(scale * (dst + 0.5) - 0.5, 0)
     with scale = in / out; the two taps are floor(src) and its right neighbour (clamped).
     Computed with numpy at trace time, so they are constants of the compiled program.
     """
-    import numpy as np
-
     # float32 arithmetic, as ATen does for float tensors, so the weights round the same way.
     scale = np.float32(in_size) / np.float32(out_size)
     src = np.maximum(scale * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
     i0 = np.minimum(src.astype(np.int32), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
     w1 = src - i0.astype(np.float32)
-    return jnp.asarray(i0), jnp.asarray(i1), jnp.asarray(w1)
+    return i0, i1, w1
+
+
+def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix of torch's linear interpolation (align_corners=False):
+    `matrix @ x` resizes x's first axis. Two non-zero taps per row, from `_linear_taps`."""
+    i0, i1, w1 = _linear_taps(in_size, out_size)
+    matrix = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, i0), 1 - w1.astype(np.float64))
+    np.add.at(matrix, (rows, i1), w1.astype(np.float64))
+    return matrix
 
 
 def interpolate_linear(x: jax.Array, size: int, axis: int) -> jax.Array:
