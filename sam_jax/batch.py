@@ -18,20 +18,26 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
+import json
 import logging
 import os
 import queue
+import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from PIL import Image
 
 from sam_jax import transforms
-from sam_jax.checkpoint import atomic_write_bytes
+from sam_jax.automatic_mask_generator import AmgOptions, _generate
+from sam_jax.checkpoint import atomic_directory, atomic_write_bytes
 from sam_jax.data import IMAGE_EXTENSIONS, DataError, _load_rgb
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, _check_params, _encode_padded
@@ -173,30 +179,44 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbedding:
 @dataclasses.dataclass
 class _Loaded:
     item: InputItem
-    padded: np.ndarray | None  # (S, S, 3) uint8, None on failure
+    image: np.ndarray | None  # uint8, as the job wants it (resized and padded, or original); None on failure
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     error: str | None = None
 
 
-def _load(item: InputItem, image_size: int) -> _Loaded:
+def _read(item: InputItem) -> tuple[np.ndarray | None, str | None]:
     try:
-        image = _load_rgb(item.path)
+        return _load_rgb(item.path), None
     except (DataError, OSError) as e:
-        return _Loaded(item, None, (0, 0), (0, 0), str(e).replace("\t", " ").replace("\n", " "))
+        return None, str(e).replace("\t", " ").replace("\n", " ")
+
+
+def _load_for_encoder(item: InputItem, image_size: int) -> _Loaded:
+    image, error = _read(item)
+    if image is None:
+        return _Loaded(item, None, (0, 0), (0, 0), error)
     resized = transforms.resize_longest_side(image, image_size)
     return _Loaded(item, transforms.pad_to_square(resized, image_size), image.shape[:2], resized.shape[:2])
 
 
-def _loaded_in_order(items: Sequence[InputItem], image_size: int, threads: int) -> Iterator[_Loaded]:
-    """Decodes and resizes images on host threads, a bounded window ahead of the consumer."""
+def _load_original(item: InputItem) -> _Loaded:
+    image, error = _read(item)
+    size = (0, 0) if image is None else image.shape[:2]
+    return _Loaded(item, image, size, size, error)
+
+
+def _loaded_in_order(
+    items: Sequence[InputItem], load: Callable[[InputItem], _Loaded], threads: int
+) -> Iterator[_Loaded]:
+    """Decodes (and resizes) images on host threads, a bounded window ahead of the consumer."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sam-jax-load") as pool:
         window: queue.SimpleQueue[concurrent.futures.Future[_Loaded]] = queue.SimpleQueue()
         ahead = 4 * threads
         it = iter(items)
         pending = 0
         for item in it:
-            window.put(pool.submit(_load, item, image_size))
+            window.put(pool.submit(load, item))
             pending += 1
             if pending >= ahead:
                 break
@@ -205,7 +225,7 @@ def _loaded_in_order(items: Sequence[InputItem], image_size: int, threads: int) 
             pending -= 1
             nxt = next(it, None)
             if nxt is not None:
-                window.put(pool.submit(_load, nxt, image_size))
+                window.put(pool.submit(load, nxt))
                 pending += 1
             yield loaded
 
@@ -234,6 +254,7 @@ class JobReport:
     skipped: int  # already complete
     written: int
     failures: list[tuple[str, str]]  # (path, reason)
+    masks: int = 0  # automatic-mask jobs: masks in the outputs written
 
     @property
     def ok(self) -> bool:
@@ -328,11 +349,12 @@ def embed_images(
     n_threads = threads or min(os.cpu_count() or 1, 8)
     previous: tuple[list[_Loaded], jax.Array] | None = None
     try:
-        for batch in _batches(_loaded_in_order(todo, size, n_threads), step, record_failure):
+        loaded = _loaded_in_order(todo, functools.partial(_load_for_encoder, image_size=size), n_threads)
+        for batch in _batches(loaded, step, record_failure):
             images = np.zeros((step, size, size, 3), np.uint8)
             hws = np.full((step, 2), size, np.int32)
             for i, entry in enumerate(batch):
-                images[i], hws[i] = entry.padded, entry.input_size
+                images[i], hws[i] = entry.image, entry.input_size
             emb = _encode_padded(params, jax.device_put(images, data), jax.device_put(hws, data))
             if previous is not None:  # write batch k-1 while the device runs batch k
                 writes.append(writer.submit(write, *previous))
@@ -343,5 +365,126 @@ def embed_images(
             w.result()
     finally:
         writer.shutdown(wait=True)
+    _write_failures(failures_file(out, index, count), report.failures)
+    return report
+
+
+# ----------------------------------------------------------------------------- automatic masks
+
+# The reference `scripts/amg.py` layout: per image a folder with <i>.png (0/255) per mask and
+# this CSV (no trailing newline), or with --convert-to-rle one JSON list of records.
+METADATA_HEADER = (
+    "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
+    "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
+)
+
+
+def masks_output_path(output_dir: str | os.PathLike[str], item: InputItem, output_mode: str) -> Path:
+    """`OUT/<key without suffix>/` for binary masks, `OUT/<key without suffix>.json` otherwise."""
+    return output_path(output_dir, item, "" if output_mode == "binary_mask" else ".json")
+
+
+def is_complete_masks(path: Path, output_mode: str) -> bool:
+    """Outputs appear by an atomic rename, so existing means complete."""
+    return (path / "metadata.csv").is_file() if output_mode == "binary_mask" else path.is_file()
+
+
+def _metadata_row(i: int, record: dict[str, Any]) -> str:
+    fields = [
+        i,
+        record["area"],
+        *record["bbox"],
+        *record["point_coords"][0],
+        record["predicted_iou"],
+        record["stability_score"],
+        *record["crop_box"],
+    ]
+    return ",".join(str(f) for f in fields)
+
+
+def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str) -> None:
+    """Writes one image's records atomically in the reference script's layout."""
+    if output_mode != "binary_mask":
+        atomic_write_bytes(path, json.dumps(records).encode())
+        return
+    with atomic_directory(path) as tmp:
+        for i, record in enumerate(records):
+            Image.fromarray(record["segmentation"].astype(np.uint8) * 255).save(tmp / f"{i}.png")
+        rows = [METADATA_HEADER] + [_metadata_row(i, r) for i, r in enumerate(records)]
+        (tmp / "metadata.csv").write_text("\n".join(rows))
+
+
+def generate_masks_for_images(
+    params: SamParams,
+    inputs: str | os.PathLike[str] | Sequence[InputItem],
+    output_dir: str | os.PathLike[str],
+    options: AmgOptions | None = None,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> JobReport:
+    """Automatic masks for every image of `inputs`, written in the reference script's layout.
+
+    Images are independent and each one's work is a sequence of small, data-dependent steps
+    (crops, point batches, filters), so the unit of parallelism is the image: the weights
+    are replicated on every local device and each device works through images taken in
+    turn from one shared, host-decoded stream. Shares across processes, skipping of complete
+    outputs, atomic writes and the failures file are as in `embed_images`.
+
+    Args:
+        params: model weights and config.
+        inputs: an image, a folder or a list file, or what `discover_inputs` made of one.
+        output_dir: where the outputs go (see `masks_output_path`).
+        options: `AmgOptions` (default: the reference's defaults).
+        devices: devices to use (default: all of this process's).
+        process_index, process_count, threads, progress: as for `embed_images`.
+    Returns:
+        A `JobReport`; `report.ok` is False when some image could not be read.
+    """
+    params = _check_params(params)
+    options = AmgOptions() if options is None else options
+    if not isinstance(options, AmgOptions):
+        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    mode = options.output_mode
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    out = Path(output_dir)
+    items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
+    share = process_share(items, index, count)
+    todo = [it for it in share if not is_complete_masks(masks_output_path(out, it, mode), mode)]
+    report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
+    if progress and report.skipped:
+        progress(report.skipped)
+    devices = list(jax.local_devices() if devices is None else devices)
+    lock = threading.Lock()
+    loaded = _loaded_in_order(todo, _load_original, threads or min(os.cpu_count() or 1, 8))
+
+    def work(replica: SamParams) -> None:
+        while True:
+            with lock:  # the stream is a generator: one consumer at a time
+                entry = next(loaded, None)
+                if entry is not None and entry.error is not None:
+                    _log.warning("failed: %s", entry.error)
+                    report.failures.append((str(entry.item.path), entry.error))
+                    _write_failures(failures_file(out, index, count), report.failures)
+            if entry is None:
+                return
+            if entry.image is not None:
+                records = _generate(replica, entry.image, options)
+                write_masks(masks_output_path(out, entry.item, mode), records, mode)
+                with lock:
+                    report.written += 1
+                    report.masks += len(records)
+            if progress:
+                progress(1)
+
+    if todo:
+        replicas = [jax.device_put(params, d) for d in devices]
+        with concurrent.futures.ThreadPoolExecutor(len(replicas), thread_name_prefix="sam-jax-amg") as pool:
+            for done in [pool.submit(work, r) for r in replicas]:
+                done.result()
     _write_failures(failures_file(out, index, count), report.failures)
     return report

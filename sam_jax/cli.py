@@ -137,6 +137,47 @@ def _embed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+# The reference scripts/amg.py settings: flag -> (type, help); the AmgOptions field is the flag in snake_case.
+_AMG_FLAGS = {
+    "--points-per-side": (int, "points sampled per side of the image (grid of N x N)"),
+    "--points-per-batch": (int, "points decoded at once (more is faster, uses more memory)"),
+    "--pred-iou-thresh": (float, "drop masks whose predicted IoU is at most this"),
+    "--stability-score-thresh": (float, "drop masks whose stability score is below this"),
+    "--stability-score-offset": (float, "logit offset of the stability score"),
+    "--box-nms-thresh": (float, "box IoU above which duplicates within a crop are dropped"),
+    "--crop-n-layers": (int, "extra layers of image crops (0: whole image only)"),
+    "--crop-nms-thresh": (float, "box IoU above which duplicates across crops are dropped"),
+    "--crop-overlap-ratio": (float, "overlap of crops, as a fraction of the image's short side"),
+    "--crop-n-points-downscale-factor": (int, "points per side divided by this at each crop layer"),
+    "--min-mask-region-area": (int, "fill holes and remove islands smaller than this many pixels"),
+}
+
+
+def _amg_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "amg",
+        help="automatic masks ('segment everything') for a collection of images",
+        description=(
+            "The reference scripts/amg.py, on every local device: for each image, OUTPUT/<path relative to "
+            "INPUT>/ with one PNG per mask and metadata.csv, or with --convert-to-rle OUTPUT/<...>.json (COCO RLE). "
+            "Complete outputs are skipped, so a re-run finishes a killed one. Unset options take the reference's "
+            "defaults (tuned for ViT-H)."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
+    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a .txt list of paths")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--model-type", help="optional check: the checkpoint must be this registry model (e.g. vit_h)")
+    p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
+    p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
+    g = p.add_argument_group("AMG settings (the reference's names; default: the reference's values)")
+    for flag, (kind, text) in _AMG_FLAGS.items():
+        g.add_argument(flag, type=kind, help=text)
+    p.add_argument("--threads", type=int, default=0, help="host threads decoding images (0: CPU count, at most 8)")
+    _distributed_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _distributed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "multi-host (jax.distributed)",
@@ -188,15 +229,57 @@ def embed(args: argparse.Namespace) -> int:
     items = batch.discover_inputs(args.input)
     share = batch.process_share(items, jax.process_index(), jax.process_count())
     t0 = time.perf_counter()
-    with _images_progress(len(share), not args.no_progress) as advance:
+    with _images_progress(len(share), not args.no_progress, "embed") as advance:
         report = batch.embed_images(
             params, items, args.output, args.batch_size, threads=args.threads or None, progress=advance
         )
-    seconds = time.perf_counter() - t0
+    return _summary(args, report, time.perf_counter() - t0)
+
+
+def amg(args: argparse.Namespace) -> int:
+    import sam_jax
+    from sam_jax import batch
+
+    settings = {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_")) for f in _AMG_FLAGS}
+    options = sam_jax.AmgOptions(
+        **{k: v for k, v in settings.items() if v is not None},
+        output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
+    )
+    if not os.path.exists(args.input):
+        raise FileNotFoundError(f"--input {args.input!r} does not exist")
+    initialize_distributed(args)
+    import jax
+
+    params = sam_jax.load(args.checkpoint)
+    if args.model_type is not None and sam_jax.get_config(args.model_type) != params.config:
+        raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
+    devices = None
+    if args.device is not None:
+        platform = {"cuda": "gpu"}.get(args.device.split(":")[0], args.device.split(":")[0])
+        try:
+            devices = jax.local_devices(backend=platform)
+        except RuntimeError:
+            raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
+    items = batch.discover_inputs(args.input)
+    share = batch.process_share(items, jax.process_index(), jax.process_count())
+    t0 = time.perf_counter()
+    with _images_progress(len(share), not args.no_progress, "amg") as advance:
+        report = batch.generate_masks_for_images(
+            params, items, args.output, options, devices=devices, threads=args.threads or None, progress=advance
+        )
+    return _summary(args, report, time.perf_counter() - t0, f", {report.masks} masks")
+
+
+def _summary(args: argparse.Namespace, report: Any, seconds: float, extra: str = "") -> int:
+    """Prints the job's one-line summary; exit status 1 (and the failures file's name) on failures."""
+    import jax
+
+    from sam_jax import batch
+
     where = f"process {jax.process_index()}/{jax.process_count()}, {jax.local_device_count()} device(s)"
     rate = report.written / seconds if seconds > 0 else 0.0
     print(
-        f"{report.written} written, {report.skipped} already done, {len(report.failures)} failed "
+        f"{report.written} written{extra}, {report.skipped} already done, {len(report.failures)} failed "
         f"of {report.total} ({where}); {rate:.1f} images/s"
     )
     if report.failures:
@@ -206,7 +289,7 @@ def embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images_progress(total: int, enabled: bool) -> Any:
+def _images_progress(total: int, enabled: bool, label: str) -> Any:
     """A context manager yielding `advance(n)`: a rich bar with images/s, or a no-op."""
     import contextlib
 
@@ -217,13 +300,13 @@ def _images_progress(total: int, enabled: bool) -> Any:
     @contextlib.contextmanager
     def bar() -> Any:
         with Progress(
-            TextColumn("embed"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
         ) as progress:
-            task = progress.add_task("embed", total=total, rate="")
+            task = progress.add_task(label, total=total, rate="")
             t0 = time.perf_counter()
             done = 0
 
@@ -249,11 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
     _finetune_parser(sub)
     _embed_parser(sub)
+    _amg_parser(sub)
     args = parser.parse_args(argv)
     from sam_jax.data import DataError
 
     try:
-        return {"finetune": finetune, "embed": embed}[args.command](args)
+        return {"finetune": finetune, "embed": embed, "amg": amg}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
         print(f"sam-jax: error: {e}", file=sys.stderr)
         return 1

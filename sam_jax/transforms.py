@@ -73,9 +73,7 @@ def postprocess_masks(
     """
     low = masks.shape[-1]
     rows, cols = (
-        jnp.asarray(
-            linear_resize_matrix(n_in, n_out) @ linear_resize_matrix(low, image_size)[:n_in], dtype=masks.dtype
-        )
+        jnp.asarray(linear_resize_matrix(n_in, n_out) @ linear_resize_matrix(low, image_size)[:n_in], dtype=masks.dtype)
         for n_in, n_out in zip(input_size, original_size, strict=True)
     )
     # HIGHEST: fp32 accumulation everywhere (GPUs would otherwise round the inputs to tf32).
