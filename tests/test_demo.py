@@ -1,4 +1,4 @@
-"""The demo job, run on a converted model (the trained tiny-shapes default is not shipped yet)."""
+"""The demo job, run on a converted random model (test_embedded runs it on tiny-shapes)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def test_demo_writes_overlays_and_masks(small, tmp_path):
         m = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
         assert m.shape == sample.shape[:2] and int(m.sum()) == r["area"]
         assert 0.0 <= r["iou_with_truth"] <= 1.0
+    automatic = json.loads((out / "automatic.json").read_text())
+    assert automatic["options"] == demo.AUTOMATIC_OPTIONS
+    pic = np.asarray(Image.open(out / "automatic.png"))  # random weights: maybe no mask survives
+    assert pic.shape == sample.shape and np.array_equal(pic, sample) == (not automatic["masks"])
+    for r in automatic["masks"]:
+        seg = r["segmentation"]
+        assert int(mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).sum()) == r["area"]
 
 
 def test_demo_reports_a_bad_checkpoint_in_one_line(tmp_path, capsys):

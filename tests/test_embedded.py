@@ -86,3 +86,4 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     assert result["model"] == "tiny-shapes"
     box_iou = [r["iou_with_truth"] for r in result["masks"] if r["prompt"] == "box"]
     assert np.mean(box_iou) >= 0.1  # measured 0.19; a randomly initialised model: ~0.03
+    assert len(json.loads((out / "automatic.json").read_text())["masks"]) >= 1  # measured 2
