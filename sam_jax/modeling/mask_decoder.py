@@ -39,17 +39,26 @@ class ConvTranspose2x2(nn.Module):
     """torch `ConvTranspose2d(kernel_size=2, stride=2)`: each pixel becomes a 2x2 block.
 
     Kernel layout (2, 2, in, out); the converter transposes torch's (in, out, 2, 2).
+    The 2x2 block is returned as two new axes before the channels, (..., C) -> (..., 2, 2, O),
+    rather than interleaved into the spatial axes: `interleave_subpixels` does that once, at
+    the end, on the far smaller mask logits (every op in between acts per pixel).
     """
 
     features: int
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
+        c = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel)
-        return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+        return jnp.einsum("...c,ijco->...ijo", x, kernel) + bias
+
+
+def interleave_subpixels(x: jax.Array) -> jax.Array:
+    """(B, M, H, W, i1, j1, i2, j2) sub-pixel blocks of two 2x2 upscalings -> (B, M, 4H, 4W),
+    the pixel (4h + 2 i1 + i2, 4w + 2 j1 + j2)."""
+    b, m, h, w = x.shape[:4]
+    return jnp.transpose(x, (0, 1, 2, 4, 6, 3, 5, 7)).reshape(b, m, 4 * h, 4 * w)
 
 
 class MaskDecoder(nn.Module):
@@ -98,10 +107,12 @@ class MaskDecoder(nn.Module):
 
         h, w = image_embedding.shape[1:3]
         x = src.reshape(b, h, w, dim)
-        x = ConvTranspose2x2(dim // 4, name="output_upscaling_0")(x)
+        x = ConvTranspose2x2(dim // 4, name="output_upscaling_0")(x)  # (B, H, W, 2, 2, C/4)
         x = gelu(layer_norm(LAYER_NORM_2D_EPS, "output_upscaling_1")(x))
-        upscaled = gelu(ConvTranspose2x2(dim // 8, name="output_upscaling_3")(x))
+        upscaled = gelu(ConvTranspose2x2(dim // 8, name="output_upscaling_3")(x))  # (B, H, W, 2, 2, 2, 2, C/8)
 
+        # Token 0 is the single-mask output; tokens 1.. are the multimask outputs.
+        sl = slice(1, None) if multimask_output else slice(0, 1)
         hyper_in = jnp.stack(
             [
                 MLP(dim, dim // 8, 3, name=f"output_hypernetworks_mlps_{i}")(mask_tokens_out[:, i, :])
@@ -109,8 +120,6 @@ class MaskDecoder(nn.Module):
             ],
             axis=1,
         )
-        masks = jnp.einsum("bkc,bhwc->bkhw", hyper_in, upscaled)
+        masks = interleave_subpixels(jnp.einsum("bkc,bhwijxyc->bkhwijxy", hyper_in[:, sl], upscaled))
         iou_pred = MLP(cfg.iou_head_hidden_dim, n_tokens, cfg.iou_head_depth, name="iou_prediction_head")(iou_token_out)
-        # Token 0 is the single-mask output; tokens 1.. are the multimask outputs.
-        sl = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, sl], iou_pred[:, sl]
+        return masks, iou_pred[:, sl]
