@@ -144,7 +144,8 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.n
         w = np.maximum(np.float32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
         h = np.maximum(np.float32(0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for empty boxes: NaN, kept as torchvision
+            iou = inter / (areas[i] + areas[rest] - inter)
         suppressed[rest[iou > np.float32(iou_threshold)]] = True
     return np.asarray(keep, np.int64)
 

@@ -96,7 +96,7 @@ def test_prompt_encoder(small, combo):
     nhwc_masks = None if masks is None else jnp.asarray(masks.transpose(0, 2, 3, 1))
     sparse, dense, pe = prompt_encoder_forward(small.params, points, labels, boxes, nhwc_masks)
     assert rel_err(sparse, sparse_ref.numpy()) < 1e-5
-    assert rel_err(dense, nchw_to_nhwc(dense_ref)) < 1e-5
+    assert rel_err(np.broadcast_to(dense, dense_ref.shape[:1] + dense.shape[1:]), nchw_to_nhwc(dense_ref)) < 1e-5
     assert rel_err(pe, nchw_to_nhwc(pe_ref)[0]) < 1e-5
 
 

@@ -79,7 +79,7 @@ class MaskDecoder(nn.Module):
             image_embedding: (1 or B, E, E, C), broadcast over prompts when 1.
             image_pe: (E, E, C) dense positional encoding.
             sparse_prompt_embeddings: (B, N, C).
-            dense_prompt_embeddings: (B, E, E, C).
+            dense_prompt_embeddings: (1 or B, E, E, C); both at 1: the first layer is shared.
             multimask_output: return the `num_multimask_outputs` masks, else the single one.
         Returns:
             masks: (B, M, 4E, 4E) low-res logits; iou_pred: (B, M).
@@ -93,7 +93,7 @@ class MaskDecoder(nn.Module):
         output_tokens = jnp.broadcast_to(jnp.concatenate([iou_token, mask_tokens]), (b, 1 + n_tokens, dim))
         tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings], axis=1)
 
-        src = image_embedding + dense_prompt_embeddings  # broadcasts one image over B prompts
+        src = image_embedding + dense_prompt_embeddings  # (1, ...) when both are shared by the B prompts
         transformer = TwoWayTransformer(
             cfg.decoder_depth,
             cfg.decoder_num_heads,

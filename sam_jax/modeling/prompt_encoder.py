@@ -130,7 +130,8 @@ class PromptEncoder(nn.Module):
             masks: (B, 4E, 4E, 1) low-res mask logits (NHWC).
         Returns:
             sparse: (B, N', C) tokens (N' = N (+1 padding point) (+2 box corners)).
-            dense: (B, E, E, C) mask embedding, or `no_mask` broadcast.
+            dense: (B, E, E, C) mask embedding; without masks, `no_mask` as (1, E, E, C): the
+                same for every prompt, which lets the decoder share work across prompts.
             dense_pe: (E, E, C) positional encoding of the image embedding grid.
         """
         cfg = self.config
@@ -147,5 +148,5 @@ class PromptEncoder(nn.Module):
         if masks is not None:
             dense = self._embed_masks(masks)
         else:
-            dense = jnp.broadcast_to(no_mask, (b, e, e, dim))
+            dense = jnp.broadcast_to(no_mask, (1, e, e, dim))
         return jnp.concatenate(sparse, axis=1), dense, self.pe_layer.dense((e, e))
