@@ -66,8 +66,17 @@ def row(section: str, what: str, ref_s: float, ours_s: float, unit: str = "s", *
     )
 
 
+_MODELS: dict[str, tuple[torch.nn.Module, sam_jax.SamParams]] = {}
+
+
 def models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
     """The same weights on both sides: an exported embedded model or a randomised registry one."""
+    if name not in _MODELS:
+        _MODELS[name] = _build_models(name, tmp)
+    return _MODELS[name]
+
+
+def _build_models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
     if name == "tiny-shapes":
         params = sam_jax.load(name)
         convert.export_torch(name, tmp / "tiny.pth")
@@ -128,7 +137,113 @@ def _crop_boxes(image: np.ndarray, options: dict[str, Any]) -> list[list[int]]:
     return generate_crop_boxes(image.shape[:2], options.get("crop_n_layers", 0), 512 / 1500)[0]
 
 
-SECTIONS = {"amg": bench_amg}
+# ----------------------------------------------------------------------------- encoder, decoder, predict
+
+
+def _scene(size: int, seed: int = 7) -> np.ndarray:
+    """A 4:3 synthetic scene whose long side is `size` (the encoder pads it to a square)."""
+    image = SyntheticShapes(size=size, length=1, seed=seed)[0].image
+    return np.ascontiguousarray(image[: size * 3 // 4])
+
+
+def bench_matmul(model: str, tmp: Path, repeats: int) -> None:
+    """This machine's fp32 matmul rate at the encoder's MLP shape (4096 x 768 x 3072), for
+    reading the encoder rows as a fraction of what the hardware sustains."""
+    if model != MODELS_FIRST[0]:
+        return
+    a, b = np.random.rand(4096, 768).astype(np.float32), np.random.rand(768, 3072).astype(np.float32)
+    flops = 2 * 4096 * 768 * 3072
+    ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+    ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+    matmul = jax.jit(jax.numpy.matmul)
+    _, ref_s = timed(lambda: torch.matmul(ta, tb), repeats + 5)
+    _, ours_s = timed(lambda: matmul(ja, jb), repeats + 5)
+    row(
+        "matmul",
+        "fp32 4096x768 @ 768x3072",
+        ref_s,
+        ours_s,
+        unit="ms",
+        GFLOPs=f"{flops / ref_s / 1e9:.0f}/{flops / ours_s / 1e9:.0f}",
+    )
+    RATES["matmul_flops"] = max(flops / ref_s, flops / ours_s)
+
+
+def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
+    """Image encoder alone on preprocessed (B, S, S, 3) input, per batch size; and
+    `set_image` vs `encode` from a (768, 1024) uint8 image (preprocessing included)."""
+    ref, params = models(model, tmp)
+    size = params.config.image_size
+    from sam_jax.predictor import _encode_padded
+
+    for batch in (1, 2):
+        x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
+        tx = torch.as_tensor(x)
+        images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        hw = np.full((batch, 2), size, np.int32)
+        _, ref_s = timed(lambda tx=tx: ref.image_encoder(tx), repeats)
+        first, ours_s = timed(lambda i=images, h=hw: _encode_padded(params, i, h), repeats)
+        extra = {"first": f"{first:.1f}s", "img/s": f"{batch / ref_s:.2f}/{batch / ours_s:.2f}"}
+        if model in GFLOP_PER_IMAGE and "matmul_flops" in RATES:
+            extra["of_matmul_peak"] = f"{GFLOP_PER_IMAGE[model] * 1e9 * batch / ours_s / RATES['matmul_flops']:.0%}"
+        row("encoder", f"{model} batch {batch}", ref_s, ours_s, **extra)
+    image = _scene(size)
+    predictor = SamPredictor(ref)
+    _, ref_s = timed(lambda: predictor.set_image(image), repeats)
+    _, ours_s = timed(lambda: sam_jax.encode(params, image).image_embedding, repeats)
+    row("encoder", f"{model} set_image vs encode ({image.shape[0]}x{image.shape[1]})", ref_s, ours_s)
+
+
+def bench_decoder(model: str, tmp: Path, repeats: int) -> None:
+    """Prompts against a ready embedding, masks post-processed to the image size:
+    one point (`SamPredictor.predict` vs `sam_jax.decode`) and a batch of 64 points
+    (`predict_torch` vs `decode` with (64, 1, 2) points)."""
+    ref, params = models(model, tmp)
+    image = _scene(params.config.image_size)
+    h, w = image.shape[:2]
+    predictor = SamPredictor(ref)
+    predictor.set_image(image)
+    emb = sam_jax.encode(params, image)
+    point = np.array([[w * 0.4, h * 0.6]])
+    _, ref_s = timed(lambda: predictor.predict(point, np.array([1])), repeats + 5)
+    first, ours_s = timed(lambda: sam_jax.decode(params, emb, point)[0], repeats + 5)
+    row("decode", f"{model} one point, 3 masks at {h}x{w}", ref_s, ours_s, unit="ms", first=f"{first:.1f}s")
+    points = np.random.default_rng(0).uniform(0, 1, (64, 1, 2)) * [w, h]
+    tp = torch.as_tensor(predictor.transform.apply_coords(points, (h, w)), dtype=torch.float)
+    tl = torch.ones(64, 1)
+    _, ref_s = timed(lambda: predictor.predict_torch(tp, tl), repeats)
+    first, ours_s = timed(lambda: sam_jax.decode(params, emb, points)[0], repeats)
+    row("decode", f"{model} 64 points, 3 masks each at {h}x{w}", ref_s, ours_s, first=f"{first:.1f}s")
+
+
+def bench_predict(model: str, tmp: Path, repeats: int) -> None:
+    """End to end, image and one point in, masks out: `set_image` + `predict` vs `predict`."""
+    ref, params = models(model, tmp)
+    image = _scene(params.config.image_size)
+    predictor = SamPredictor(ref)
+    point = np.array([[image.shape[1] * 0.4, image.shape[0] * 0.6]])
+
+    def reference() -> Any:
+        predictor.set_image(image)
+        return predictor.predict(point, np.array([1]))
+
+    _, ref_s = timed(reference, repeats)
+    first, ours_s = timed(lambda: sam_jax.predict(params, image, point)[0], repeats)
+    row("predict", f"{model} image + one point", ref_s, ours_s, first=f"{first:.1f}s")
+
+
+# Encoder cost at 1024 (issue figure for vit_b; scaled by the blocks' matmul work for l / h).
+GFLOP_PER_IMAGE = {"vit_b": 972.0}
+RATES: dict[str, float] = {}
+MODELS_FIRST: list[str] = [""]
+
+SECTIONS = {
+    "matmul": bench_matmul,
+    "encoder": bench_encoder,
+    "decoder": bench_decoder,
+    "predict": bench_predict,
+    "amg": bench_amg,
+}
 
 
 def main() -> int:
@@ -149,8 +264,9 @@ def main() -> int:
     )
     import tempfile
 
+    MODELS_FIRST[0] = args.models.split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or sorted(SECTIONS):
+        for name in [s for s in SECTIONS if s in (args.only or SECTIONS)]:
             for model in args.models.split(","):
                 SECTIONS[name](model, Path(tmp), args.repeats)
     if args.json:
