@@ -128,13 +128,9 @@ def _embed_parser(sub: argparse._SubParsersAction) -> None:
             "for every image; complete outputs are skipped, so a re-run finishes a killed one."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
-    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a .txt list of paths")
-    p.add_argument("--output", required=True, help="output folder")
+    _collection_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per step, rounded up to a multiple of devices")
-    p.add_argument("--threads", type=int, default=0, help="host threads decoding images (0: CPU count, at most 8)")
-    _distributed_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _job_arguments(p)
 
 
 # The reference scripts/amg.py settings: flag -> (type, help); the AmgOptions field is the flag in snake_case.
@@ -164,15 +160,25 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
             "defaults (tuned for ViT-H)."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
-    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a .txt list of paths")
-    p.add_argument("--output", required=True, help="output folder")
+    _collection_arguments(p)
     p.add_argument("--model-type", help="optional check: the checkpoint must be this registry model (e.g. vit_h)")
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
     p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
     g = p.add_argument_group("AMG settings (the reference's names; default: the reference's values)")
     for flag, (kind, text) in _AMG_FLAGS.items():
         g.add_argument(flag, type=kind, help=text)
+    _job_arguments(p)
+
+
+def _collection_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and the image collection of a batch job (embed, amg)."""
+    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
+    p.add_argument("--input", required=True, help="an image, a folder (searched recursively) or a .txt list of paths")
+    p.add_argument("--output", required=True, help="output folder")
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
+    """How a batch job runs: host threads, multi-host, progress bar."""
     p.add_argument("--threads", type=int, default=0, help="host threads decoding images (0: CPU count, at most 8)")
     _distributed_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
