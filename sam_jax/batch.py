@@ -261,6 +261,43 @@ class JobReport:
         return not self.failures
 
 
+@dataclasses.dataclass
+class _Job:
+    """This process's part of a job: its share still to do, its report, its failures file."""
+
+    out: Path
+    todo: list[InputItem]
+    report: JobReport
+    failures_path: Path
+
+    @classmethod
+    def plan(
+        cls,
+        inputs: str | os.PathLike[str] | Sequence[InputItem],
+        output_dir: str | os.PathLike[str],
+        is_done: Callable[[Path, InputItem], bool],
+        process_index: int | None,
+        process_count: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> _Job:
+        index = jax.process_index() if process_index is None else process_index
+        count = jax.process_count() if process_count is None else process_count
+        out = Path(output_dir)
+        items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
+        share = process_share(items, index, count)
+        todo = [it for it in share if not is_done(out, it)]
+        report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
+        if progress and report.skipped:
+            progress(report.skipped)
+        return cls(out, todo, report, failures_file(out, index, count))
+
+    def record_failure(self, entry: _Loaded) -> None:
+        """Logs an unreadable image and rewrites the failures file (atomically) with it."""
+        _log.warning("failed: %s", entry.error)
+        self.report.failures.append((str(entry.item.path), entry.error or "unknown error"))
+        _write_failures(self.failures_path, self.report.failures)
+
+
 def local_mesh() -> Mesh:
     """A 1-D mesh ("data") over this process's devices."""
     return Mesh(np.asarray(jax.local_devices()), ("data",))
@@ -307,17 +344,17 @@ def embed_images(
     params = _check_params(params)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    out = Path(output_dir)
-    items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
-    share = process_share(items, index, count)
-    todo = [it for it in share if not is_complete_embedding(output_path(out, it))]
-    report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
-    if progress and report.skipped:
-        progress(report.skipped)
+    job = _Job.plan(
+        inputs,
+        output_dir,
+        lambda out, it: is_complete_embedding(output_path(out, it)),
+        process_index,
+        process_count,
+        progress,
+    )
+    out, report, todo = job.out, job.report, job.todo
     if not todo:
-        _write_failures(failures_file(out, index, count), [])
+        _write_failures(job.failures_path, [])
         return report
 
     mesh = local_mesh()
@@ -328,9 +365,7 @@ def embed_images(
     size = params.config.image_size
 
     def record_failure(entry: _Loaded) -> None:
-        _log.warning("failed: %s", entry.error)
-        report.failures.append((str(entry.item.path), entry.error or "unknown error"))
-        _write_failures(failures_file(out, index, count), report.failures)
+        job.record_failure(entry)
         if progress:
             progress(1)
 
@@ -365,7 +400,7 @@ def embed_images(
             w.result()
     finally:
         writer.shutdown(wait=True)
-    _write_failures(failures_file(out, index, count), report.failures)
+    _write_failures(job.failures_path, report.failures)
     return report
 
 
@@ -449,15 +484,15 @@ def generate_masks_for_images(
     if not isinstance(options, AmgOptions):
         raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
     mode = options.output_mode
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    out = Path(output_dir)
-    items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
-    share = process_share(items, index, count)
-    todo = [it for it in share if not is_complete_masks(masks_output_path(out, it, mode), mode)]
-    report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
-    if progress and report.skipped:
-        progress(report.skipped)
+    job = _Job.plan(
+        inputs,
+        output_dir,
+        lambda out, it: is_complete_masks(masks_output_path(out, it, mode), mode),
+        process_index,
+        process_count,
+        progress,
+    )
+    out, report, todo = job.out, job.report, job.todo
     devices = list(jax.local_devices() if devices is None else devices)
     lock = threading.Lock()
     loaded = _loaded_in_order(todo, _load_original, threads or min(os.cpu_count() or 1, 8))
@@ -467,9 +502,7 @@ def generate_masks_for_images(
             with lock:  # the stream is a generator: one consumer at a time
                 entry = next(loaded, None)
                 if entry is not None and entry.error is not None:
-                    _log.warning("failed: %s", entry.error)
-                    report.failures.append((str(entry.item.path), entry.error))
-                    _write_failures(failures_file(out, index, count), report.failures)
+                    job.record_failure(entry)
             if entry is None:
                 return
             if entry.image is not None:
@@ -486,5 +519,5 @@ def generate_masks_for_images(
         with concurrent.futures.ThreadPoolExecutor(len(replicas), thread_name_prefix="sam-jax-amg") as pool:
             for done in [pool.submit(work, r) for r in replicas]:
                 done.result()
-    _write_failures(failures_file(out, index, count), report.failures)
+    _write_failures(job.failures_path, report.failures)
     return report
