@@ -230,6 +230,11 @@ def _loaded_in_order(
             yield loaded
 
 
+def _host_threads(threads: int | None) -> int:
+    """Image-decoding threads: as asked, else one per CPU, at most 8."""
+    return threads or min(os.cpu_count() or 1, 8)
+
+
 def _batches(
     loaded: Iterator[_Loaded], batch_size: int, on_failure: Callable[[_Loaded], None]
 ) -> Iterator[list[_Loaded]]:
@@ -381,7 +386,7 @@ def embed_images(
         if progress:
             progress(len(batch))
 
-    n_threads = threads or min(os.cpu_count() or 1, 8)
+    n_threads = _host_threads(threads)
     previous: tuple[list[_Loaded], jax.Array] | None = None
     try:
         loaded = _loaded_in_order(todo, functools.partial(_load_for_encoder, image_size=size), n_threads)
@@ -495,7 +500,7 @@ def generate_masks_for_images(
     out, report, todo = job.out, job.report, job.todo
     devices = list(jax.local_devices() if devices is None else devices)
     lock = threading.Lock()
-    loaded = _loaded_in_order(todo, _load_original, threads or min(os.cpu_count() or 1, 8))
+    loaded = _loaded_in_order(todo, _load_original, _host_threads(threads))
 
     def work(replica: SamParams) -> None:
         while True:

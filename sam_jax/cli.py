@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Defaults: a fine-tune starts gently from trained weights, a run from scratch does not.
@@ -223,57 +223,73 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 def embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not os.path.exists(args.input):
-        raise FileNotFoundError(f"--input {args.input!r} does not exist")
-    initialize_distributed(args)
-    import jax
-
-    import sam_jax
     from sam_jax import batch
 
-    params = sam_jax.load(args.checkpoint)
-    items = batch.discover_inputs(args.input)
-    share = batch.process_share(items, jax.process_index(), jax.process_count())
-    t0 = time.perf_counter()
-    with _images_progress(len(share), not args.no_progress, "embed") as advance:
-        report = batch.embed_images(
-            params, items, args.output, args.batch_size, threads=args.threads or None, progress=advance
-        )
-    return _summary(args, report, time.perf_counter() - t0)
+    def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
+        with progress_bar() as advance:
+            return batch.embed_images(
+                params, items, args.output, args.batch_size, threads=args.threads or None, progress=advance
+            )
+
+    return _run_job(args, "embed", run)
 
 
 def amg(args: argparse.Namespace) -> int:
     import sam_jax
     from sam_jax import batch
 
-    settings = {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_")) for f in _AMG_FLAGS}
+    names = [flag.lstrip("-").replace("-", "_") for flag in _AMG_FLAGS]
     options = sam_jax.AmgOptions(
-        **{k: v for k, v in settings.items() if v is not None},
+        **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
         output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
     )
+
+    def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
+        if args.model_type is not None and sam_jax.get_config(args.model_type) != params.config:
+            raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
+        devices = None
+        if args.device is not None:
+            import jax
+
+            platform = {"cuda": "gpu"}.get(args.device.split(":")[0], args.device.split(":")[0])
+            try:
+                devices = jax.local_devices(backend=platform)
+            except RuntimeError:
+                raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
+        with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
+            return batch.generate_masks_for_images(
+                params, items, args.output, options, devices=devices, threads=args.threads or None, progress=advance
+            )
+
+    return _run_job(args, "amg", run, extra=lambda report: f", {report.masks} masks")
+
+
+def _run_job(
+    args: argparse.Namespace,
+    label: str,
+    run: Callable[[Any, list[Any], Callable[[], Any]], Any],
+    *,
+    extra: Callable[[Any], str] = lambda report: "",
+) -> int:
+    """The frame of a batch job command: checks the input, starts jax.distributed if asked,
+    loads the model, finds this process's share, calls `run(params, items, progress_bar)`
+    (`progress_bar()` opens the bar over the share and yields `advance(n)`; `run` opens it
+    once its own checks have passed) and prints the summary with `extra(report)`."""
     if not os.path.exists(args.input):
         raise FileNotFoundError(f"--input {args.input!r} does not exist")
     initialize_distributed(args)
     import jax
 
+    import sam_jax
+    from sam_jax import batch
+
     params = sam_jax.load(args.checkpoint)
-    if args.model_type is not None and sam_jax.get_config(args.model_type) != params.config:
-        raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
-    devices = None
-    if args.device is not None:
-        platform = {"cuda": "gpu"}.get(args.device.split(":")[0], args.device.split(":")[0])
-        try:
-            devices = jax.local_devices(backend=platform)
-        except RuntimeError:
-            raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
     items = batch.discover_inputs(args.input)
     share = batch.process_share(items, jax.process_index(), jax.process_count())
+
     t0 = time.perf_counter()
-    with _images_progress(len(share), not args.no_progress, "amg") as advance:
-        report = batch.generate_masks_for_images(
-            params, items, args.output, options, devices=devices, threads=args.threads or None, progress=advance
-        )
-    return _summary(args, report, time.perf_counter() - t0, f", {report.masks} masks")
+    report = run(params, items, lambda: _images_progress(len(share), not args.no_progress, label))
+    return _summary(args, report, time.perf_counter() - t0, extra(report))
 
 
 def _summary(args: argparse.Namespace, report: Any, seconds: float, extra: str = "") -> int:
