@@ -30,6 +30,19 @@ def layer_norm(eps: float, name: str, dtype: Any = None) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
 
 
+class Dense(nn.Dense):
+    """`nn.Dense` (same parameters) applied to the input flattened to (N, features).
+
+    Why: XLA's CPU backend lowers the weight gradient of a dense layer on a 4-D input
+    through a transposed copy of the output gradient and a slow dot; flattened, both
+    gradients are plain matrix products (a dense layer's backward pass runs ~3x faster).
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        lead = x.shape[:-1]
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*lead, self.features)
+
+
 class MLPBlock(nn.Module):
     """`lin2(act(lin1(x)))` (reference `MLPBlock`)."""
 
@@ -40,8 +53,8 @@ class MLPBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x)
-        return nn.Dense(dim, dtype=self.dtype, name="lin2")(self.act(x))
+        x = Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x)
+        return Dense(dim, dtype=self.dtype, name="lin2")(self.act(x))
 
 
 def relu(x: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.config import SamConfig
-from sam_jax.modeling.common import MLPBlock, interpolate_linear, layer_norm
+from sam_jax.modeling.common import Dense, MLPBlock, interpolate_linear, layer_norm
 
 ENCODER_LN_EPS = 1e-6
 
@@ -133,7 +133,7 @@ class Attention(nn.Module):
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, dim = x.shape
         head_dim = dim // self.num_heads
-        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+        qkv = Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, head_dim)
         attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
@@ -144,7 +144,7 @@ class Attention(nn.Module):
         # Softmax in float32 whatever the compute dtype: bf16 logits lose the small weights.
         attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
         out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, dim)
-        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
+        return Dense(dim, dtype=self.dtype, name="proj")(out)
 
 
 class Block(nn.Module):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.config import SamConfig
-from sam_jax.modeling.common import gelu, layer_norm, relu
+from sam_jax.modeling.common import Dense, gelu, layer_norm, relu
 from sam_jax.modeling.transformer import TwoWayTransformer
 
 LAYER_NORM_2D_EPS = 1e-6
@@ -30,7 +30,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            x = nn.Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
+            x = Dense(self.output_dim if last else self.hidden_dim, name=f"layers_{i}")(x)
             x = x if last else relu(x)
         return jax.nn.sigmoid(x) if self.sigmoid_output else x
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sam_jax.modeling.common import MLPBlock, layer_norm, relu
+from sam_jax.modeling.common import Dense, MLPBlock, layer_norm, relu
 
 DECODER_LN_EPS = 1e-5  # torch's nn.LayerNorm default, used by the reference decoder
 
@@ -29,7 +29,7 @@ class Attention(nn.Module):
         head_dim = inner // self.num_heads
 
         def heads(x: jax.Array, name: str) -> jax.Array:
-            x = nn.Dense(inner, name=name)(x)
+            x = Dense(inner, name=name)(x)
             return x.reshape(*x.shape[:-1], self.num_heads, head_dim)
 
         qh, kh, vh = heads(q, "q_proj"), heads(k, "k_proj"), heads(v, "v_proj")
@@ -44,7 +44,7 @@ class Attention(nn.Module):
         layout = "bqnk" if k.shape[-2] < q.shape[-2] else "bnqk"
         attn = jax.nn.softmax(jnp.einsum(f"{qs},{ks}->{layout}", qh, kh) / scale, axis=-1)
         out = jnp.einsum(f"{layout},{ks}->bqnd", attn, vh).reshape(batch, q.shape[1], inner)
-        return nn.Dense(dim, name="out_proj")(out)
+        return Dense(dim, name="out_proj")(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
