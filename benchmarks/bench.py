@@ -232,6 +232,76 @@ def bench_predict(model: str, tmp: Path, repeats: int) -> None:
     row("predict", f"{model} image + one point", ref_s, ours_s, first=f"{first:.1f}s")
 
 
+# ----------------------------------------------------------------------------- memory
+
+# A vit_h encoder cut to one windowed and one global block: the per-layer activations that
+# set the peak are the same as in the 32-block model, whose weights add 2.4 GB (fp32).
+MEMORY_CONFIG = "vit_h/encoder_depth=2/encoder_global_attn_indexes=1"
+MEMORY_BATCHES = {"reference": (1, 2), "ours": (1, 8, 32)}
+
+
+def memory_probe(side: str, batch: int) -> None:
+    """Runs in a fresh process: one encoder forward at 1024, prints the growth of peak RSS."""
+    import resource
+
+    cfg = sam_jax.get_config(MEMORY_CONFIG)
+    size = cfg.image_size
+    if side == "reference":
+        fn = build_reference(cfg).image_encoder
+        x = torch.zeros(batch, 3, size, size)
+    else:
+        from sam_jax.predictor import _encode_padded
+
+        params = sam_jax.init(cfg)
+        images, hw = np.zeros((batch, size, size, 3), np.uint8), np.full((batch, 2), size, np.int32)
+        _encode_padded.lower(params, images, hw).compile()  # compile outside the measurement
+
+        def fn(_: Any) -> Any:
+            return _encode_padded(params, images, hw)
+
+        x = None
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    jax.block_until_ready(fn(x))
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024  # Linux: KiB
+    print(json.dumps({"peak_bytes": grown}))
+
+
+def bench_memory(model: str, tmp: Path, repeats: int) -> None:
+    """Peak memory of one encoder forward (growth of the process's peak RSS in a fresh
+    process, weights excluded) on `MEMORY_CONFIG`; batch sizes as `MEMORY_BATCHES`.
+    The reference materialises (B, 16, 4096, 4096) fp32 logits, bias and softmax per global
+    block (~3.2 GB per image), so batch 8 does not fit this 24 GB machine."""
+    import subprocess
+
+    if model != MODELS_FIRST[0]:
+        return
+    peaks: dict[tuple[str, int], float] = {}
+    for side, batches in MEMORY_BATCHES.items():
+        for batch in batches:
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-probe", side, str(batch)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            peaks[side, batch] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**30
+    for batch in MEMORY_BATCHES["ours"]:
+        ref = peaks.get(("reference", batch), float("nan"))
+        ROWS.append(
+            {
+                "section": "memory",
+                "what": f"vit_h 2-block encoder batch {batch}",
+                "reference_GB": ref,
+                "ours_GB": peaks["ours", batch],
+            }
+        )
+        print(
+            f"memory   vit_h (1 windowed + 1 global block) batch {batch:<3d} peak GB ref {ref:6.2f}  "
+            f"ours {peaks['ours', batch]:6.2f}",
+            flush=True,
+        )
+
+
 # Encoder cost at 1024 (issue figure for vit_b; scaled by the blocks' matmul work for l / h).
 GFLOP_PER_IMAGE = {"vit_b": 972.0}
 RATES: dict[str, float] = {}
@@ -243,6 +313,7 @@ SECTIONS = {
     "decoder": bench_decoder,
     "predict": bench_predict,
     "amg": bench_amg,
+    "memory": bench_memory,
 }
 
 
@@ -253,7 +324,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--all-cases", action="store_true", help="every AMG case for the large models too")
+    p.add_argument("--memory-probe", nargs=2, metavar=("SIDE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
+        return 0
     global ALL_CASES
     ALL_CASES = args.all_cases
     print(

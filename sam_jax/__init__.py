@@ -16,7 +16,7 @@ from sam_jax.automatic_mask_generator import AmgOptions, SamAutomaticMaskGenerat
 from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
-from sam_jax.modeling.sam import SamParams, init_params
+from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
 from sam_jax.predictor import ImageEmbedding, decode, encode, predict
 
 __version__ = "0.1.0"
@@ -25,13 +25,15 @@ __version__ = "0.1.0"
 EMBEDDED_MODELS = {"tiny-shapes": Path(__file__).parent / "models" / "tiny-shapes"}
 
 
-def load(path: str | os.PathLike[str]) -> SamParams:
+def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamParams:
     """Loads `SamParams` from a checkpoint.
 
     Args:
         path: the name of an embedded model ("tiny-shapes"), or a directory written by the
             converter or `save`, or a training run (its latest step) or one of its steps.
             A name is only looked up when no file of that name exists.
+        compute_dtype: "float32" (exact to the reference) or "bfloat16": the image encoder's
+            arithmetic; the weights are kept in float32 either way.
     Returns:
         `SamParams` carrying their `SamConfig`.
     Raises:
@@ -40,9 +42,10 @@ def load(path: str | os.PathLike[str]) -> SamParams:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a checkpoint directory path, got {type(path).__name__}")
+    compute_dtype = check_compute_dtype(compute_dtype)
     if isinstance(path, str) and path in EMBEDDED_MODELS and not os.path.exists(path):
         path = EMBEDDED_MODELS[path]
-    return load_directory(path)
+    return load_directory(path).with_compute_dtype(compute_dtype)
 
 
 def init(config: SamConfig | str, seed: int = 0) -> SamParams:

@@ -159,6 +159,10 @@ def check_prompts(
     return next(iter(batched_by.values())), pts, lab, bx, msk
 
 
+def _with_dtype(params: SamParams, compute_dtype: Any) -> SamParams:
+    return params if compute_dtype is None else params.with_compute_dtype(compute_dtype)
+
+
 def _check_flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -209,16 +213,18 @@ def preprocess_images(images: np.ndarray, image_size: int) -> tuple[np.ndarray, 
     return np.stack([transforms.pad_to_square(r, image_size) for r in resized]), resized[0].shape[:2]
 
 
-def encode(params: SamParams, image: Any) -> ImageEmbedding:
+def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -> ImageEmbedding:
     """Computes the image embedding (reference `SamPredictor.set_image`).
 
     Args:
         params: model weights and config.
         image: (H, W, 3) uint8 RGB, or (B, H, W, 3) for a batch of same-sized images.
+        compute_dtype: "float32" or "bfloat16" for the encoder's arithmetic; None uses
+            `params.compute_dtype` (float32 unless `load` or `with_compute_dtype` said otherwise).
     Returns:
-        An `ImageEmbedding` with `image_embedding` (E, E, C), or (B, E, E, C) for a batch.
+        An `ImageEmbedding` with `image_embedding` (E, E, C) float32, or (B, E, E, C) for a batch.
     """
-    params = _check_params(params)
+    params = _with_dtype(_check_params(params), compute_dtype)
     arr = check_image(image, allow_batch=True)
     batch = arr.ndim == 4
     images = arr if batch else arr[None]
@@ -293,16 +299,18 @@ def predict(
     mask_input: Any = None,
     multimask_output: bool = True,
     return_logits: bool = False,
+    compute_dtype: str | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Encodes `image` and decodes the prompts: `decode(params, encode(params, image), ...)`.
 
     Args:
         image: (H, W, 3) uint8 RGB.
+        compute_dtype: the encoder's compute dtype, see `encode`.
         See `decode` for the others.
     Returns:
         (masks, scores, low_res_logits) as `decode`.
     """
-    params = _check_params(params)
+    params = _with_dtype(_check_params(params), compute_dtype)
     arr = check_image(image)
     # Check prompts and flags before the (expensive) encoder runs.
     check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)

@@ -61,6 +61,10 @@ class TrainConfig:
         correction_rounds: correction clicks after the first prompt (the paper uses 8 + 2).
         box_probability: chance that a step starts from boxes instead of one point.
         focal_weight, dice_weight, iou_weight: loss weights (paper: 20, 1, 1).
+        all_candidates_weight: weight of the mask loss averaged over every multimask
+            candidate, added to the best candidate's (paper: 0). For data without
+            ambiguity (every pixel belongs to one object, as in `SyntheticShapes`) it keeps
+            the other candidates useful, so the mask picked by predicted IoU is good too.
         freeze: module names or path patterns (`image_encoder`, `mask_decoder/transformer/*`).
         remat: gradient checkpointing of encoder blocks.
         compute_dtype: "float32" or "bfloat16" for the image encoder; weights stay float32.
@@ -79,6 +83,7 @@ class TrainConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    all_candidates_weight: float = 0.0
     freeze: tuple[str, ...] = ()
     remat: bool = False
     compute_dtype: str = "float32"
@@ -151,6 +156,8 @@ def sam_loss(
     iou_loss = jnp.mean((iou_pred - actual_iou) ** 2)
     chosen = jnp.take_along_axis(mask_loss, best[:, None], axis=1)[:, 0]
     loss = jnp.mean(chosen) + cfg.iou_weight * iou_loss
+    if cfg.all_candidates_weight and logits.shape[1] > 1:
+        loss = loss + cfg.all_candidates_weight * jnp.mean(mask_loss)
     best_iou = jnp.take_along_axis(actual_iou, best[:, None], axis=1)[:, 0]
     return loss, {"mask_loss": jnp.mean(chosen), "iou_loss": iou_loss, "iou": jnp.mean(best_iou)}
 

@@ -38,6 +38,28 @@ def test_image_encoder(small):
     assert rel_err(ours, ref) < 1e-5
 
 
+@pytest.mark.parametrize("limit", [2**17, 2**12], ids=["global-in-blocks", "all-in-one-row-blocks"])
+def test_image_encoder_in_query_blocks(small, monkeypatch, limit):
+    """Attention computed a block of query rows at a time (as large global grids are) is the
+    reference's; the limits force blocks of 4 rows in the global block only, then blocks of
+    one row in every block (windows included)."""
+    monkeypatch.setattr(ie, "MAX_LOGITS_PER_BLOCK", limit)
+    e = SMALL.embedding_size
+    assert ie.query_rows_per_chunk(2 * SMALL.encoder_num_heads, e, e) < e
+    x = torch.randn(2, 3, SMALL.image_size, SMALL.image_size, generator=torch.Generator().manual_seed(0))
+    ref = nchw_to_nhwc(small.ref.image_encoder(x))
+    ours = image_encoder_forward(small.params, jnp.asarray(nchw_to_nhwc(x)))
+    assert rel_err(ours, ref) < 1e-5
+
+
+def test_query_rows_per_chunk_divides_and_bounds():
+    for bh, h, w in [(12, 64, 64), (128, 64, 64), (512, 64, 64), (7, 13, 13), (1, 14, 14)]:
+        rows = ie.query_rows_per_chunk(bh, h, w)
+        assert h % rows == 0 and rows >= 1
+        assert rows == 1 or bh * rows * w * h * w <= ie.MAX_LOGITS_PER_BLOCK
+        assert rows == h or bh * (rows + 1) * w * h * w > ie.MAX_LOGITS_PER_BLOCK or h % (rows + 1)
+
+
 @pytest.mark.parametrize(
     "variant",
     [dict(qkv_bias=False), dict(use_abs_pos=False), dict(use_rel_pos=False, encoder_mlp_ratio=2.0)],

@@ -78,22 +78,27 @@ def add_decomposed_rel_pos(
     rel_pos_w: jax.Array,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
+    q_rows: tuple[jax.Array | int, int] | None = None,
 ) -> jax.Array:
     """Adds MViTv2's decomposed relative positions to attention logits (arXiv:2112.01526).
 
     attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
 
     Args:
-        attn: logits (..., q_h * q_w, k_h * k_w).
-        q: queries (..., q_h * q_w, head_dim).
+        attn: logits (..., q_h * q_w, k_h * k_w), or (..., rows * q_w, k_h * k_w) with `q_rows`.
+        q: queries (..., q_h * q_w, head_dim), or only the `q_rows` block's.
         rel_pos_h, rel_pos_w: tables (L_h, head_dim), (L_w, head_dim).
         q_size, k_size: spatial (h, w) of queries and keys.
+        q_rows: (first row, number of rows) when q holds a block of query rows.
     Returns:
         attn with the relative-position terms added, same shape.
     """
     (q_h, q_w), (k_h, k_w) = q_size, k_size
     r_h = get_rel_pos(q_h, k_h, rel_pos_h)
     r_w = get_rel_pos(q_w, k_w, rel_pos_w)
+    if q_rows is not None:
+        row0, q_h = q_rows
+        r_h = jax.lax.dynamic_slice_in_dim(r_h, row0, q_h, axis=0)
     lead = q.shape[:-2]
     r_q = q.reshape(*lead, q_h, q_w, q.shape[-1])
     rel_h = jnp.einsum("...hwc,hkc->...hwk", r_q, r_h)
@@ -101,6 +106,51 @@ def add_decomposed_rel_pos(
     attn = attn.reshape(*lead, q_h, q_w, k_h, k_w)
     attn = attn + rel_h[..., :, :, :, None] + rel_w[..., :, :, None, :]
     return attn.reshape(*lead, q_h * q_w, k_h * k_w)
+
+
+# Largest attention-logit block (elements) computed at once; 2**26 float32 = 256 MB.
+MAX_LOGITS_PER_BLOCK = 2**26
+
+
+def query_rows_per_chunk(batch_heads: int, h: int, w: int) -> int:
+    """Rows of queries per attention block so that a block's (batch*heads, rows*w, h*w)
+    logits stay under `MAX_LOGITS_PER_BLOCK`; a divisor of h (h when everything fits)."""
+    rows = h
+    while rows > 1 and batch_heads * rows * w * h * w > MAX_LOGITS_PER_BLOCK:
+        rows -= 1
+        while h % rows:
+            rows -= 1
+    return rows
+
+
+def attention_rows(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rel_pos: tuple[jax.Array, jax.Array] | None,
+    size: tuple[int, int],
+    row0: jax.Array | int,
+    rows: int,
+) -> jax.Array:
+    """Attention for the queries of grid rows [row0, row0 + rows) against all keys.
+
+    Args:
+        q, k, v: (B, heads, H * W, head_dim).
+        rel_pos: (rel_pos_h, rel_pos_w) tables, or None for no relative positions.
+        size: the grid (H, W) of queries and keys.
+    Returns:
+        (B, heads, rows * W, head_dim).
+    """
+    h, w = size
+    head_dim = q.shape[-1]
+    if rows < h:
+        q = jax.lax.dynamic_slice_in_dim(q, row0 * w, rows * w, axis=2)
+    attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
+    if rel_pos is not None:
+        attn = add_decomposed_rel_pos(attn, q, *rel_pos, (h, w), (h, w), q_rows=(row0, rows))
+    # Softmax in float32 whatever the compute dtype: bf16 logits lose the small weights.
+    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bnqk,bnkd->bnqd", attn, v)
 
 
 class Attention(nn.Module):
@@ -136,14 +186,23 @@ class Attention(nn.Module):
         qkv = Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, HW, head_dim)
-        attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
+        tables = None
         if self.use_rel_pos:
             rel_pos_h = self._rel_pos_table("rel_pos_h", 2 * self.rel_pos_size[0] - 1, head_dim)
             rel_pos_w = self._rel_pos_table("rel_pos_w", 2 * self.rel_pos_size[1] - 1, head_dim)
-            attn = add_decomposed_rel_pos(attn, q, rel_pos_h.astype(q.dtype), rel_pos_w.astype(q.dtype), (h, w), (h, w))
-        # Softmax in float32 whatever the compute dtype: bf16 logits lose the small weights.
-        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bnqk,bnkd->bqnd", attn, v).reshape(b, h, w, dim)
+            tables = (rel_pos_h.astype(q.dtype), rel_pos_w.astype(q.dtype))
+        rows = query_rows_per_chunk(b * self.num_heads, h, w)
+        if rows >= h:
+            out = attention_rows(q, k, v, tables, (h, w), 0, h)
+        else:
+            # Global attention over a large grid: the (B, heads, HW, HW) logits (and the
+            # reference's bias of the same size) would be GBs per layer at 64 x 64 tokens, so
+            # the queries go through in blocks of rows and only one block's logits exist at a
+            # time. Same arithmetic per query; the backward pass recomputes per block too.
+            starts = jnp.arange(0, h, rows)
+            blocks = jax.lax.map(lambda r0: attention_rows(q, k, v, tables, (h, w), r0, rows), starts)
+            out = jnp.moveaxis(blocks, 0, 2).reshape(b, self.num_heads, h * w, head_dim)
+        out = out.transpose(0, 2, 1, 3).reshape(b, h, w, dim)
         return Dense(dim, dtype=self.dtype, name="proj")(out)
 
 

@@ -19,6 +19,17 @@ from sam_jax.modeling.mask_decoder import MaskDecoder
 from sam_jax.modeling.prompt_encoder import PromptEncoder
 
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+# Compute dtypes of the image encoder; weights are float32 in either case.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def check_compute_dtype(value: Any, name: str = "compute_dtype") -> str:
+    """Returns the dtype's name ("float32" or "bfloat16"); raises naming `name` otherwise."""
+    if not isinstance(value, str) and value in COMPUTE_DTYPES.values():
+        value = jnp.dtype(value).name
+    if not isinstance(value, str) or value not in COMPUTE_DTYPES:
+        raise ValueError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+    return value
 
 
 @flax.struct.dataclass
@@ -30,10 +41,18 @@ class SamParams:
         weights: `{"image_encoder": ..., "prompt_encoder": ..., "mask_decoder": ...}`, each
             a nested dict of arrays whose paths mirror the reference state_dict keys
             (`blocks_3/attn/qkv/kernel` <-> `blocks.3.attn.qkv.weight`).
+        compute_dtype: "float32" (default, exact to the reference) or "bfloat16": the
+            dtype the image encoder computes in (static). Weights stay float32 either way
+            (cast per use), and prompt encoder, decoder and embeddings stay float32.
     """
 
     config: SamConfig = flax.struct.field(pytree_node=False)
     weights: dict[str, Any]
+    compute_dtype: str = flax.struct.field(pytree_node=False, default="float32")
+
+    def with_compute_dtype(self, compute_dtype: Any) -> SamParams:
+        """The same weights computing in `compute_dtype` ("float32" or "bfloat16")."""
+        return self.replace(compute_dtype=check_compute_dtype(compute_dtype))
 
 
 def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
@@ -159,15 +178,14 @@ def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array)
     return jnp.where(valid[..., None], x, 0.0)
 
 
-def image_encoder_forward(
-    params: SamParams, images: jax.Array, dtype: Any = jnp.float32, remat: bool = False
-) -> jax.Array:
+def image_encoder_forward(params: SamParams, images: jax.Array, dtype: Any = None, remat: bool = False) -> jax.Array:
     """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32.
 
     Args:
-        dtype: compute dtype of the encoder (see `ImageEncoderViT`).
+        dtype: compute dtype of the encoder (see `ImageEncoderViT`); None: `params.compute_dtype`.
         remat: gradient checkpointing of encoder blocks (for training).
     """
+    dtype = COMPUTE_DTYPES[params.compute_dtype] if dtype is None else dtype
     module = ImageEncoderViT(params.config, dtype=dtype, remat=remat)
     return module.apply({"params": params.weights["image_encoder"]}, images)
 
