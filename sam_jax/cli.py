@@ -46,6 +46,12 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--focal-weight", type=float, default=20.0, help="focal loss weight (paper: 20)")
     p.add_argument("--dice-weight", type=float, default=1.0, help="dice loss weight (paper: 1)")
     p.add_argument(
+        "--all-candidates-weight",
+        type=float,
+        default=0.0,
+        help="weight of the mask loss over every multimask candidate, added to the best one's (paper: 0)",
+    )
+    p.add_argument(
         "--freeze",
         action="append",
         default=[],
@@ -84,6 +90,7 @@ def finetune(args: argparse.Namespace) -> int:
         box_probability=args.box_probability,
         focal_weight=args.focal_weight,
         dice_weight=args.dice_weight,
+        all_candidates_weight=args.all_candidates_weight,
         freeze=tuple(args.freeze),
         remat=args.remat,
         compute_dtype=args.dtype,

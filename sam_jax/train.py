@@ -98,6 +98,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.correction_rounds < 0 or self.warmup_steps < 0:
             raise ValueError("correction_rounds and warmup_steps must be >= 0")
+        for name in ("focal_weight", "dice_weight", "iou_weight", "all_candidates_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_json(self)

@@ -51,6 +51,13 @@ def test_sam_loss_trains_only_the_best_candidate():
     loss, m = train.sam_loss(logits, iou_pred, target, CFG)
     assert float(m["iou"]) == 1.0 and float(m["iou_loss"]) == 0.0
     assert float(loss) < 1e-3  # the bad candidates cost nothing
+    # With all_candidates_weight the mean over candidates is added: the bad ones now cost.
+    w = dataclasses.replace(CFG, all_candidates_weight=0.5)
+    loss_w, _ = train.sam_loss(logits, iou_pred, target, w)
+    per = np.asarray(CFG.focal_weight * train.sigmoid_focal_loss(logits, target[:, None]))
+    per = per + np.asarray(CFG.dice_weight * train.dice_loss(logits, target[:, None]))
+    np.testing.assert_allclose(float(loss_w), float(loss) + 0.5 * per.mean(), rtol=1e-5)
+    assert float(loss_w) > 0.1
 
 
 def test_prompt_simulation():
