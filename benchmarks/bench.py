@@ -187,6 +187,10 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
         if model in GFLOP_PER_IMAGE and "matmul_flops" in RATES:
             extra["of_matmul_peak"] = f"{GFLOP_PER_IMAGE[model] * 1e9 * batch / ours_s / RATES['matmul_flops']:.0%}"
         row("encoder", f"{model} batch {batch}", ref_s, ours_s, **extra)
+        if batch == 1:  # our bfloat16 compute against the reference's float32
+            p16 = params.with_compute_dtype("bfloat16")
+            first, ours_s = timed(lambda i=images, h=hw, p=p16: _encode_padded(p, i, h), repeats)
+            row("encoder", f"{model} batch {batch}, ours in bfloat16", ref_s, ours_s, first=f"{first:.1f}s")
     image = _scene(size)
     predictor = SamPredictor(ref)
     _, ref_s = timed(lambda: predictor.set_image(image), repeats)
@@ -232,6 +236,30 @@ def bench_predict(model: str, tmp: Path, repeats: int) -> None:
     row("predict", f"{model} image + one point", ref_s, ours_s, first=f"{first:.1f}s")
 
 
+# ----------------------------------------------------------------------------- compile time
+
+
+def bench_compile(model: str, tmp: Path, repeats: int) -> None:
+    """Our first-call cost of the encoder for the official sizes: tracing, lowering and
+    compiling `encode`'s program for a (1, 1024, 1024, 3) batch, from abstract weights (no
+    weights are built or run). The reference (eager PyTorch) has no such step."""
+    from sam_jax.modeling.sam import abstract_params
+    from sam_jax.predictor import _encode_padded
+
+    if model != MODELS_FIRST[0]:
+        return
+    for name in ("vit_b", "vit_l", "vit_h"):
+        params = abstract_params(sam_jax.get_config(name))
+        images = jax.ShapeDtypeStruct((1, 1024, 1024, 3), np.uint8)
+        hw = jax.ShapeDtypeStruct((1, 2), np.int32)
+        jax.clear_caches()
+        t0 = time.perf_counter()
+        _encode_padded.lower(params, images, hw).compile()
+        seconds = time.perf_counter() - t0
+        ROWS.append({"section": "compile", "what": f"{name} encoder, batch 1", "ours": seconds})
+        print(f"compile  {name} encoder at 1024, batch 1: trace + lower + compile {seconds:6.1f} s", flush=True)
+
+
 # ----------------------------------------------------------------------------- memory
 
 # A vit_h encoder cut to one windowed and one global block: the per-layer activations that
@@ -240,10 +268,20 @@ MEMORY_CONFIG = "vit_h/encoder_depth=2/encoder_global_attn_indexes=1"
 MEMORY_BATCHES = {"reference": (1, 2), "ours": (1, 8, 32)}
 
 
-def memory_probe(side: str, batch: int) -> None:
-    """Runs in a fresh process: one encoder forward at 1024, prints the growth of peak RSS."""
-    import resource
+def _proc_status_bytes(field: str) -> int:
+    """A `VmRSS`/`VmHWM` figure of this process from /proc (Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
+
+def memory_probe(side: str, batch: int) -> None:
+    """Runs in a fresh process: one encoder forward at 1024, prints the growth of peak RSS.
+
+    The peak is the kernel's high-water mark, reset (clear_refs 5) after the weights are
+    built and the program compiled. (`ru_maxrss` would not do: a child starts with its
+    parent's.)"""
     cfg = sam_jax.get_config(MEMORY_CONFIG)
     size = cfg.image_size
     if side == "reference":
@@ -260,10 +298,10 @@ def memory_probe(side: str, batch: int) -> None:
             return _encode_padded(params, images, hw)
 
         x = None
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current RSS
+    base = _proc_status_bytes("VmRSS")
     jax.block_until_ready(fn(x))
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024  # Linux: KiB
-    print(json.dumps({"peak_bytes": grown}))
+    print(json.dumps({"peak_bytes": _proc_status_bytes("VmHWM") - base}))
 
 
 def bench_memory(model: str, tmp: Path, repeats: int) -> None:
@@ -313,6 +351,7 @@ SECTIONS = {
     "decoder": bench_decoder,
     "predict": bench_predict,
     "amg": bench_amg,
+    "compile": bench_compile,
     "memory": bench_memory,
 }
 

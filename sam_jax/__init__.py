@@ -49,8 +49,8 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
 
 
 def init(config: SamConfig | str, seed: int = 0) -> SamParams:
-    """Randomly initialised `SamParams` for a config or registry name (e.g. "vit_b"), with the
-    from-scratch choices of `sam_jax.modeling.sam.init_params` (`fast_start`)."""
+    """Randomly initialised `SamParams` for a config or registry name (e.g. "vit_b"), see
+    `sam_jax.modeling.sam.init_params`."""
     if isinstance(config, str):
         config = get_config(config)
     if not isinstance(config, SamConfig):

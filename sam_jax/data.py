@@ -38,8 +38,10 @@ TEXTURE_KINDS = ("flat", "gradient", "stripes", "noise")
 # Visible parts smaller than this are dropped from a synthetic scene's masks: they are
 # slivers that vanish at the model's low-res mask resolution anyway.
 MIN_VISIBLE_PIXELS = 30
-# Bounding radius of a shape as a fraction of the image side.
-RADIUS_RANGE = (0.04, 0.225)
+# Bounding radius of a shape as a fraction of the image side. Shapes smaller than this are
+# only one or two 16-pixel patches wide in a small model's 128-pixel input: below what its
+# embedding grid resolves, so they measure the grid rather than the model.
+RADIUS_RANGE = (0.1, 0.3)
 
 # Errors PIL raises for a file that is not a readable image.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -305,7 +307,7 @@ class SyntheticShapes:
 
     Sample i is a pure function of (seed, i), independent of the order of access. Background:
     a smooth gradient, value noise, stripes or a checkerboard, of low-to-moderate contrast.
-    Shapes: diameter 8%..45% of the side, random position (possibly partly outside), each with
+    Shapes: diameter 20%..60% of the side, random position (possibly partly outside), each with
     its own colour, far from the background's, and texture (flat, gradient, stripes, noise).
     Masks are the visible parts; shapes with fewer than `MIN_VISIBLE_PIXELS` visible pixels
     are dropped (so K may be less than the number drawn, rarely 0).

@@ -44,7 +44,7 @@ def test_shipped_inside_the_package_and_small(tiny):
 
 def test_quality_floor_on_fresh_scenes(tiny):
     assert FRESH_SEED != HELDOUT_SEED
-    scenes = SyntheticShapes(size=256, length=40, seed=FRESH_SEED)
+    scenes = SyntheticShapes(size=tiny.config.image_size, length=40, seed=FRESH_SEED)
     figures = evaluate.evaluate(tiny, scenes, num_images=40, clicks=())
     assert figures["instances"] >= 40
     assert figures["point_miou"] >= POINT_FLOOR, figures

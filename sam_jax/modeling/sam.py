@@ -86,56 +86,18 @@ def modules(config: SamConfig) -> dict[str, Any]:
     }
 
 
-# Initialisation for training from scratch (`init_params(..., fast_start=True)`). The
-# reference initialises the Fourier matrix at scale 1, `pos_embed` at zero and every
-# attention projection independently; trained from scratch on small models that way, the
-# decoder ignores its prompts for the first ~1000 steps and predicts the union of all
-# objects (measured on vit_t, see README "The embedded default"). Three choices that keep the
-# architecture and the state_dict format unchanged give it a head start:
-FAST_START_PE_SCALE = 4.0  # Fourier frequencies: resolve neighbouring 16-px patches at 256 px
-FAST_START_QK_GAIN = 2.5  # decoder attention: q and k start equal, so attention follows the PE
+def init_params(config: SamConfig, rng: jax.Array | int = 0) -> SamParams:
+    """Randomly initialised weights: flax's default initialisers, with the reference's zeros
+    for `pos_embed` and the relative-position tables.
 
-
-def sincos_pos_embed(grid: int, dim: int) -> jnp.ndarray:
-    """(1, grid, grid, dim) fixed 2-D sine-cosine position features (octave frequencies)."""
-    q = dim // 4
-    freqs = jnp.pi * 2.0 ** jnp.linspace(0.0, jnp.log2(max(grid, 2)), q)
-    pos = jnp.arange(grid, dtype=jnp.float32) / grid
-    yy, xx = jnp.meshgrid(pos, pos, indexing="ij")
-    feats = [f(a[..., None] * freqs) for a in (yy, xx) for f in (jnp.sin, jnp.cos)]
-    out = jnp.concatenate(feats, axis=-1)
-    return jnp.pad(out, ((0, 0), (0, 0), (0, dim - out.shape[-1])))[None]
-
-
-def _fast_start(weights: dict[str, Any], config: SamConfig) -> dict[str, Any]:
-    """Applies the from-scratch initialisation choices above to fresh flax weights."""
-    weights = jax.tree.map(lambda x: x, weights)  # a new tree: the caller's stays untouched
-    pe = weights["prompt_encoder"]["pe_layer"]
-    pe["positional_encoding_gaussian_matrix"] = pe["positional_encoding_gaussian_matrix"] * FAST_START_PE_SCALE
-    enc = weights["image_encoder"]
-    if "pos_embed" in enc:  # the encoder's absolute positions start as sine-cosine features
-        enc["pos_embed"] = sincos_pos_embed(config.embedding_size, config.encoder_embed_dim)
-    t = weights["mask_decoder"]["transformer"]
-    attentions = [t["final_attn_token_to_image"]] + [
-        t[name][a]
-        for name in t
-        if name.startswith("layers_")
-        for a in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")
-    ]
-    for a in attentions:  # q.k then starts as a similarity of (content + position) vectors
-        a["q_proj"]["kernel"] = a["q_proj"]["kernel"] * FAST_START_QK_GAIN
-        a["k_proj"]["kernel"] = a["q_proj"]["kernel"] + 0.0  # a copy, not an alias
-    return weights
-
-
-def init_params(config: SamConfig, rng: jax.Array | int = 0, fast_start: bool = True) -> SamParams:
-    """Randomly initialised weights.
+    (An earlier "fast start" for training from scratch, with sharper Fourier features,
+    sine-cosine `pos_embed` and equal decoder query/key projections, held the decoder at
+    the "union of all objects" plateau: one-point mIoU 0.24 after 1000 steps, against 0.52
+    with this plain initialisation, same recipe otherwise; README "The embedded default".)
 
     Args:
         config: the architecture.
         rng: a PRNG key or an integer seed.
-        fast_start: use the from-scratch choices above (`FAST_START_*`); False gives flax's
-            default initialisers with the reference's zeros for positions.
     Returns:
         `SamParams` on the default device.
     """
@@ -150,7 +112,7 @@ def init_params(config: SamConfig, rng: jax.Array | int = 0, fast_start: bool = 
         return jax.jit(lambda k: module.init(k, *dummies[name])["params"])(keys[name])
 
     weights = {name: init(name) for name in COMPONENTS}
-    return SamParams(config=config, weights=_fast_start(weights, config) if fast_start else weights)
+    return SamParams(config=config, weights=weights)
 
 
 def abstract_params(config: SamConfig) -> SamParams:
