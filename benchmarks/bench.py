@@ -323,21 +323,11 @@ def bench_memory(model: str, tmp: Path, repeats: int) -> None:
                 check=True,
             )
             peaks[side, batch] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**30
-    for batch in MEMORY_BATCHES["ours"]:
-        ref = peaks.get(("reference", batch), float("nan"))
-        ROWS.append(
-            {
-                "section": "memory",
-                "what": f"vit_h 2-block encoder batch {batch}",
-                "reference_GB": ref,
-                "ours_GB": peaks["ours", batch],
-            }
-        )
-        print(
-            f"memory   vit_h (1 windowed + 1 global block) batch {batch:<3d} peak GB ref {ref:6.2f}  "
-            f"ours {peaks['ours', batch]:6.2f}",
-            flush=True,
-        )
+    for batch in sorted({b for batches in MEMORY_BATCHES.values() for b in batches}):
+        ref, ours = (peaks.get((side, batch), float("nan")) for side in ("reference", "ours"))
+        what = f"vit_h 2-block encoder batch {batch}"
+        ROWS.append({"section": "memory", "what": what, "reference_GB": ref, "ours_GB": ours})
+        print(f"memory   {what:52s} peak ref {ref:6.2f} GB  ours {ours:6.2f} GB", flush=True)
 
 
 # Encoder cost at 1024 (issue figure for vit_b; scaled by the blocks' matmul work for l / h).

@@ -26,7 +26,14 @@ from sam_jax import batch, cli
 from sam_jax.data import SyntheticShapes
 
 OPTIONS = {**TINY_RELAXED, "points_per_side": 16}
-FLAGS = ("--pred-iou-thresh", "0.1", "--stability-score-thresh", "0.6", "--points-per-side", "16")
+FLAGS = (
+    "--pred-iou-thresh",
+    str(TINY_RELAXED["pred_iou_thresh"]),
+    "--stability-score-thresh",
+    str(TINY_RELAXED["stability_score_thresh"]),
+    "--points-per-side",
+    "16",
+)
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,12 @@ from sam_jax.data import HELDOUT_SEED, SyntheticShapes
 REPO = Path(__file__).resolve().parents[1]
 # Scenes of a seed used neither by training (0) nor by the held-out split: fresh to the model.
 FRESH_SEED = 777_001
-# Floors under the figures the README reports for the 200 held-out scenes (0.26 / 0.27) and
-# far above a randomly initialised vit_t (0.03 / 0.03 on these 40 scenes). They guard the
-# shipped weights, loading and inference; they are not the quality target (README).
-POINT_FLOOR = 0.15
-BOX_FLOOR = 0.15
+# Floors under the figures the README reports for the 200 held-out scenes (0.72 / 0.77;
+# 0.77 / 0.80 measured on these 40), far above a randomly initialised vit_t (0.06 / 0.06
+# here) and above the "union of all shapes" plateau of from-scratch training (~0.3). They
+# guard the shipped weights, loading and inference; they are not the quality target (README).
+POINT_FLOOR = 0.6
+BOX_FLOOR = 0.65
 
 
 @pytest.fixture(scope="module")
