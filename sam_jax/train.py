@@ -36,6 +36,7 @@ from sam_jax.config import SamConfig, config_from_json, config_to_json
 from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
 from sam_jax.modeling.sam import (
     SamParams,
+    check_compute_dtype,
     image_encoder_forward,
     mask_decoder_forward,
     normalize_and_pad,
@@ -91,8 +92,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "freeze", tuple(self.freeze))
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        check_compute_dtype(self.compute_dtype)
         for name in ("steps", "batch_size", "prompts_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -291,10 +291,9 @@ def forward_rounds(
     use_box: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Runs the simulated interactive session of one step and returns the mean loss."""
-    params = SamParams(config=config, weights=weights)
-    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    params = SamParams(config=config, weights=weights, compute_dtype=cfg.compute_dtype)
     x = normalize_and_pad(config, batch.images, batch.input_hw)
-    emb = image_encoder_forward(params, x, dtype=dtype, remat=cfg.remat)
+    emb = image_encoder_forward(params, x, remat=cfg.remat)
     b, p, side, _ = batch.targets.shape
     emb = jnp.repeat(emb, p, axis=0)  # (B * P, E, E, C): each prompt sees its image
     target = batch.targets.reshape(b * p, side, side)

@@ -140,15 +140,14 @@ def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array)
     return jnp.where(valid[..., None], x, 0.0)
 
 
-def image_encoder_forward(params: SamParams, images: jax.Array, dtype: Any = None, remat: bool = False) -> jax.Array:
-    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32.
+def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = False) -> jax.Array:
+    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32,
+    computed in `params.compute_dtype` (see `ImageEncoderViT`).
 
     Args:
-        dtype: compute dtype of the encoder (see `ImageEncoderViT`); None: `params.compute_dtype`.
         remat: gradient checkpointing of encoder blocks (for training).
     """
-    dtype = COMPUTE_DTYPES[params.compute_dtype] if dtype is None else dtype
-    module = ImageEncoderViT(params.config, dtype=dtype, remat=remat)
+    module = ImageEncoderViT(params.config, dtype=COMPUTE_DTYPES[params.compute_dtype], remat=remat)
     return module.apply({"params": params.weights["image_encoder"]}, images)
 
 
