@@ -52,6 +52,12 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         help="weight of the mask loss over every multimask candidate, added to the best one's (paper: 0)",
     )
     p.add_argument(
+        "--loss-upsample",
+        type=int,
+        default=1,
+        help="train on the low-res logits upsampled by this factor (1: the low-res grid, as the paper)",
+    )
+    p.add_argument(
         "--freeze",
         action="append",
         default=[],
@@ -91,6 +97,7 @@ def finetune(args: argparse.Namespace) -> int:
         focal_weight=args.focal_weight,
         dice_weight=args.dice_weight,
         all_candidates_weight=args.all_candidates_weight,
+        loss_upsample=args.loss_upsample,
         freeze=tuple(args.freeze),
         remat=args.remat,
         compute_dtype=args.dtype,

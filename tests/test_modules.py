@@ -144,6 +144,37 @@ def test_mask_decoder(small, multimask_output):
     np.testing.assert_allclose(np.asarray(iou), iou_ref.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("shared_dense", [True, False])
+def test_mask_decoder_on_a_large_grid(small, monkeypatch, shared_dense):
+    """On vit_b's 64 x 64 grid the cross-attentions take the head-block-diagonal paths
+    (few tokens vs many image tokens; folded projections where the image side is per
+    prompt, shared projections where it is shared), which must equal the reference too."""
+    from sam_jax.modeling import transformer
+
+    calls = []
+    original = transformer.head_block_diagonal
+    monkeypatch.setattr(transformer, "head_block_diagonal", lambda *a: calls.append(1) or original(*a))
+    g = torch.Generator().manual_seed(3)
+    e, c, b = 64, SMALL.prompt_embed_dim, 4
+    emb = torch.randn(1, c, e, e, generator=g)
+    pe = small.ref.prompt_encoder.pe_layer((e, e)).unsqueeze(0)
+    sparse = torch.randn(b, 3, c, generator=g)
+    dense = torch.randn(1 if shared_dense else b, c, e, e, generator=g)
+    with torch.no_grad():
+        masks_ref, iou_ref = small.ref.mask_decoder(emb, pe, sparse, dense.expand(b, -1, -1, -1), True)
+    masks, iou = mask_decoder_forward(
+        small.params,
+        jnp.asarray(nchw_to_nhwc(emb)),
+        jnp.asarray(nchw_to_nhwc(pe)[0]),
+        jnp.asarray(sparse.numpy()),
+        jnp.asarray(nchw_to_nhwc(dense)),
+        True,
+    )
+    assert calls, "the block-diagonal attention was not used"
+    assert rel_err(masks, masks_ref.numpy()) < 1e-5
+    np.testing.assert_allclose(np.asarray(iou), iou_ref.numpy(), atol=1e-5)
+
+
 def test_window_partition_round_trip_and_padding():
     x = jnp.arange(2 * 10 * 9 * 3, dtype=jnp.float32).reshape(2, 10, 9, 3)
     windows, pad_hw = ie.window_partition(x, 4)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
 from reference import TINY, build_reference
 
 import convert
 import sam_jax
-from sam_jax import train
+from sam_jax import train, transforms
 from sam_jax.data import SyntheticShapes
 from sam_jax.train import TrainConfig
 
@@ -77,6 +78,27 @@ def test_prompt_simulation():
     assert int(labels[0, 0]) == 0 and np.asarray(click)[0, 0, 0] >= 32
     assert int(labels[1, 0]) == 1  # all missed: foreground click
     assert int(labels[2, 0]) == -1  # nothing to correct: a padding point
+
+
+def test_upsampled_loss_matches_the_predictor_and_trains():
+    """`loss_upsample` trains on the logits the predictor would show: the same bilinear
+    upsampling, against ground truth at that resolution."""
+    rng = np.random.default_rng(0)
+    low = rng.normal(0, 2, (2, 3, 16, 16)).astype(np.float32)
+    up = np.asarray(train.upsample_logits(low, 4))
+    np.testing.assert_allclose(up, np.asarray(transforms.postprocess_masks(low, (64, 64), (64, 64), 64)), atol=1e-5)
+    cfg = dataclasses.replace(CFG, loss_upsample=TINY.image_size // TINY.low_res_mask_size)
+    batch, _ = train.BatchStream([DATA], TINY, cfg).next_batch()
+    assert batch.targets.shape[-2:] == (TINY.image_size, TINY.image_size)
+    trainable, frozen = train.partition(sam_jax.init(TINY, 0).weights, cfg.freeze)
+    state = train.make_optimizer(cfg).init(trainable)
+    # One point, then a correction click sampled from the upsampled prediction's errors.
+    _, _, m = train.train_step(trainable, frozen, state, batch, np.int32(3), TINY, cfg, False)
+    assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0 and 0 <= float(m["last_iou"]) <= 1
+    with pytest.raises(ValueError, match="loss_upsample"):
+        TrainConfig(loss_upsample=0)
+    with pytest.raises(ValueError, match="loss_upsample"):
+        train.train(sam_jax.init(TINY, 0), [DATA], dataclasses.replace(CFG, loss_upsample=3), progress=False)
 
 
 def test_training_fits_a_batch():
@@ -218,7 +240,7 @@ import os, sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import sam_jax
-from sam_jax import train
+from sam_jax import train, transforms
 from test_train import TINY, DATA, CFG
 assert len(jax.devices()) == int(os.environ["N"]), jax.devices()
 weights = sam_jax.init(TINY, 0).weights
