@@ -122,15 +122,12 @@ def test_prompt_encoder(small, combo):
     assert rel_err(pe, nchw_to_nhwc(pe_ref)[0]) < 1e-5
 
 
-@pytest.mark.parametrize("multimask_output", [True, False])
-def test_mask_decoder(small, multimask_output):
-    g = torch.Generator().manual_seed(2)
-    e, c = SMALL.embedding_size, SMALL.prompt_embed_dim
-    emb = torch.randn(1, c, e, e, generator=g)
-    pe = small.ref.prompt_encoder.get_dense_pe()
-    sparse = torch.randn(5, 3, c, generator=g)
-    dense = torch.randn(5, c, e, e, generator=g)
-    masks_ref, iou_ref = small.ref.mask_decoder(emb, pe, sparse, dense, multimask_output)
+def assert_decoder_parity(small, emb, pe, sparse, dense, multimask_output: bool) -> None:
+    """Our decoder against the reference's on NCHW torch inputs; `dense` may have batch 1
+    (shared by every prompt: ours takes it as is, the reference expanded)."""
+    b = sparse.shape[0]
+    with torch.no_grad():
+        masks_ref, iou_ref = small.ref.mask_decoder(emb, pe, sparse, dense.expand(b, -1, -1, -1), multimask_output)
     masks, iou = mask_decoder_forward(
         small.params,
         jnp.asarray(nchw_to_nhwc(emb)),
@@ -139,9 +136,20 @@ def test_mask_decoder(small, multimask_output):
         jnp.asarray(nchw_to_nhwc(dense)),
         multimask_output,
     )
-    assert masks.shape == (5, 3 if multimask_output else 1, 4 * e, 4 * e)
+    e = emb.shape[-1]
+    assert masks.shape == (b, 3 if multimask_output else 1, 4 * e, 4 * e)
     assert rel_err(masks, masks_ref.numpy()) < 1e-5
     np.testing.assert_allclose(np.asarray(iou), iou_ref.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_mask_decoder(small, multimask_output):
+    g = torch.Generator().manual_seed(2)
+    e, c = SMALL.embedding_size, SMALL.prompt_embed_dim
+    emb = torch.randn(1, c, e, e, generator=g)
+    sparse = torch.randn(5, 3, c, generator=g)
+    dense = torch.randn(5, c, e, e, generator=g)
+    assert_decoder_parity(small, emb, small.ref.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
 
 
 @pytest.mark.parametrize("shared_dense", [True, False])
@@ -160,19 +168,8 @@ def test_mask_decoder_on_a_large_grid(small, monkeypatch, shared_dense):
     pe = small.ref.prompt_encoder.pe_layer((e, e)).unsqueeze(0)
     sparse = torch.randn(b, 3, c, generator=g)
     dense = torch.randn(1 if shared_dense else b, c, e, e, generator=g)
-    with torch.no_grad():
-        masks_ref, iou_ref = small.ref.mask_decoder(emb, pe, sparse, dense.expand(b, -1, -1, -1), True)
-    masks, iou = mask_decoder_forward(
-        small.params,
-        jnp.asarray(nchw_to_nhwc(emb)),
-        jnp.asarray(nchw_to_nhwc(pe)[0]),
-        jnp.asarray(sparse.numpy()),
-        jnp.asarray(nchw_to_nhwc(dense)),
-        True,
-    )
+    assert_decoder_parity(small, emb, pe, sparse, dense, True)
     assert calls, "the block-diagonal attention was not used"
-    assert rel_err(masks, masks_ref.numpy()) < 1e-5
-    np.testing.assert_allclose(np.asarray(iou), iou_ref.numpy(), atol=1e-5)
 
 
 def test_window_partition_round_trip_and_padding():
