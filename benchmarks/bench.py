@@ -51,7 +51,20 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    return first, statistics.median(times) if times else first
+
+
+def timed_pair(ref_fn: Callable[[], Any], our_fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """(our first call, reference median, our median) in seconds: one warm-up call each, then
+    `repeats` calls alternating between the two, so drifts in this shared machine's speed
+    (up to ~30 % between minutes) hit both sides alike."""
+    timed(ref_fn, 0)
+    first, _ = timed(our_fn, 0)
+    ref_times, our_times = [], []
+    for _ in range(repeats):
+        ref_times.append(timed(ref_fn, 0)[0])
+        our_times.append(timed(our_fn, 0)[0])
+    return first, statistics.median(ref_times), statistics.median(our_times)
 
 
 def row(section: str, what: str, ref_s: float, ours_s: float, unit: str = "s", **extra: Any) -> None:
@@ -120,10 +133,14 @@ def bench_amg(model: str, tmp: Path, repeats: int) -> None:
         generator = SamAutomaticMaskGenerator(ref, **options)
         ours = sam_jax.SamAutomaticMaskGenerator(params, **options)
         crops = [image[y0:y1, x0:x1] for (x0, y0, x1, y1) in _crop_boxes(image, options)]
-        _, ref_total = timed(lambda g=generator: g.generate(image), repeats)
-        first, our_total = timed(lambda g=ours: g.generate(image), repeats)
-        _, ref_enc = timed(lambda cs=crops: [predictor.set_image(c) for c in cs], repeats)
-        _, our_enc = timed(lambda cs=crops: [sam_jax.encode(params, c).image_embedding for c in cs], repeats)
+        first, ref_total, our_total = timed_pair(
+            lambda g=generator: g.generate(image), lambda g=ours: g.generate(image), repeats
+        )
+        _, ref_enc, our_enc = timed_pair(
+            lambda cs=crops: [predictor.set_image(c) for c in cs],
+            lambda cs=crops: [sam_jax.encode(params, c).image_embedding for c in cs],
+            repeats,
+        )
         n_ref, n_ours = len(generator.generate(image)), len(ours.generate(image))
         row(
             "amg", f"{model} {label}: per image", ref_total, our_total, masks=f"{n_ref}/{n_ours}", first=f"{first:.1f}s"
@@ -156,8 +173,7 @@ def bench_matmul(model: str, tmp: Path, repeats: int) -> None:
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
     matmul = jax.jit(jax.numpy.matmul)
-    _, ref_s = timed(lambda: torch.matmul(ta, tb), repeats + 5)
-    _, ours_s = timed(lambda: matmul(ja, jb), repeats + 5)
+    _, ref_s, ours_s = timed_pair(lambda: torch.matmul(ta, tb), lambda: matmul(ja, jb), repeats + 5)
     row(
         "matmul",
         "fp32 4096x768 @ 768x3072",
@@ -181,8 +197,9 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
         tx = torch.as_tensor(x)
         images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
         hw = np.full((batch, 2), size, np.int32)
-        _, ref_s = timed(lambda tx=tx: ref.image_encoder(tx), repeats)
-        first, ours_s = timed(lambda i=images, h=hw: _encode_padded(params, i, h), repeats)
+        first, ref_s, ours_s = timed_pair(
+            lambda tx=tx: ref.image_encoder(tx), lambda i=images, h=hw: _encode_padded(params, i, h), repeats
+        )
         extra = {"first": f"{first:.1f}s", "img/s": f"{batch / ref_s:.2f}/{batch / ours_s:.2f}"}
         if model in GFLOP_PER_IMAGE and "matmul_flops" in RATES:
             extra["of_matmul_peak"] = f"{GFLOP_PER_IMAGE[model] * 1e9 * batch / ours_s / RATES['matmul_flops']:.0%}"
@@ -193,8 +210,9 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
             row("encoder", f"{model} batch {batch}, ours in bfloat16", ref_s, ours_s, first=f"{first:.1f}s")
     image = _scene(size)
     predictor = SamPredictor(ref)
-    _, ref_s = timed(lambda: predictor.set_image(image), repeats)
-    _, ours_s = timed(lambda: sam_jax.encode(params, image).image_embedding, repeats)
+    _, ref_s, ours_s = timed_pair(
+        lambda: predictor.set_image(image), lambda: sam_jax.encode(params, image).image_embedding, repeats
+    )
     row("encoder", f"{model} set_image vs encode ({image.shape[0]}x{image.shape[1]})", ref_s, ours_s)
 
 
@@ -209,14 +227,16 @@ def bench_decoder(model: str, tmp: Path, repeats: int) -> None:
     predictor.set_image(image)
     emb = sam_jax.encode(params, image)
     point = np.array([[w * 0.4, h * 0.6]])
-    _, ref_s = timed(lambda: predictor.predict(point, np.array([1])), repeats + 5)
-    first, ours_s = timed(lambda: sam_jax.decode(params, emb, point)[0], repeats + 5)
+    first, ref_s, ours_s = timed_pair(
+        lambda: predictor.predict(point, np.array([1])), lambda: sam_jax.decode(params, emb, point)[0], repeats + 5
+    )
     row("decode", f"{model} one point, 3 masks at {h}x{w}", ref_s, ours_s, unit="ms", first=f"{first:.1f}s")
     points = np.random.default_rng(0).uniform(0, 1, (64, 1, 2)) * [w, h]
     tp = torch.as_tensor(predictor.transform.apply_coords(points, (h, w)), dtype=torch.float)
     tl = torch.ones(64, 1)
-    _, ref_s = timed(lambda: predictor.predict_torch(tp, tl), repeats)
-    first, ours_s = timed(lambda: sam_jax.decode(params, emb, points)[0], repeats)
+    first, ref_s, ours_s = timed_pair(
+        lambda: predictor.predict_torch(tp, tl), lambda: sam_jax.decode(params, emb, points)[0], repeats
+    )
     row("decode", f"{model} 64 points, 3 masks each at {h}x{w}", ref_s, ours_s, first=f"{first:.1f}s")
 
 
@@ -231,8 +251,7 @@ def bench_predict(model: str, tmp: Path, repeats: int) -> None:
         predictor.set_image(image)
         return predictor.predict(point, np.array([1]))
 
-    _, ref_s = timed(reference, repeats)
-    first, ours_s = timed(lambda: sam_jax.predict(params, image, point)[0], repeats)
+    first, ref_s, ours_s = timed_pair(reference, lambda: sam_jax.predict(params, image, point)[0], repeats)
     row("predict", f"{model} image + one point", ref_s, ours_s, first=f"{first:.1f}s")
 
 
