@@ -55,16 +55,22 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 
 def timed_pair(ref_fn: Callable[[], Any], our_fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
-    """(our first call, reference median, our median) in seconds: one warm-up call each, then
-    `repeats` calls alternating between the two, so drifts in this shared machine's speed
-    (up to ~30 % between minutes) hit both sides alike."""
-    timed(ref_fn, 0)
+    """(our first call, reference median, our median) in seconds.
+
+    After a warm-up call each, the two sides take turns `repeats` times, so drifts in this
+    shared machine's speed (up to ~30 % between minutes) hit both alike. A turn of a fast
+    call (under a second) is five back-to-back calls, the median of the last four kept:
+    right after the other library ran, a first call is slower (worker threads asleep or
+    still spinning, caches cold; 1.1 -> 2.3 ms for tiny-shapes' one-point decode), and an
+    application calls one library, not both in turn.
+    """
+    ref_first, _ = timed(ref_fn, 0)
     first, _ = timed(our_fn, 0)
-    ref_times, our_times = [], []
+    turns = [(ref_fn, ref_first < 1.0, []), (our_fn, first < 1.0, [])]
     for _ in range(repeats):
-        ref_times.append(timed(ref_fn, 0)[0])
-        our_times.append(timed(our_fn, 0)[0])
-    return first, statistics.median(ref_times), statistics.median(our_times)
+        for fn, fast, times in turns:
+            times.append(timed(fn, 4)[1] if fast else timed(fn, 0)[0])
+    return first, statistics.median(turns[0][2]), statistics.median(turns[1][2])
 
 
 def row(section: str, what: str, ref_s: float, ours_s: float, unit: str = "s", **extra: Any) -> None:
