@@ -138,9 +138,16 @@ def stability_score(logits: jax.Array, mask_threshold: float, offset: float | ja
     Returns:
         (...) float32; NaN where both masks are empty (the reference's 0/0, filtered out).
     """
-    inter = jnp.sum(logits > mask_threshold + offset, axis=(-2, -1), dtype=jnp.int32)
-    union = jnp.sum(logits > mask_threshold - offset, axis=(-2, -1), dtype=jnp.int32)
-    return inter.astype(jnp.float32) / union.astype(jnp.float32)
+
+    def count(threshold: float | jax.Array) -> jax.Array:
+        # Rows first, as float sums of 0/1 (exact: a row has far fewer than 2^24 pixels),
+        # then the rows in int32. XLA's CPU backend fuses the compare into the row sums;
+        # an int32 count over both axes at once materialised an int32 copy of every
+        # full-resolution candidate first (a third of the upsample-and-score time).
+        rows = jnp.sum(jnp.where(logits > threshold, 1.0, 0.0), axis=-1)
+        return jnp.sum(rows.astype(jnp.int32), axis=-1)
+
+    return count(mask_threshold + offset).astype(jnp.float32) / count(mask_threshold - offset).astype(jnp.float32)
 
 
 def masks_to_boxes(masks: jax.Array) -> jax.Array:
