@@ -37,7 +37,6 @@ from PIL import Image
 
 from sam_jax import transforms
 from sam_jax.config import SamConfig, config_from_json, config_to_json
-from sam_jax.modeling.common import linear_resize_matrix
 from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
 from sam_jax.modeling.sam import (
     SamParams,
@@ -182,9 +181,8 @@ def upsample_logits(logits: jax.Array, factor: int) -> jax.Array:
     predictor's `postprocess_masks` (torch `F.interpolate`, align_corners=False)."""
     if factor == 1:
         return logits
-    side = logits.shape[-1]
-    m = jnp.asarray(linear_resize_matrix(side, side * factor), logits.dtype)
-    return jnp.einsum("...ij,hi,wj->...hw", logits, m, m, precision=jax.lax.Precision.HIGHEST)
+    side = logits.shape[-1] * factor  # a square input frame of that side, nothing to crop
+    return transforms.postprocess_masks(logits, (side, side), (side, side), side)
 
 
 def _cell_to_input(cells: jax.Array, jitter: jax.Array, scale: float) -> jax.Array:

@@ -24,7 +24,7 @@ BLOCK_DIAGONAL_MIN_RATIO = 16
 
 
 def head_block_diagonal(x: jax.Array, num_heads: int) -> jax.Array:
-    """(B, N, heads * D) -> (B, heads * N, heads * D): row (h, n) holds token n's head-h
+    """(..., N, heads * D) -> (..., heads * N, heads * D): row (h, n) holds token n's head-h
     features in column block h and zeros elsewhere.
 
     Multiplying the many side's (B, M, heads * D) features by it (or by its transpose)
@@ -34,10 +34,10 @@ def head_block_diagonal(x: jax.Array, num_heads: int) -> jax.Array:
     The zeros cost `heads` times the (small) attention products; sums with exact zeros are
     exact, so results equal the per-head products up to summation order.
     """
-    b, n, c = x.shape
-    d = c // num_heads
+    *lead, n, c = x.shape
     eye = jnp.eye(num_heads, dtype=x.dtype)
-    return jnp.einsum("bnhd,gh->bgnhd", x.reshape(b, n, num_heads, d), eye).reshape(b, num_heads * n, c)
+    split = x.reshape(*lead, n, num_heads, c // num_heads)
+    return jnp.einsum("...nhd,gh->...gnhd", split, eye).reshape(*lead, num_heads * n, c)
 
 
 class Projection(nn.Module):
@@ -112,9 +112,7 @@ def _tokens_to_image(
 ) -> jax.Array:
     """Projected token queries (B?, T, I) attend to unprojected image keys/values (B?, K, C)
     -> (B, T, I), before the output projection."""
-    batch_q = q if qb else q[None]
-    blocks = head_block_diagonal(batch_q, heads)  # (Bq, heads * T, I), rows (head, token)
-    blocks = blocks if qb else blocks[0]
+    blocks = head_block_diagonal(q, heads)  # (B?, heads * T, I), rows (head, token)
     if kb:  # per-prompt image: fold k_proj into the tokens and v_proj after the weighting
         (wk, bk), (wv, bv) = w["k_proj"], w["v_proj"]
         logits = jnp.einsum(f"bkc,{qb}xc->bkx", k, jnp.einsum(f"{qb}xi,ci->{qb}xc", blocks, wk))
@@ -137,9 +135,7 @@ def _image_to_tokens(
     """Unprojected image queries (B?, Q, C) attend to projected tokens (B?, T, I) -> (B, Q, C),
     output projection included."""
     t = k.shape[-2]
-    k_blocks, v_blocks = (head_block_diagonal(x if kb else x[None], heads) for x in (k, v))
-    if not kb:
-        k_blocks, v_blocks = k_blocks[0], v_blocks[0]
+    k_blocks, v_blocks = head_block_diagonal(k, heads), head_block_diagonal(v, heads)
     (wq, bq), (wo, bo) = w["q_proj"], w["out_proj"]
     if qb:  # per-prompt image: fold q_proj into the keys and out_proj into the values
         logits = jnp.einsum(f"bqc,{kb}cx->bqx", q, jnp.einsum(f"ci,{kb}xi->{kb}cx", wq, k_blocks))
