@@ -71,27 +71,24 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     return rel_pos[relative.astype(np.int64)]
 
 
-def add_decomposed_rel_pos(
-    attn: jax.Array,
+def decomposed_rel_pos_terms(
     q: jax.Array,
     rel_pos_h: jax.Array,
     rel_pos_w: jax.Array,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
     q_rows: tuple[jax.Array | int, int] | None = None,
-) -> jax.Array:
-    """Adds MViTv2's decomposed relative positions to attention logits (arXiv:2112.01526).
-
-    attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
+) -> tuple[jax.Array, jax.Array]:
+    """MViTv2's decomposed relative-position terms (arXiv:2112.01526), not yet broadcast.
 
     Args:
-        attn: logits (..., q_h * q_w, k_h * k_w), or (..., rows * q_w, k_h * k_w) with `q_rows`.
-        q: queries (..., q_h * q_w, head_dim), or only the `q_rows` block's.
+        q: unscaled queries (..., q_h * q_w, head_dim), or only the `q_rows` block's.
         rel_pos_h, rel_pos_w: tables (L_h, head_dim), (L_w, head_dim).
         q_size, k_size: spatial (h, w) of queries and keys.
         q_rows: (first row, number of rows) when q holds a block of query rows.
     Returns:
-        attn with the relative-position terms added, same shape.
+        rel_h (..., q_h, q_w, k_h) = q . R_h[qh - kh] and rel_w (..., q_h, q_w, k_w) =
+        q . R_w[qw - kw]; the logit of (query, key) gains rel_h[..., kh] + rel_w[..., kw].
     """
     (q_h, q_w), (k_h, k_w) = q_size, k_size
     r_h = get_rel_pos(q_h, k_h, rel_pos_h)
@@ -99,17 +96,37 @@ def add_decomposed_rel_pos(
     if q_rows is not None:
         row0, q_h = q_rows
         r_h = jax.lax.dynamic_slice_in_dim(r_h, row0, q_h, axis=0)
-    lead = q.shape[:-2]
-    r_q = q.reshape(*lead, q_h, q_w, q.shape[-1])
-    rel_h = jnp.einsum("...hwc,hkc->...hwk", r_q, r_h)
-    rel_w = jnp.einsum("...hwc,wkc->...hwk", r_q, r_w)
-    attn = attn.reshape(*lead, q_h, q_w, k_h, k_w)
+    r_q = q.reshape(*q.shape[:-2], q_h, q_w, q.shape[-1])
+    return jnp.einsum("...hwc,hkc->...hwk", r_q, r_h), jnp.einsum("...hwc,wkc->...hwk", r_q, r_w)
+
+
+def add_decomposed_rel_pos(
+    attn: jax.Array,
+    q: jax.Array,
+    rel_pos_h: jax.Array,
+    rel_pos_w: jax.Array,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> jax.Array:
+    """Adds the decomposed relative positions to attention logits (reference function).
+
+    attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
+
+    Args:
+        attn: logits (..., q_h * q_w, k_h * k_w).
+        q: queries (..., q_h * q_w, head_dim).
+    Returns:
+        attn with the relative-position terms added, same shape.
+    """
+    (q_h, q_w), (k_h, k_w) = q_size, k_size
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    attn = attn.reshape(*attn.shape[:-2], q_h, q_w, k_h, k_w)
     attn = attn + rel_h[..., :, :, :, None] + rel_w[..., :, :, None, :]
-    return attn.reshape(*lead, q_h * q_w, k_h * k_w)
+    return attn.reshape(*attn.shape[:-4], q_h * q_w, k_h * k_w)
 
 
-# Largest attention-logit block (elements) computed at once; 2**26 float32 = 256 MB.
-MAX_LOGITS_PER_BLOCK = 2**26
+# Largest attention-logit block (elements) computed at once; 2**23 float32 = 32 MB.
+MAX_LOGITS_PER_BLOCK = 2**23
 
 
 def query_rows_per_chunk(batch_heads: int, h: int, w: int) -> int:
@@ -142,15 +159,25 @@ def attention_rows(
         (B, heads, rows * W, head_dim).
     """
     h, w = size
-    head_dim = q.shape[-1]
+    b, heads, _, head_dim = q.shape
     if rows < h:
         q = jax.lax.dynamic_slice_in_dim(q, row0 * w, rows * w, axis=2)
-    attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k)
-    if rel_pos is not None:
-        attn = add_decomposed_rel_pos(attn, q, *rel_pos, (h, w), (h, w), q_rows=(row0, rows))
     # Softmax in float32 whatever the compute dtype: bf16 logits lose the small weights.
-    attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bnqk,bnkd->bnqd", attn, v)
+    attn = jnp.einsum("bnqd,bnkd->bnqk", q * head_dim**-0.5, k).astype(jnp.float32)
+    attn = attn.reshape(b, heads, rows, w, h, w)  # (query row, col, key row, col)
+    if rel_pos is not None:
+        # The relative-position terms stay two small (rows, W, H) and (rows, W, W) tables,
+        # broadcast inside the softmax's fusions: the biased logits are never written out
+        # (the reference materialises a (B * heads, HW, HW) bias; a third of our global
+        # attention time when we added it to the logits first).
+        rel_h, rel_w = decomposed_rel_pos_terms(q, *rel_pos, (h, w), (h, w), q_rows=(row0, rows))
+        attn = attn + rel_h[..., :, None].astype(jnp.float32) + rel_w[..., None, :].astype(jnp.float32)
+    # Softmax with the normalisation after the weighted sum: the division touches the
+    # (rows * W, head_dim) output instead of the (rows * W, HW) weights.
+    weights = jnp.exp(attn - jax.lax.stop_gradient(jnp.max(attn, axis=(-2, -1), keepdims=True)))
+    weights = weights.reshape(b, heads, rows * w, h * w)
+    out = jnp.einsum("bnqk,bnkd->bnqd", weights.astype(v.dtype), v)
+    return (out / jnp.sum(weights, axis=-1, keepdims=True)).astype(v.dtype)
 
 
 class Attention(nn.Module):
