@@ -177,7 +177,7 @@ def _encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) ->
     return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw))
 
 
-@functools.partial(jax.jit, static_argnames=("multimask_output",))
+@functools.partial(jax.jit, static_argnames=("multimask_output", "squeeze"))
 def _decode_low_res(
     params: SamParams,
     image_embedding: jax.Array,
@@ -186,10 +186,14 @@ def _decode_low_res(
     boxes: jax.Array | None,
     mask_input: jax.Array | None,
     multimask_output: bool,
+    squeeze: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
+    """`squeeze` drops the axis of a single prompt here, inside the compiled call: indexing
+    the results afterwards costs a dispatch per array (~2 of a vit_b one-point decode's ms)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
-    return predict_low_res(params, image_embedding, points, labels, boxes, mask_input, multimask_output)
+    low_res, scores = predict_low_res(params, image_embedding, points, labels, boxes, mask_input, multimask_output)
+    return (low_res[0], scores[0]) if squeeze else (low_res, scores)
 
 
 @functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size", "return_logits"))
@@ -282,10 +286,9 @@ def decode(
         pts = transforms.apply_coords(pts, embedding.original_size, size).astype(np.float32)
     if bx is not None:
         bx = transforms.apply_boxes(bx, embedding.original_size, size).astype(np.float32)
-    low_res, scores = _decode_low_res(params, embedding.image_embedding, pts, lab, bx, msk, multimask_output)
+    squeeze = not batched
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, pts, lab, bx, msk, multimask_output, squeeze)
     masks = _postprocess(low_res, embedding.input_size, embedding.original_size, size, return_logits)
-    if not batched:
-        return masks[0], scores[0], low_res[0]
     return masks, scores, low_res
 
 

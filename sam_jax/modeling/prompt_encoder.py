@@ -33,23 +33,40 @@ class PositionEmbeddingRandom(nn.Module):
 
     num_pos_feats: int
 
-    @nn.compact
-    def encode(self, coords: jax.Array) -> jax.Array:
-        """Coordinates normalised to [0, 1] (..., 2) -> features (..., 2 * num_pos_feats)."""
-        gaussian = self.param(
+    def setup(self) -> None:
+        self.gaussian = self.param(
             "positional_encoding_gaussian_matrix", nn.initializers.normal(1.0), (2, self.num_pos_feats)
         )
+
+    def encode(self, coords: jax.Array) -> jax.Array:
+        """Coordinates normalised to [0, 1] (..., 2) -> features (..., 2 * num_pos_feats)."""
         coords = 2 * coords - 1
-        coords = 2 * math.pi * (coords @ gaussian)
+        coords = 2 * math.pi * (coords @ self.gaussian)
         return jnp.concatenate([jnp.sin(coords), jnp.cos(coords)], axis=-1)
 
     def dense(self, size: tuple[int, int]) -> jax.Array:
-        """Encoding of every cell centre of an (h, w) grid -> (h, w, C)."""
+        """Encoding of every cell centre of an (h, w) grid -> (h, w, C).
+
+        The phase of cell (i, j) is a sum of a row and a column term, so the grid's sines
+        and cosines follow from the rows' and columns' by the angle-addition formulas:
+        (h + w) * C transcendentals instead of h * w * C (per-cell sin and cos took 3.5 ms
+        of a vit_b one-point decode's ~25 on CPU, the addition formulas 0.6). Equal to the
+        per-cell `encode` up to float32 rounding of the phase (~1e-6).
+        """
         h, w = size
-        y = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h
-        x = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
-        grid = jnp.stack(jnp.broadcast_arrays(x[None, :], y[:, None]), axis=-1)
-        return self.encode(grid)
+        y = 2 * ((jnp.arange(h, dtype=jnp.float32) + 0.5) / h) - 1
+        x = 2 * ((jnp.arange(w, dtype=jnp.float32) + 0.5) / w) - 1
+        col = 2 * math.pi * x[:, None] * self.gaussian[0]  # (w, C/2)
+        row = 2 * math.pi * y[:, None] * self.gaussian[1]  # (h, C/2)
+        tables = jnp.concatenate([jnp.sin(col), jnp.cos(col), jnp.sin(row), jnp.cos(row)])
+        # A product with the identity (exact) makes XLA write the small tables once: left
+        # to itself it fused their sin and cos into the per-cell products, recomputing four
+        # transcendentals per cell (slower than the direct encoding).
+        eye = jnp.eye(tables.shape[1], dtype=tables.dtype)
+        tables = jnp.dot(tables, eye, precision=jax.lax.Precision.HIGHEST)
+        sin_c, cos_c, sin_r, cos_r = jnp.split(tables, [w, 2 * w, 2 * w + h])
+        sin_c, cos_c, sin_r, cos_r = sin_c[None], cos_c[None], sin_r[:, None], cos_r[:, None]
+        return jnp.concatenate([sin_r * cos_c + cos_r * sin_c, cos_r * cos_c - sin_r * sin_c], axis=-1)
 
     def with_coords(self, coords: jax.Array, image_size: tuple[int, int]) -> jax.Array:
         """Pixel (x, y) coordinates in an (h, w) image -> features (..., C)."""
