@@ -60,6 +60,13 @@ def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
     return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
 
 
+# Low-res sides from which `postprocess_masks` gathers taps instead of multiplying by the
+# dense resize matrices: a dense product costs 2 * low flops per output pixel, a gather of a
+# row's few non-zero taps ~1 ns per tap. Measured on this CPU (3 masks to 768 x 1024: 256
+# per side 5.2 -> 2.4 ms, 192 masks 590 -> 240 ms; 32 per side: dense 3-4x faster).
+GATHER_MIN_LOW_RES = 128
+
+
 def postprocess_masks(
     masks: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
 ) -> jax.Array:
@@ -68,15 +75,32 @@ def postprocess_masks(
     The reference upsamples (..., L, L) bilinearly to (image_size, image_size), crops the
     padding away to `input_size`, then resizes to `original_size`, each step with torch's
     `F.interpolate(mode="bilinear", align_corners=False)`. All three steps are linear and
-    separable, so per axis they compose into one (original, L) matrix, applied as two
-    matmuls: far faster than per-pixel gathers on every backend (equal up to fp32 rounding).
+    separable, so per axis they compose into one (original, L) matrix with two or three
+    non-zero taps per row, applied to the columns, then to the rows: as gathers of the
+    taps for large L, as matrix products for small L (equal up to fp32 rounding).
     """
     low = masks.shape[-1]
     rows, cols = (
-        jnp.asarray(linear_resize_matrix(n_in, n_out) @ linear_resize_matrix(low, image_size)[:n_in], dtype=masks.dtype)
+        linear_resize_matrix(n_in, n_out) @ linear_resize_matrix(low, image_size)[:n_in]
         for n_in, n_out in zip(input_size, original_size, strict=True)
     )
+    if low >= GATHER_MIN_LOW_RES:
+        return _apply_taps(_apply_taps(masks, cols, -1), rows, -2)
     # HIGHEST: fp32 accumulation everywhere (GPUs would otherwise round the inputs to tf32).
     highest = jax.lax.Precision.HIGHEST
-    masks = jnp.einsum("...ij,hi->...hj", masks, rows, precision=highest)
-    return jnp.einsum("...hj,wj->...hw", masks, cols, precision=highest)
+    masks = jnp.einsum("...ij,hi->...hj", masks, jnp.asarray(rows, masks.dtype), precision=highest)
+    return jnp.einsum("...hj,wj->...hw", masks, jnp.asarray(cols, masks.dtype), precision=highest)
+
+
+def _apply_taps(x: jax.Array, matrix: np.ndarray, axis: int) -> jax.Array:
+    """`matrix` (n_out, n) applied to `axis` (-1 or -2) of x as a sum over each row's
+    non-zero entries (taps): a gather and a multiply-add per tap."""
+    taps = int(np.count_nonzero(matrix, axis=1).max())
+    index = np.argsort(matrix == 0, axis=1, kind="stable")[:, :taps]  # each row's non-zeros first
+    weight = np.take_along_axis(matrix, index, axis=1).astype(np.float32)  # zero where padded
+    out = None
+    for k in range(taps):
+        w = weight[:, k] if axis == -1 else weight[:, k, None]
+        term = jnp.take(x, index[:, k], axis=axis, mode="clip") * w
+        out = term if out is None else out + term
+    return out
