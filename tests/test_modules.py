@@ -209,8 +209,12 @@ def test_attention_interpolates_a_table_of_another_length(small):
     assert rel_err(ours, ref_attn(x).numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("path", ["products", "gathers"])
 @pytest.mark.parametrize("original_size", [(427, 640), (640, 427), (1500, 1000), (90, 120), (256, 256)])
-def test_postprocess_masks(small, original_size):
+def test_postprocess_masks(small, original_size, path, monkeypatch):
+    # Both ways of applying the composed resize (the official models' 256x256 logits take
+    # the gathers, tiny-shapes' 32x32 the products), forced here on SMALL's 64x64.
+    monkeypatch.setattr(transforms, "GATHER_MIN_LOW_RES", 0 if path == "gathers" else 10**9)
     low = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     input_size = transforms.preprocess_shape(*original_size, SMALL.image_size)
     ref = small.ref.postprocess_masks(low, input_size, original_size).numpy()
