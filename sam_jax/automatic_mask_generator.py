@@ -175,7 +175,8 @@ def _upsample_and_score(
     """Selected low-res logits (rows of the flattened (N, L, L)) -> masks at the crop's size,
     their stability scores and boxes."""
     low_res = jnp.take(low_res.reshape(-1, *low_res.shape[-2:]), rows, axis=0)
-    logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size)
+    # Products, not gathers: the logits are read by four reductions below (see postprocess_masks).
+    logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size, gather=False)
     masks = logits > MASK_THRESHOLD
     return masks, stability_score(logits, MASK_THRESHOLD, offset), masks_to_boxes(masks)
 

@@ -182,7 +182,9 @@ def upsample_logits(logits: jax.Array, factor: int) -> jax.Array:
     if factor == 1:
         return logits
     side = logits.shape[-1] * factor  # a square input frame of that side, nothing to crop
-    return transforms.postprocess_masks(logits, (side, side), (side, side), side)
+    # Products: the losses read the result several times, and their gradient is a product
+    # too (a gather's is a scatter-add).
+    return transforms.postprocess_masks(logits, (side, side), (side, side), side, gather=False)
 
 
 def _cell_to_input(cells: jax.Array, jitter: jax.Array, scale: float) -> jax.Array:

@@ -68,7 +68,11 @@ GATHER_MIN_LOW_RES = 128
 
 
 def postprocess_masks(
-    masks: jax.Array, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+    masks: jax.Array,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+    gather: bool | None = None,
 ) -> jax.Array:
     """Low-res logits -> logits at the original image size.
 
@@ -78,13 +82,20 @@ def postprocess_masks(
     separable, so per axis they compose into one (original, L) matrix with two or three
     non-zero taps per row, applied to the columns, then to the rows: as gathers of the
     taps for large L, as matrix products for small L (equal up to fp32 rounding).
+
+    Args:
+        gather: force the gathers (True) or the products (False); None picks by L. Use
+            products where several reductions read the result (automatic masks): XLA fuses
+            the gathers into each reading loop, recomputing them (7x slower there).
     """
     low = masks.shape[-1]
     rows, cols = (
         linear_resize_matrix(n_in, n_out) @ linear_resize_matrix(low, image_size)[:n_in]
         for n_in, n_out in zip(input_size, original_size, strict=True)
     )
-    if low >= GATHER_MIN_LOW_RES:
+    if gather is None:
+        gather = low >= GATHER_MIN_LOW_RES
+    if gather:
         return _apply_taps(_apply_taps(masks, cols, -1), rows, -2)
     # HIGHEST: fp32 accumulation everywhere (GPUs would otherwise round the inputs to tf32).
     highest = jax.lax.Precision.HIGHEST
