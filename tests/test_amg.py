@@ -20,7 +20,8 @@ from segment_anything import SamAutomaticMaskGenerator as ReferenceGenerator
 
 import convert
 import sam_jax
-from sam_jax import amg
+from sam_jax import amg, transforms
+from sam_jax import automatic_mask_generator as amg_module
 from sam_jax.data import SyntheticShapes
 
 KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
@@ -151,6 +152,22 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(case, tiny, small, scenes):
+    check_case(case, tiny, small, scenes)
+
+
+@pytest.mark.parametrize("case", ["tiny-crops-uncompressed-rle", "random"])
+def test_matches_reference_through_the_level_maps(case, tiny, small, scenes, monkeypatch):
+    """The official models' path (256x256 logits: gathered upsampling written as int8 level
+    maps, then scored), forced on the test models' small logits."""
+    monkeypatch.setattr(transforms, "GATHER_MIN_LOW_RES", 0)
+    calls = []
+    original = amg_module._upsampled_levels
+    monkeypatch.setattr(amg_module, "_upsampled_levels", lambda *a: calls.append(1) or original(*a))
+    check_case(case, tiny, small, scenes)
+    assert calls
+
+
+def check_case(case: str, tiny: Any, small: Any, scenes: list[np.ndarray]) -> None:
     which, options = CASES[case]
     params, ref_model = tiny if which == "tiny" else (small.params, small.ref)
     images = scenes if which == "tiny" else [make_image(200, 300, 0), make_image(256, 192, 1)]
