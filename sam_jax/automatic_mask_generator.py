@@ -167,7 +167,7 @@ def masks_to_boxes(masks: jax.Array) -> jax.Array:
     return jnp.where((bottom >= top)[..., None], boxes, 0).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("input_size", "crop_size", "image_size"))
+@functools.partial(jax.jit, static_argnames=("input_size", "crop_size", "image_size", "as_levels"))
 def _upsample_and_score(
     low_res: jax.Array,
     rows: jax.Array,
@@ -175,42 +175,32 @@ def _upsample_and_score(
     input_size: tuple[int, int],
     crop_size: tuple[int, int],
     image_size: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    as_levels: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array] | jax.Array:
     """Selected low-res logits (rows of the flattened (N, L, L)) -> masks at the crop's size,
-    their stability scores and boxes, for small L (the resize as matrix products, whose
-    output the compares and counts below read)."""
+    their stability scores and boxes.
+
+    That is for small L: the resize as matrix products, whose output the compares and
+    counts read. With `as_levels` (large L: the official models' 256) it returns only the
+    first half, the resize as gathers of its taps with each upsampled logit written once as
+    an int8 level (how many of the thresholds `mask_threshold` -/+ `offset`, offset >= 0,
+    it exceeds), for `_score_levels` to finish in a second call: inside one program XLA
+    fused the gathers into each count reading them (6.2 s per 192 vit_b candidates at
+    1024x768, against 0.96 s for the products and 0.58 s for the two calls).
+    """
     low_res = jnp.take(low_res.reshape(-1, *low_res.shape[-2:]), rows, axis=0)
-    logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size, gather=False)
+    logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size, gather=as_levels)
+    if as_levels:
+        thresholds = (MASK_THRESHOLD - offset, MASK_THRESHOLD, MASK_THRESHOLD + offset)
+        return sum((logits > t).astype(jnp.int8) for t in thresholds)
     masks = logits > MASK_THRESHOLD
     return masks, stability_score(logits, MASK_THRESHOLD, offset), masks_to_boxes(masks)
 
 
-@functools.partial(jax.jit, static_argnames=("input_size", "crop_size", "image_size"))
-def _upsampled_levels(
-    low_res: jax.Array,
-    rows: jax.Array,
-    offset: jax.Array,
-    input_size: tuple[int, int],
-    crop_size: tuple[int, int],
-    image_size: int,
-) -> jax.Array:
-    """`_upsample_and_score`'s first half for large L (the official models' 256): the resize
-    as gathers of its taps, each upsampled logit written once as an int8 level, the number
-    of the thresholds `mask_threshold` -/+ `offset` (offset >= 0) it exceeds.
-
-    Its own compiled call, so the level map is written out: inside one program XLA fused
-    the gathers into each of the counts reading them (6.2 s per 192 vit_b candidates at
-    1024x768, against 0.96 s for the products and 0.58 s for these two calls).
-    """
-    low_res = jnp.take(low_res.reshape(-1, *low_res.shape[-2:]), rows, axis=0)
-    logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size, gather=True)
-    thresholds = (MASK_THRESHOLD - offset, MASK_THRESHOLD, MASK_THRESHOLD + offset)
-    return sum((logits > t).astype(jnp.int8) for t in thresholds)
-
-
 @jax.jit
 def _score_levels(levels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Level maps from `_upsampled_levels` -> masks, stability scores and boxes."""
+    """Level maps from `_upsample_and_score(..., as_levels=True)` -> masks, stability scores
+    and boxes."""
     masks = levels >= 2
     stability = pixel_count(levels >= 3).astype(jnp.float32) / pixel_count(levels >= 1).astype(jnp.float32)
     return masks, stability, masks_to_boxes(masks)
@@ -272,11 +262,11 @@ def _process_crop(
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             continue
-        upsample_args = (low_res, _padded_rows(rows, n_candidates), offset, embedding.input_size, crop_size, size)
-        if low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES:
-            masks, stability, boxes = _score_levels(_upsampled_levels(*upsample_args))
-        else:
-            masks, stability, boxes = _upsample_and_score(*upsample_args)
+        as_levels = low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES
+        upsampled = _upsample_and_score(
+            low_res, _padded_rows(rows, n_candidates), offset, embedding.input_size, crop_size, size, as_levels
+        )
+        masks, stability, boxes = _score_levels(upsampled) if as_levels else upsampled
         stability_np = np.asarray(stability)[: len(rows)]
         boxes_np = np.asarray(boxes)[: len(rows)].astype(np.int64)
         keep2 = np.ones(len(rows), bool)

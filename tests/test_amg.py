@@ -161,8 +161,8 @@ def test_matches_reference_through_the_level_maps(case, tiny, small, scenes, mon
     maps, then scored), forced on the test models' small logits."""
     monkeypatch.setattr(transforms, "GATHER_MIN_LOW_RES", 0)
     calls = []
-    original = amg_module._upsampled_levels
-    monkeypatch.setattr(amg_module, "_upsampled_levels", lambda *a: calls.append(1) or original(*a))
+    original = amg_module._score_levels
+    monkeypatch.setattr(amg_module, "_score_levels", lambda *a: calls.append(1) or original(*a))
     check_case(case, tiny, small, scenes)
     assert calls
 
