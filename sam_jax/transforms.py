@@ -84,8 +84,9 @@ def postprocess_masks(
     taps for large L, as matrix products for small L (equal up to fp32 rounding).
 
     Args:
-        gather: force the gathers (True) or the products (False); None picks by L. Use
-            products where several reductions read the result (automatic masks): XLA fuses
+        gather: force the gathers (True) or the products (False); None picks by L. Where
+            several reductions read the result, take the products or write the gathered
+            result out in a compiled call of its own (automatic masks do either): XLA fuses
             the gathers into each reading loop, recomputing them (7x slower there).
     """
     low = masks.shape[-1]
