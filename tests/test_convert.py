@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,25 +162,34 @@ def test_official_shapes_map_one_to_one(name):
 
 @pytest.mark.slow
 def test_vit_h_conversion_round_trip(tmp_path):
-    """A full-size vit_h checkpoint (random values) converts, loads, and exports bit for bit."""
+    """A full-size vit_h checkpoint (random values) converts, loads, and exports bit for bit.
+
+    Each file is 2.5 GB: the original is compared from memory and every file is deleted as
+    soon as it has been read, so the test needs 5 GB of disk at most and leaves none behind.
+    """
     ref = sam_model_registry["vit_h"]()
     for t in ref.state_dict().values():  # every tensor random; no forward pass needed here
         t.normal_(0, 0.02)
-    original = tmp_path / "sam_vit_h_random.pth"
-    torch.save(ref.state_dict(), original)
-    del ref
-    assert main([str(original), str(tmp_path / "h")]) == 0
-    params = sam_jax.load(tmp_path / "h")
-    assert params.config == sam_jax.get_config("vit_h")
-    del params
-    assert main(["--to-torch", str(tmp_path / "h"), str(tmp_path / "back.pth")]) == 0
-    a = torch.load(original, weights_only=True, mmap=True)
-    b = torch.load(tmp_path / "back.pth", weights_only=True, mmap=True)
-    assert set(a) == set(b)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    fresh = sam_model_registry["vit_h"]()
-    fresh.load_state_dict(b, strict=True)
+    expected = ref.state_dict()
+    original, converted, back = tmp_path / "sam_vit_h_random.pth", tmp_path / "h", tmp_path / "back.pth"
+    try:
+        torch.save(expected, original)
+        assert main([str(original), str(converted)]) == 0
+        original.unlink()
+        params = sam_jax.load(converted)
+        assert params.config == sam_jax.get_config("vit_h")
+        del params
+        assert main(["--to-torch", str(converted), str(back)]) == 0
+        shutil.rmtree(converted)
+        exported = torch.load(back, weights_only=True, mmap=True)
+        assert set(exported) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(value, exported[key]), key
+        ref.load_state_dict(exported, strict=True)
+    finally:
+        for path in (original, back):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(converted, ignore_errors=True)
 
 
 def test_convert_state_dict_api_names_the_key(small):
