@@ -8,7 +8,7 @@ reference's keys. Results match the reference's; the work is arranged differentl
   padded, so one program serves every batch);
 - the predicted-IoU threshold is applied to the low-resolution logits, so only surviving
   masks are upsampled; upsampling, stability scores and mask boxes run on the device, and
-  only masks that pass every filter come back to the host;
+  only masks that pass every filter and box NMS come back to the host;
 - run-length encoding happens after non-maximum suppression, for the masks that are kept.
 
 Usage:
@@ -243,6 +243,17 @@ def _take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
     return jnp.take(x, rows, axis=0)
 
 
+def _fetch_rows(parts: list[jax.Array], part: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Rows `row[i]` of `parts[part[i]]`, in that order, on the host: only the masks that
+    pass every filter and box NMS leave the device (with every candidate passing, copying
+    and concatenating all of them on the host took 0.1-0.3 s per image at 192x256)."""
+    out = np.empty((len(part), *parts[0].shape[1:]), parts[0].dtype)
+    for p in np.unique(part):
+        where = np.flatnonzero(part == p)
+        out[where] = np.asarray(_take_rows(parts[p], _padded_rows(row[where], parts[p].shape[0])))[: len(where)]
+    return out
+
+
 def _bucket(n: int, cap: int) -> int:
     """Pads a count to a power of two (at least 8, at most `cap`): few compiled shapes."""
     return min(max(8, 1 << (n - 1).bit_length()), max(cap, n))
@@ -281,7 +292,9 @@ def _process_crop(
     batch = opts.points_per_batch
     n_candidates = batch * cfg.num_multimask_outputs
     offset = jnp.float32(opts.stability_score_offset)
-    kept: dict[str, list[np.ndarray]] = {k: [] for k in ("masks", "iou_preds", "stability_score", "boxes", "points")}
+    fields = ("part", "row", "iou_preds", "stability_score", "boxes", "points")
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in fields}
+    mask_parts: list[jax.Array] = []  # per batch, its candidates' masks, left on the device
     for start in range(0, len(points), batch):
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
@@ -308,18 +321,19 @@ def _process_crop(
         sel = np.flatnonzero(keep2)
         if sel.size == 0:
             continue
-        # Only masks that passed every filter leave the device.
-        kept["masks"].append(np.asarray(_take_rows(masks, _padded_rows(sel, n_candidates)))[: len(sel)])
+        kept["part"].append(np.full(len(sel), len(mask_parts)))
+        kept["row"].append(sel)
+        mask_parts.append(masks)
         kept["iou_preds"].append(iou_np[rows[sel]])
         kept["stability_score"].append(stability_np[sel])
         kept["boxes"].append(boxes_np[sel])
         kept["points"].append(point_rows[rows[sel]])
-    if not kept["masks"]:
+    if not mask_parts:
         return _empty_crop_data()
     data = {k: np.concatenate(v) for k, v in kept.items()}
     order = amg.box_nms(data["boxes"], data["iou_preds"], opts.box_nms_thresh)
     data = {k: v[order] for k, v in data.items()}
-    masks = data.pop("masks")
+    masks = _fetch_rows(mask_parts, data.pop("part"), data.pop("row"))
     data["rles"] = [amg.mask_to_rle(amg.uncrop_mask(m, crop_box, orig_h, orig_w)) for m in masks]
     data["boxes"] = amg.uncrop_boxes_xyxy(data["boxes"], crop_box)
     data["points"] = amg.uncrop_points(data["points"], crop_box)
