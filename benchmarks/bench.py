@@ -39,6 +39,8 @@ from sam_jax.data import SyntheticShapes  # noqa: E402
 torch.set_grad_enabled(False)
 ROWS: list[dict[str, Any]] = []
 ALL_CASES = False  # --all-cases
+AMG_CASES: list[str] = []  # --amg-case, by the short names of AMG_CASE_LABELS
+AMG_CASE_LABELS = {"defaults": "reference defaults", "permissive": "permissive", "crops": "permissive + 1 crop layer"}
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -128,12 +130,15 @@ def bench_amg(model: str, tmp: Path, repeats: int) -> None:
     # empty result, so the crop row is permissive too.
     permissive = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     cases = {
-        "reference defaults": {},
-        "permissive": permissive,
-        "permissive + 1 crop layer": {**permissive, "crop_n_layers": 1},
+        AMG_CASE_LABELS["defaults"]: {},
+        AMG_CASE_LABELS["permissive"]: permissive,
+        AMG_CASE_LABELS["crops"]: {**permissive, "crop_n_layers": 1},
     }
+    wanted = [AMG_CASE_LABELS[c] for c in AMG_CASES] or list(cases)
     if model != "tiny-shapes":  # 16x16 points at 1024: minutes per row for the reference already
-        cases = {k: {**v, "points_per_side": 16} for k, v in cases.items() if ALL_CASES or k == "reference defaults"}
+        wanted = wanted if AMG_CASES or ALL_CASES else [AMG_CASE_LABELS["defaults"]]
+        cases = {k: {**v, "points_per_side": 16} for k, v in cases.items()}
+    cases = {k: v for k, v in cases.items() if k in wanted}
     predictor = SamPredictor(ref)
     for label, options in cases.items():
         generator = SamAutomaticMaskGenerator(ref, **options)
@@ -378,6 +383,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--all-cases", action="store_true", help="every AMG case for the large models too")
+    p.add_argument("--amg-case", choices=sorted(AMG_CASE_LABELS), action="append", help="run only these AMG cases")
     p.add_argument("--memory-probe", nargs=2, metavar=("SIDE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_probe:
@@ -385,6 +391,7 @@ def main() -> int:
         return 0
     global ALL_CASES
     ALL_CASES = args.all_cases
+    AMG_CASES.extend(args.amg_case or [])
     print(
         f"# {datetime.date.today()} {platform.processor() or platform.machine()} "
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)) "
