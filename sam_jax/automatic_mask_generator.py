@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import amg, transforms
-from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import MASK_THRESHOLD, _check_params, _decode_low_res, check_image, encode
+from sam_jax.modeling.mask_decoder import select_outputs
+from sam_jax.modeling.sam import SamParams, mask_decoder_masks, mask_decoder_tokens, prompt_encoder_forward
+from sam_jax.predictor import MASK_THRESHOLD, _check_params, check_image, encode
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -127,6 +128,24 @@ class AmgOptions:
 
 
 # ----------------------------------------------------------------------------- device side
+
+
+@jax.jit
+def _decode_tokens(
+    params: SamParams, image_embedding: jax.Array, points: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(B, 1, 2) foreground points on one (E, E, C) embedding -> the decoder's first stage:
+    mask tokens, image tokens and the multimask outputs' predicted IoU (B, M)."""
+    labels = jnp.ones(points.shape[:2], jnp.int32)
+    sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, None, None)
+    tokens, src, iou_pred = mask_decoder_tokens(params, image_embedding[None], dense_pe, sparse, dense)
+    return tokens, src, select_outputs(iou_pred, True)
+
+
+@jax.jit
+def _predict_masks(params: SamParams, tokens: jax.Array, src: jax.Array, prompts: jax.Array) -> jax.Array:
+    """The decoder's second stage for the prompts at rows `prompts` -> (P, M, L, L) logits."""
+    return mask_decoder_masks(params, jnp.take(tokens, prompts, axis=0), jnp.take(src, prompts, axis=0), True)
 
 
 def pixel_count(masks: jax.Array) -> jax.Array:
@@ -290,7 +309,8 @@ def _process_crop(
 
     points = points01 * np.asarray(crop_size)[None, ::-1]  # (x, y) in crop pixels, float64
     batch = opts.points_per_batch
-    n_candidates = batch * cfg.num_multimask_outputs
+    n_masks = cfg.num_multimask_outputs
+    n_candidates = batch * n_masks
     offset = jnp.float32(opts.stability_score_offset)
     fields = ("part", "row", "iou_preds", "stability_score", "boxes", "points")
     kept: dict[str, list[np.ndarray]] = {k: [] for k in fields}
@@ -299,17 +319,20 @@ def _process_crop(
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
         padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size)
-        labels = np.ones((batch, 1), np.int32)
-        low_res, iou_preds = _decode_low_res(params, embedding.image_embedding, padded, labels, None, None, True)
+        tokens, src, iou_preds = _decode_tokens(params, embedding.image_embedding, padded)
         iou_np = np.asarray(iou_preds)[: len(chunk)].reshape(-1)
-        point_rows = np.repeat(chunk, cfg.num_multimask_outputs, axis=0)
+        point_rows = np.repeat(chunk, n_masks, axis=0)
         keep = iou_np > opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones(iou_np.shape, bool)
         rows = np.flatnonzero(keep)
         if rows.size == 0:
             continue
+        # Masks only for the prompts with a candidate left, then only those candidates upsampled.
+        prompts, slot = np.unique(rows // n_masks, return_inverse=True)
+        low_res = _predict_masks(params, tokens, src, _padded_rows(prompts, batch))
+        picked = slot * n_masks + rows % n_masks  # the kept candidates' rows in `low_res`
         as_levels = low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES
         upsampled = _upsample_and_score(
-            low_res, _padded_rows(rows, n_candidates), offset, embedding.input_size, crop_size, size, as_levels
+            low_res, _padded_rows(picked, n_candidates), offset, embedding.input_size, crop_size, size, as_levels
         )
         masks, stability, boxes = _score_levels(upsampled) if as_levels else upsampled
         stability_np = np.asarray(stability)[: len(rows)]

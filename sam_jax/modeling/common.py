@@ -20,7 +20,7 @@ def gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1 + jax.lax.erf(x * np.asarray(1 / np.sqrt(2), x.dtype)))
 
 
-def layer_norm(eps: float, name: str, dtype: Any = None) -> nn.LayerNorm:
+def layer_norm(eps: float, name: str | None = None, dtype: Any = None) -> nn.LayerNorm:
     """LayerNorm over the channel (last) axis.
 
     The reference `LayerNorm2d` normalises NCHW over C; in NHWC that is a plain LayerNorm.

@@ -178,6 +178,33 @@ def mask_decoder_forward(
     )
 
 
+def mask_decoder_tokens(
+    params: SamParams, image_embedding: jax.Array, image_pe: jax.Array, sparse: jax.Array, dense: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """See `MaskDecoder.decode_tokens`: returns (mask tokens, image tokens, iou of every output)."""
+    return MaskDecoder(params.config).apply(
+        {"params": params.weights["mask_decoder"]},
+        image_embedding,
+        image_pe,
+        sparse,
+        dense,
+        method=MaskDecoder.decode_tokens,
+    )
+
+
+def mask_decoder_masks(
+    params: SamParams, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool
+) -> jax.Array:
+    """See `MaskDecoder.predict_masks`: returns low-res logits (B, M, 4E, 4E)."""
+    return MaskDecoder(params.config).apply(
+        {"params": params.weights["mask_decoder"]},
+        mask_tokens_out,
+        src,
+        multimask_output,
+        method=MaskDecoder.predict_masks,
+    )
+
+
 def predict_low_res(
     params: SamParams,
     image_embedding: jax.Array,
