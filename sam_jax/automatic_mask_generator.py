@@ -143,9 +143,12 @@ def _decode_tokens(
 
 
 @jax.jit
-def _predict_masks(params: SamParams, tokens: jax.Array, src: jax.Array, prompts: jax.Array) -> jax.Array:
-    """The decoder's second stage for the prompts at rows `prompts` -> (P, M, L, L) logits."""
-    return mask_decoder_masks(params, jnp.take(tokens, prompts, axis=0), jnp.take(src, prompts, axis=0), True)
+def _predict_masks(params: SamParams, tokens: jax.Array, src: jax.Array, prompts: jax.Array | None) -> jax.Array:
+    """The decoder's second stage for the prompts at rows `prompts` (None: all, without
+    copying the image tokens) -> (P, M, L, L) logits."""
+    if prompts is not None:
+        tokens, src = jnp.take(tokens, prompts, axis=0), jnp.take(src, prompts, axis=0)
+    return mask_decoder_masks(params, tokens, src, True)
 
 
 def pixel_count(masks: jax.Array) -> jax.Array:
@@ -328,7 +331,8 @@ def _process_crop(
             continue
         # Masks only for the prompts with a candidate left, then only those candidates upsampled.
         prompts, slot = np.unique(rows // n_masks, return_inverse=True)
-        low_res = _predict_masks(params, tokens, src, _padded_rows(prompts, batch))
+        every = len(prompts) == batch
+        low_res = _predict_masks(params, tokens, src, None if every else _padded_rows(prompts, batch))
         picked = slot * n_masks + rows % n_masks  # the kept candidates' rows in `low_res`
         as_levels = low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES
         upsampled = _upsample_and_score(
