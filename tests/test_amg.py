@@ -127,6 +127,8 @@ RANDOM_RELAXED = {
 CASES = {
     "tiny-defaults": ("tiny", {}),
     "tiny-relaxed": ("tiny", {**TINY_RELAXED}),
+    # No IoU filter: every prompt of a batch keeps candidates (the mask stage's no-copy path).
+    "tiny-no-iou-filter": ("tiny", {**TINY_RELAXED, "pred_iou_thresh": 0.0}),
     "tiny-crops-uncompressed-rle": (
         "tiny",
         {**TINY_RELAXED, "points_per_side": 16, "crop_n_layers": 1, "output_mode": "uncompressed_rle"},
