@@ -6,9 +6,11 @@ reference's keys. Results match the reference's; the work is arranged differentl
 
 - the decoder runs on a whole batch of points in one compiled call (the last batch is
   padded, so one program serves every batch);
-- the predicted-IoU threshold is applied to the low-resolution logits, so only surviving
-  masks are upsampled; upsampling, stability scores and mask boxes run on the device, and
-  only masks that pass every filter and box NMS come back to the host;
+- the predicted-IoU threshold is applied first: the decoder's mask stage runs only for
+  prompts with a candidate left (`MaskDecoder.predict_masks`), and only surviving
+  candidates are upsampled; upsampling, stability scores and mask boxes run on the device,
+  a cache-sized chunk of candidates at a time, and only masks that pass every filter and
+  box NMS come back to the host;
 - run-length encoding happens after non-maximum suppression, for the masks that are kept.
 
 Usage:
