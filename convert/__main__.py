@@ -7,10 +7,12 @@ import sys
 
 from convert import MODEL_TYPES, ConversionError, convert_checkpoint, export_torch
 from convert.mapping import describe
+from sam_jax.cli import OneLineParser, int_at_least
+from sam_jax.io import OutputExistsError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m convert",
         description="Convert an official SAM checkpoint (.pth) to a sam_jax checkpoint directory, "
         "or back with --to-torch.",
@@ -20,8 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-torch", action="store_true", help="export a sam_jax checkpoint as a reference state_dict")
     p.add_argument("--model-type", default="auto", help=f"one of {', '.join(MODEL_TYPES)} (default: inferred)")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output: a sam_jax checkpoint directory, or with --to-torch a file",
+    )
+    p.add_argument(
         "--decoder-num-heads",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="mask decoder heads, invisible in tensor shapes (default 8, as every official model)",
     )
@@ -32,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.to_torch:
-            state_dict = export_torch(args.source, args.output)
+            state_dict = export_torch(args.source, args.output, overwrite=args.overwrite)
             print(f"wrote {args.output}: {len(state_dict)} tensors")
         else:
-            params = convert_checkpoint(args.source, args.output, args.model_type, args.decoder_num_heads)
+            params = convert_checkpoint(
+                args.source, args.output, args.model_type, args.decoder_num_heads, overwrite=args.overwrite
+            )
             print(f"wrote {args.output}: {describe(params.config)} model")
     except ConversionError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    except OutputExistsError as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
