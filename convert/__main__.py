@@ -11,8 +11,12 @@ from sam_jax.cli import OneLineParser, int_at_least
 from sam_jax.io import OutputExistsError
 
 
+class _Parser(OneLineParser):
+    error_name = "convert"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+    p = _Parser(
         prog="python -m convert",
         description="Convert an official SAM checkpoint (.pth) to a sam_jax checkpoint directory, "
         "or back with --to-torch.",

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,22 +201,46 @@ def _stored_shapes(weights_path: Path) -> Any:
     metadata = ocp.PyTreeCheckpointer().metadata(str(weights_path))
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, dict):
+        raise ValueError("its metadata cannot be read")
     return jax.tree.map(lambda m: _Shape(tuple(m.shape)), dict(tree), is_leaf=lambda m: hasattr(m, "shape"))
 
 
 @contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-    """Orbax logs every failed read of a damaged checkpoint (dozens of lines, 'Event loop is
-    closed' among them) before raising; the one-line error below says what matters."""
-    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "asyncio")]
+def quiet_orbax() -> Iterator[None]:
+    """Keeps a failed orbax read to the one-line error its caller raises.
+
+    Orbax logs each failed read, and when it gives up its event loop closes while storage
+    reads are still in flight: as those finish, each reports `RuntimeError: Event loop is
+    closed` through `sys.unraisablehook`, from storage threads, after the error is raised.
+    Only exactly that report is dropped, and only once a read has failed.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
     try:
         yield
+    except BaseException:
+        _drop_closed_loop_reports()
+        raise
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def _drop_closed_loop_reports() -> None:
+    previous = sys.unraisablehook
+    if getattr(previous, "_sam_jax_filter", False):
+        return
+
+    def hook(report: Any) -> None:
+        closed = isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"
+        if not closed:
+            previous(report)
+
+    hook._sam_jax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def load_directory(path: str | os.PathLike[str]) -> SamParams:
@@ -233,7 +258,7 @@ def load_directory(path: str | os.PathLike[str]) -> SamParams:
     weights_path = (resolve(path)[0] / WEIGHTS_DIR).absolute()
     if not weights_path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint has no {WEIGHTS_DIR}/ directory")
-    with _quiet_orbax():
+    with quiet_orbax():
         try:
             check_weights(config, _stored_shapes(weights_path), str(path))
             weights = ocp.PyTreeCheckpointer().restore(str(weights_path))

@@ -21,10 +21,13 @@ SCRATCH_LR = 1e-3
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Argument errors in one line, like every other refusal of the command."""
+    """Argument errors in one line and exit status 1, like every other refusal of the command:
+    `<name>: error: argument --keep: must be an integer >= 1, got 0`."""
+
+    error_name = ""  # default: the first word of `prog` ("sam-jax" for "sam-jax embed")
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(1, f"{self.error_name or self.prog.split()[0]}: error: {message}\n")
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -170,21 +170,19 @@ class MemoryBudget:
 
 # ----------------------------------------------------------------------------- writing
 
-_umask_lock = threading.Lock()
-_umask: int | None = None
-
 
 def _current_umask() -> int:
-    global _umask
-    with _umask_lock:
-        if _umask is None:
-            try:  # Linux reports it without changing it
-                status = Path("/proc/self/status").read_text()
-                _umask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
-            except (OSError, StopIteration, ValueError):
-                _umask = os.umask(0o022)
-                os.umask(_umask)
-        return _umask
+    try:  # Linux reports it without changing it (read each time: a process may change it)
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        with _umask_lock:  # elsewhere it can only be read by setting it
+            mask = os.umask(0o022)
+            os.umask(mask)
+            return mask
+
+
+_umask_lock = threading.Lock()
 
 
 def default_mode(is_dir: bool) -> int:

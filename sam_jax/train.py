@@ -611,11 +611,10 @@ class CheckpointStore:
         meta = self.read_meta(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, opt_state_template)
         where = self.directory / str(step)
+        composite = ocp.args.Composite(weights=ocp.args.PyTreeRestore(), opt_state=ocp.args.StandardRestore(abstract))
         try:
-            r = self.manager.restore(
-                step,
-                args=ocp.args.Composite(weights=ocp.args.PyTreeRestore(), opt_state=ocp.args.StandardRestore(abstract)),
-            )
+            with checkpoint.quiet_orbax():
+                r = self.manager.restore(step, args=composite)
         except Exception as e:  # orbax raises many types for a damaged step
             raise ValueError(f"{where}: unreadable step ({type(e).__name__}: {str(e)[:200]})") from None
         weights = jax.tree.map(lambda x: np.asarray(x, np.float32), r["weights"])
