@@ -93,22 +93,27 @@ def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str
         ValueError: a folder without images, a list naming nothing, an unsupported file, or
             two inputs that would write the same output.
 
-    A folder search skips `exclude` (a job's output folder inside its input folder: the
-    masks it wrote are not new inputs).
+    A folder search skips a job's output folder inside it (`exclude`) and every folder of
+    automatic masks a job wrote (their mask PNGs are outputs, not new inputs).
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"input {str(path)!r} does not exist")
     if root.is_dir():
         skip = Path(exclude).resolve() if exclude is not None else None
-        items = [
-            InputItem(p, p.relative_to(root).as_posix())
-            for p in root.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in IMAGE_EXTENSIONS
-            and not p.name.startswith(".")
-            and (skip is None or not p.resolve().is_relative_to(skip))
-        ]
+        items = []
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if (skip is None or (here / d).resolve() != skip) and not is_complete_masks(here / d, "binary_mask")
+            )
+            items.extend(
+                InputItem(here / f, (here / f).relative_to(root).as_posix())
+                for f in files
+                if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")
+            )
         if not items:
             raise ValueError(f"input folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     elif root.suffix.lower() in LIST_SUFFIXES:

@@ -308,11 +308,33 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     else:
         where, kwargs = "the cluster's coordinator", {}
     print(f"sam-jax: waiting up to {args.coordinator_timeout} s for {where}", file=sys.stderr, flush=True)
+    if kwargs and kwargs["process_id"] != 0:
+        # JAX aborts the process (no exception) when the coordinator never answers: a plain
+        # connection attempt first turns an unreachable address into a one-line error.
+        _wait_for_listener(address, args.coordinator_timeout, where)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=args.coordinator_timeout)
     except Exception as e:  # jax raises runtime errors of several types for an unreachable coordinator
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ValueError(f"could not reach {where} within {args.coordinator_timeout} s ({first})") from None
+
+
+def _wait_for_listener(address: str, timeout: float, where: str) -> None:
+    """Returns once something accepts connections at `address` (host:port), or raises."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator-address must be host:port, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"could not reach {where} within {timeout:g} s ({e.strerror or e})") from None
+            time.sleep(0.5)
 
 
 def embed(args: argparse.Namespace) -> int:

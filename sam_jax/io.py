@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def image_header_size(data: bytes, name: str) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-            if im.getexif().get(0x0112) in _QUARTER_TURNS:
+            if _orientation(im) in _QUARTER_TURNS:
                 w, h = h, w
     except Image.DecompressionBombError:
         raise ImageError(
@@ -79,6 +80,21 @@ def image_header_size(data: bytes, name: str) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name}: not a readable image ({', '.join(e.args[:1]) or type(e).__name__})") from None
     return int(h), int(w)
+
+
+def _orientation(im: Any) -> int | None:
+    """The EXIF orientation tag, read without decoding pixels (a PNG's `getexif()` loads the
+    image when its EXIF chunk is not in the header: only a header chunk is read here)."""
+    from PIL import Image
+
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return None
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(0x0112)
+    return im.getexif().get(0x0112)
 
 
 def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
