@@ -1,7 +1,9 @@
-"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints.
+"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints; Hugging Face `transformers`
+SAM folders and files too (`convert.hf`).
 
 This package and the tests are the only code that imports torch. Run as
-`python -m convert CHECKPOINT OUTPUT_DIR` or `python -m convert --to-torch DIR OUT.pth`.
+`python -m convert CHECKPOINT OUTPUT_DIR`, `python -m convert --to-torch DIR OUT.pth` or
+`python -m convert --to-hf DIR OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import sam_jax
+from convert import hf
 from convert.mapping import (
     ConversionError,
     describe,
@@ -93,9 +96,22 @@ def convert_checkpoint(
     output_dir: str | os.PathLike[str],
     model_type: str = "auto",
     decoder_num_heads: int | None = None,
+    notes: list[str] | None = None,
 ) -> SamParams:
-    """Converts an official checkpoint file into a sam_jax checkpoint directory (atomically)."""
+    """Converts an official checkpoint file into a sam_jax checkpoint directory (atomically).
+
+    A transformers folder, a .safetensors file or a state_dict with transformers' names goes
+    to `convert.hf.convert_hf`; `notes` receives what it assumed rather than read.
+    """
+    if hf.is_hf_source(checkpoint):
+        params, found = hf.convert_hf(checkpoint, output_dir, model_type, decoder_num_heads)
+        (notes if notes is not None else []).extend(found)
+        return params
     state_dict = read_state_dict(checkpoint)
+    if hf.is_hf_state_dict(state_dict):
+        params, found = hf.convert_hf(checkpoint, output_dir, model_type, decoder_num_heads, state_dict=state_dict)
+        (notes if notes is not None else []).extend(found)
+        return params
     try:
         params = convert_state_dict(state_dict, model_type, decoder_num_heads)
     except ConversionError as e:
