@@ -39,7 +39,7 @@ from convert.mapping import (
     weights_to_state_dict,
 )
 from sam_jax.checkpoint import META_FILE, atomic_directory, write_checkpoint
-from sam_jax.config import PIXEL_MEAN, PIXEL_STD, SamConfig
+from sam_jax.config import MODEL_REGISTRY, PIXEL_MEAN, PIXEL_STD, SamConfig
 from sam_jax.modeling.sam import SamParams, abstract_params
 
 CONFIG_FILE = "config.json"
@@ -469,8 +469,8 @@ def _json(path: Path) -> dict[str, Any]:
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file as float32 numpy (float16 and bfloat16 widen exactly)."""
     import ml_dtypes  # noqa: F401  # registers numpy's "bfloat16" dtype, which safetensors' numpy reader needs
-    from safetensors import safe_open
 
+    safe_open = _safetensors(path).safe_open
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
@@ -490,6 +490,18 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not out:
         raise ConversionError(f"{path}: holds no tensors")
     return out
+
+
+def _safetensors(path: str | os.PathLike[str]) -> Any:
+    """The `safetensors` package, or a one-line refusal naming `path` (it is the `hf` extra)."""
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError:
+        raise ConversionError(
+            f"{path}: .safetensors files need the `safetensors` package (pip install safetensors, or sam-jax[hf])"
+        ) from None
+    return safetensors
 
 
 def _read_index(index: Path) -> list[Path]:
@@ -603,27 +615,25 @@ def read_hf(
         ConversionError naming the file and the first problem.
     """
     source = Path(source)
-    folder = source if source.is_dir() else source.parent
     if source.is_dir():
         if (source / META_FILE).is_file():
             raise ConversionError(f"{source}: a sam_jax checkpoint, not a transformers one")
         if not (source / CONFIG_FILE).is_file():
             raise ConversionError(f"{source}: no {CONFIG_FILE} (a transformers SAM folder holds config.json)")
-        files, needs_torch = tensor_files(source)
-    elif source.is_file() or state_dict is not None:
-        files, needs_torch = [source], source.suffix != ".safetensors"
-    else:
+    elif not source.is_file() and state_dict is None:
         raise ConversionError(f"{source}: no such file or folder")
+    folder = source if source.is_dir() else source.parent
+    config_path = folder / CONFIG_FILE
+    hf_config = _json(config_path) if config_path.is_file() else None
+    if hf_config is not None and not source.is_dir() and hf_config.get("model_type") != HF_MODEL_TYPE:
+        hf_config = None  # a file among other things: its own config is not beside it
+    config = config_from_hf(hf_config, str(config_path), _processor_dict(folder)) if hf_config is not None else None
+    files, needs_torch = tensor_files(source) if source.is_dir() else ([source], source.suffix != ".safetensors")
     if needs_torch and not allow_torch and state_dict is None:
         raise ConversionError(
             f"{files[0]}: a PyTorch pickle, readable only with torch: convert it once with "
             f"`python -m convert {source} OUTPUT_DIR`"
         )
-    config_path = folder / CONFIG_FILE
-    hf_config = _json(config_path) if config_path.is_file() else None
-    if hf_config is not None and source.is_file() and hf_config.get("model_type") != HF_MODEL_TYPE:
-        hf_config = None  # a file among other things: its own config is not beside it
-    config = config_from_hf(hf_config, str(config_path), _processor_dict(folder)) if hf_config is not None else None
     tensors = dict(state_dict) if state_dict is not None else read_tensors(files)
     notes: list[str] = []
     try:
@@ -678,9 +688,21 @@ def convert_hf(
     """`python -m convert SRC OUT` for a transformers folder, a .safetensors file or an
     HF-keyed state_dict: writes a sam_jax checkpoint directory atomically.
 
+    Args:
+        source: see `read_hf`.
+        output_dir: a folder that does not exist, is empty or holds a sam_jax checkpoint
+            (it is then replaced); anything else is refused.
+        model_type: "auto", or a registry name the model must be (decoder epsilon aside).
+        decoder_num_heads: for a tensor file without config.json (default 8).
+        state_dict: the tensors of `source`, already read.
     Returns:
         (params, notes), see `read_hf`.
     """
+    if model_type != "auto" and model_type not in MODEL_REGISTRY:
+        raise ConversionError(f"unknown model type {model_type!r}; expected one of auto, {', '.join(MODEL_REGISTRY)}")
+    out = Path(output_dir)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / META_FILE).is_file())):
+        raise ConversionError(f"{out}: exists and is not a sam_jax checkpoint (or empty): refusing to replace it")
     params, notes = read_hf(source, decoder_num_heads=decoder_num_heads, state_dict=state_dict)
     name = describe(params.config)
     if model_type != "auto" and name.split(" ")[0] != model_type:
@@ -701,10 +723,8 @@ def _owned(out: Path) -> bool:
         return True
     if not names <= set(EXPORT_FILES) or SAFETENSORS_FILE not in names:
         return False
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(out / SAFETENSORS_FILE), framework="np") as f:
+        with _safetensors(out).safe_open(str(out / SAFETENSORS_FILE), framework="np") as f:
             return (f.metadata() or {}).get("written_by") == EXPORT_METADATA["written_by"]
     except Exception:  # unreadable: not ours to replace
         return False
@@ -723,9 +743,8 @@ def export_hf(params: SamParams, output_dir: str | os.PathLike[str]) -> dict[str
     Raises:
         ConversionError: `output_dir` holds something else, or the model has no transformers form.
     """
-    from safetensors.numpy import save_file
-
     out = Path(output_dir)
+    save_file = _safetensors(out).numpy.save_file
     if not _owned(out):
         raise ConversionError(
             f"{out}: exists and is not a folder written by --to-hf (or empty): refusing to replace it"

@@ -339,7 +339,7 @@ def test_refusals_name_the_problem_in_one_line_and_write_nothing(folders, tmp_pa
     assert needle in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
-def test_to_hf_replaces_only_its_own_folders(small, tmp_path, capsys):
+def test_outputs_replace_only_their_own_folders(small, folders, tmp_path, capsys):
     mine = tmp_path / "mine"
     assert main(["--to-hf", str(small.directory), str(mine)]) == 0
     assert main(["--to-hf", "tiny-shapes", str(mine)]) == 0  # its own earlier output: replaced
@@ -352,9 +352,17 @@ def test_to_hf_replaces_only_its_own_folders(small, tmp_path, capsys):
         assert main(["--to-hf", str(small.directory), str(target)]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(target) in err and "refusing to replace" in err, err
+    # transformers -> sam_jax: into a folder of something else, refused; over a sam_jax checkpoint, replaced.
+    capsys.readouterr()
+    assert main([str(folders["eps=1e-6"][1]), str(foreign)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(foreign) in err and "refusing to replace" in err, err
     assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == [
         "notes.txt"
     ]
+    assert main([str(folders["eps=1e-6"][1]), str(tmp_path / "replace-me")]) == 0
+    assert main([str(folders["pruned"][1]), str(tmp_path / "replace-me")]) == 0
+    assert sam_jax.load(tmp_path / "replace-me").config.encoder_embed_dim == 168
     # A transformers folder someone else saved (no sam_jax marker) is not replaced either.
     capsys.readouterr()
     hf_saved = tmp_path / "saved"
@@ -363,3 +371,15 @@ def test_to_hf_replaces_only_its_own_folders(small, tmp_path, capsys):
     ).save_pretrained(hf_saved)
     assert main(["--to-hf", str(small.directory), str(hf_saved)]) == 1
     assert "refusing to replace" in capsys.readouterr().err
+
+
+def test_model_type_is_checked_against_the_config(folders, tmp_path, capsys):
+    folder = folders["eps=1e-6"][1]
+    assert main([str(folder), str(tmp_path / "a"), "--model-type", "vit_b"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder) in err and "not vit_b" in err, err
+    assert main([str(folder), str(tmp_path / "b"), "--model-type", "vit_x"]) == 1
+    assert "unknown model type 'vit_x'" in capsys.readouterr().err
+    assert main([str(folder), str(tmp_path / "c"), "--decoder-num-heads", "4"]) == 1
+    assert "contradicts" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")
