@@ -103,14 +103,11 @@ def convert_checkpoint(
     A transformers folder, a .safetensors file or a state_dict with transformers' names goes
     to `convert.hf.convert_hf`; `notes` receives what it assumed rather than read.
     """
-    if hf.is_hf_source(checkpoint):
-        params, found = hf.convert_hf(checkpoint, output_dir, model_type, decoder_num_heads)
-        (notes if notes is not None else []).extend(found)
-        return params
-    state_dict = read_state_dict(checkpoint)
-    if hf.is_hf_state_dict(state_dict):
+    state_dict = None if hf.is_hf_source(checkpoint) else read_state_dict(checkpoint)
+    if state_dict is None or hf.is_hf_state_dict(state_dict):
         params, found = hf.convert_hf(checkpoint, output_dir, model_type, decoder_num_heads, state_dict=state_dict)
-        (notes if notes is not None else []).extend(found)
+        if notes is not None:
+            notes.extend(found)
         return params
     try:
         params = convert_state_dict(state_dict, model_type, decoder_num_heads)

@@ -256,6 +256,13 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str, processor: Mapping
     """`SamConfig` from a transformers `SamConfig` dict (config.json) and, optionally, the
     image processor's dict (preprocessor_config.json) for the pixel statistics.
 
+    Args:
+        hf_config: the parsed config.json; sub-config fields left out take transformers'
+            defaults (`HF_DEFAULTS`), as transformers does.
+        source: what to name in errors (the file).
+        processor: the parsed image processor config, or None for the reference's statistics.
+    Returns:
+        The sam_jax config, `decoder_layer_norm_eps` from `mask_decoder_config.layer_norm_eps`.
     Raises:
         ConversionError naming `source` and the field when the dict is not a transformers
         SAM config, or describes a model sam_jax cannot run exactly.
@@ -761,7 +768,7 @@ def export_hf(params: SamParams, output_dir: str | os.PathLike[str]) -> dict[str
 def warn_notes(notes: list[str]) -> None:
     """Shows `read_hf`'s notes as warnings (for the library; the CLI prints them)."""
     for note in notes:
-        warnings.warn(note, stacklevel=3)
+        warnings.warn(note, stacklevel=4)  # the caller of sam_jax.load
 
 
 def export_hf_checkpoint(flax_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:

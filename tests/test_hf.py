@@ -18,11 +18,19 @@ from conftest import assert_parity, rel_err
 from reference import make_image, randomize_
 from safetensors.numpy import load_file, save_file
 from transformers import SamConfig as HFSamConfig
-from transformers import SamMaskDecoderConfig, SamModel, SamProcessor, SamPromptEncoderConfig, SamVisionConfig
+from transformers import (
+    SamImageProcessor,
+    SamMaskDecoderConfig,
+    SamModel,
+    SamProcessor,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
+)
 
 import sam_jax
 from convert import hf
 from convert.__main__ import main
+from convert.mapping import describe
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +214,7 @@ def test_vit_b_names_and_shapes_map_one_to_one():
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     ours = hf.config_from_hf(config.to_dict(), "config.json")
     assert ours == sam_jax.get_config("vit_b", decoder_layer_norm_eps=1e-6)
+    assert describe(ours) == "vit_b (decoder LayerNorm eps 1e-06)"
     mapped = hf.hf_key_map(ours)
     assert (len(shapes), len(mapped)) == (315, 314)
     assert set(shapes) - set(mapped) == {hf.TIED_PE}
@@ -274,6 +283,20 @@ def test_every_source_form(folders, reference_weights, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"needs torch|readable only with torch") as e:
         sam_jax.load(tmp_path / "bin")
     assert "python -m convert" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_pixel_statistics_from_the_processor_transformers_saves(folders, reference_weights, tmp_path):
+    """transformers 5 saves the image processor nested in processor_config.json; its
+    statistics (0..1 units, rescaled by 1/255) become sam_jax's (0..255 units)."""
+    folder = tmp_path / "with-processor"
+    shutil.copytree(folders["eps=1e-6"][1], folder)
+    processor = SamProcessor(
+        image_processor=SamImageProcessor(image_mean=[0.5, 0.25, 0.125], image_std=[0.2, 0.4, 0.8])
+    )
+    processor.save_pretrained(folder)
+    params = sam_jax.load(folder)
+    assert params.config.pixel_mean == (127.5, 63.75, 31.875) and params.config.pixel_std == (51.0, 102.0, 204.0)
+    assert_same_weights(params, reference_weights.replace(config=params.config))
 
 
 def test_runtime_reads_hf_without_torch_or_transformers(folders):
