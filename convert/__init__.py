@@ -1,7 +1,9 @@
-"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints.
+"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints; Hugging Face `transformers`
+SAM folders and files too (`convert.hf`).
 
 This package and the tests are the only code that imports torch. Run as
-`python -m convert CHECKPOINT OUTPUT_DIR` or `python -m convert --to-torch DIR OUT.pth`.
+`python -m convert CHECKPOINT OUTPUT_DIR`, `python -m convert --to-torch DIR OUT.pth` or
+`python -m convert --to-hf DIR OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import sam_jax
+from convert import hf
 from convert.mapping import (
     ConversionError,
     describe,
@@ -97,6 +100,7 @@ def convert_checkpoint(
     output_dir: str | os.PathLike[str],
     model_type: str = "auto",
     decoder_num_heads: int | None = None,
+    notes: list[str] | None = None,
     *,
     overwrite: bool = False,
 ) -> SamParams:
@@ -104,13 +108,20 @@ def convert_checkpoint(
 
     `output_dir` must be absent, empty, or (with `overwrite`) a sam_jax checkpoint; a folder
     holding anything else is refused before the checkpoint is read, and left untouched.
+    A transformers folder, a .safetensors file or a state_dict with transformers' names goes
+    to `convert.hf.read_hf_checked`; `notes` receives what it assumed rather than read.
     """
     with checkpoint_directory(output_dir, overwrite) as tmp:
-        state_dict = read_state_dict(checkpoint)
-        try:
-            params = convert_state_dict(state_dict, model_type, decoder_num_heads)
-        except ConversionError as e:
-            raise ConversionError(f"{checkpoint}: {e}") from None
+        state_dict = None if hf.is_hf_source(checkpoint) else read_state_dict(checkpoint)
+        if state_dict is None or hf.is_hf_state_dict(state_dict):
+            params, found = hf.read_hf_checked(checkpoint, model_type, decoder_num_heads, state_dict=state_dict)
+            if notes is not None:
+                notes.extend(found)
+        else:
+            try:
+                params = convert_state_dict(state_dict, model_type, decoder_num_heads)
+            except ConversionError as e:
+                raise ConversionError(f"{checkpoint}: {e}") from None
         write_checkpoint(tmp, params, {"converted_from": Path(checkpoint).name, "model_type": describe(params.config)})
     return params
 

@@ -95,6 +95,9 @@ class SamConfig:
         attention_downsample_rate: cross attention runs at prompt_embed_dim // rate.
         num_multimask_outputs: masks returned with multimask_output=True.
         iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+        decoder_layer_norm_eps: epsilon of the LayerNorms inside the two-way attention blocks
+            (the reference's 1e-5; `transformers` checkpoints carry their own, usually 1e-6).
+            The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
     Pre-processing:
         pixel_mean, pixel_std: per-channel RGB normalisation.
     """
@@ -119,6 +122,7 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    decoder_layer_norm_eps: float = 1e-5
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
 
@@ -146,6 +150,10 @@ class SamConfig:
             if not ok:
                 raise ValueError(f"{name} must be 3 finite numbers{' > 0' if positive else ''} (R, G, B), got {values}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        eps = self.decoder_layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"decoder_layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        object.__setattr__(self, "decoder_layer_norm_eps", float(eps))
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -156,6 +164,8 @@ class SamConfig:
             problems.append("prompt_embed_dim (and its downsampled width) must be divisible by decoder_num_heads")
         if self.prompt_embed_dim % 8:
             problems.append("prompt_embed_dim must be a multiple of 8 (the upscaler ends at dim // 8)")
+        if not self.decoder_layer_norm_eps > 0:
+            problems.append("decoder_layer_norm_eps must be positive")
         if self.mask_in_chans % 4:
             problems.append("mask_in_chans must be a multiple of 4")
         if not problems and self.parameter_count() > MAX_PARAMETERS:
