@@ -144,7 +144,7 @@ def create_app(
     unknown = sorted(set(defaults) - set(AMG_FIELDS))
     if unknown:
         raise ValueError(f"automatic_defaults has unknown option(s) {', '.join(unknown)}")
-    server = _Server(params, model_name, max_upload_bytes, max_pixels, cache_bytes, max_points, host_threads, defaults)
+    server = Server(params, model_name, max_upload_bytes, max_pixels, cache_bytes, max_points, host_threads, defaults)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -187,8 +187,9 @@ def warm_up_decoder(params: SamParams) -> None:
 # ----------------------------------------------------------------------------- the server
 
 
-class _Server:
-    """The state behind the routes: the model, the cache, the worker threads, the limits."""
+class Server:
+    """The state behind the routes (`app.state.server`): the model, the cache, the worker threads,
+    the limits. `encode_image` and `decode_prompt` are what runs on the device thread."""
 
     def __init__(
         self,
@@ -265,7 +266,8 @@ class _Server:
         entry = self._entry(request)
         body = _parse_json(await _read_body(request, MAX_JSON_BYTES), required=True)
         points, labels, box, multimask = _prompt(body, self.max_points, self.params.config.low_res_mask_size)
-        masks, scores = await self._run(self.device, self._decode, entry.embedding, points, labels, box, multimask)
+        prompt = (entry.embedding, points, labels, box, multimask)
+        masks, scores = await self._run(self.device, self.decode_prompt, *prompt)
         rles = await self._run(self.host, encode_rle, masks)
         return JSONResponse({"masks": rles, "scores": [float(s) for s in scores]})
 
@@ -307,17 +309,17 @@ class _Server:
             image = await self._run(self.host, functools.partial(decode_upload, max_pixels=self.max_pixels), data)
         except UploadRejected as e:
             raise ApiError(e.status, str(e)) from None
-        embedding = await self._run(self.device, self._encode, image)
+        embedding = await self._run(self.device, self.encode_image, image)
         entry = CachedImage(embedding, data, int(image.shape[1]), int(image.shape[0]))
         self.cache.put(key, entry, entry.nbytes)
         return entry
 
-    def _encode(self, image: np.ndarray) -> ImageEmbedding:
+    def encode_image(self, image: np.ndarray) -> ImageEmbedding:
         embedding = encode(self.params, image)
         embedding.image_embedding.block_until_ready()  # finish on the device thread, not in a later request
         return embedding
 
-    def _decode(
+    def decode_prompt(
         self,
         embedding: ImageEmbedding,
         points: np.ndarray | None,
@@ -421,6 +423,8 @@ def _prompt(
         raise ApiError(400, "box must be [x0, y0, x1, y1] in pixels, or null")
     if points == [] and not labels:  # an empty prompt list means no points
         points = labels = None
+    if labels is not None and points is None:
+        raise ApiError(400, "labels were given without points")
     if points is None and box is None:
         raise ApiError(400, "no prompt: give points (with labels) or a box")
     try:

@@ -7,6 +7,7 @@ reader (`sam_jax.io`) once that exists, keeping its signature and its errors.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -72,7 +73,7 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
             width, height = img.size
             if width * height > max_pixels:
                 raise UploadRejected(
-                    413, f"the image is {width}x{height} pixels; the server accepts at most {max_pixels} pixels"
+                    413, f"the image declares {width}x{height} pixels; the server accepts at most {max_pixels}"
                 )
             img = ImageOps.exif_transpose(img)
             if img.mode in _SIXTEEN_BIT_MODES:
@@ -81,7 +82,9 @@ def decode_upload(data: bytes, *, max_pixels: int) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except UploadRejected:
         raise
-    except Image.DecompressionBombError:
-        raise UploadRejected(413, f"the image declares more pixels than the server accepts ({max_pixels})") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit, met in Image.open before ours
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{declared.group(1)} pixels" if declared else "more pixels than PIL decodes"
+        raise UploadRejected(413, f"the image declares {count}; the server accepts at most {max_pixels}") from None
     except Exception as exc:  # PIL signals a damaged file with many exception types
         raise UploadRejected(400, f"the {fmt} file could not be decoded ({type(exc).__name__}: {exc})") from None

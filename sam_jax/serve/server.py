@@ -7,7 +7,7 @@ reported as one line by `serve_checkpoint` instead of an ImportError.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import os
 import socket
 import threading
@@ -17,19 +17,22 @@ from typing import Any
 # The page's first "segment everything" thresholds for the embedded model (the API's stay the
 # reference's): the reference ViT-H values keep none of tiny-shapes' masks on the sample.
 EMBEDDED_AUTOMATIC_DEFAULTS = {"tiny-shapes": {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}}
-_EXTRA_MODULES = ("starlette", "uvicorn", "multipart")
+# Import names of the `serve` extra; python-multipart is `python_multipart` since 0.0.13, `multipart` before.
+_EXTRA_MODULES = {
+    "starlette": ("starlette",),
+    "uvicorn": ("uvicorn",),
+    "python-multipart": ("python_multipart", "multipart"),
+}
 
 
 def check_serve_extra() -> None:
-    """Raises ValueError naming the `serve` extra when its packages are not installed."""
-    for name in _EXTRA_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:
+    """Raises ValueError naming the `serve` extra when one of its packages is not installed."""
+    for package, modules in _EXTRA_MODULES.items():
+        if not any(importlib.util.find_spec(m) is not None for m in modules):
             raise ValueError(
-                f"serving needs the 'serve' extra (starlette, uvicorn, python-multipart; {name!r} is missing): "
+                f"serving needs the 'serve' extra (starlette, uvicorn, python-multipart; {package} is missing): "
                 "pip install 'sam-jax[serve]'"
-            ) from None
+            )
 
 
 def bind(host: str, port: int) -> socket.socket:
