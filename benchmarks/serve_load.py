@@ -47,8 +47,8 @@ def load_images(n: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in variants[:n]]
 
 
-def prompts_for(image: np.ndarray, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Prompts of four shapes, as the page sends them: a click, two clicks, a box, a box and a click."""
+def prompts_for(image: np.ndarray, rng: np.random.Generator, kinds: int = 4) -> list[dict[str, Any]]:
+    """Prompts of up to four shapes, as the page sends them: a click, two clicks, a box, a box and a click."""
     h, w = image.shape[:2]
 
     def point() -> list[float]:
@@ -59,13 +59,13 @@ def prompts_for(image: np.ndarray, rng: np.random.Generator) -> list[dict[str, A
         y0, y1 = sorted(rng.uniform(0, h, 2))
         return [float(x0), float(y0), float(x1), float(y1)]
 
-    kinds = [
+    makers = [
         lambda: {"points": [point()], "labels": [1], "box": None, "multimask": True},
         lambda: {"points": [point(), point()], "labels": [1, 0], "box": None, "multimask": False},
         lambda: {"points": None, "labels": None, "box": box(), "multimask": False},
         lambda: {"points": [point()], "labels": [1], "box": box(), "multimask": False},
-    ]
-    return [kinds[i % len(kinds)]() for i in range(PROMPTS_PER_IMAGE)]
+    ][:kinds]
+    return [makers[i % len(makers)]() for i in range(PROMPTS_PER_IMAGE)]
 
 
 def expected(params: sam_jax.SamParams, image: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,13 +122,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1)}
 
 
-def run(url: str, clients: int, predictions: int, n_images: int, seed: int = 0) -> dict[str, Any]:
+def run(url: str, clients: int, predictions: int, n_images: int, kinds: int = 4, seed: int = 0) -> dict[str, Any]:
     """The load: `clients` threads, each one upload then `predictions` predictions, all checked."""
     params = sam_jax.load("tiny-shapes")
     images = load_images(n_images)
     files = [png(im) for im in images]
     rng = np.random.default_rng(seed)
-    pool = [prompts_for(im, rng) for im in images]
+    pool = [prompts_for(im, rng, kinds) for im in images]
     want = [[expected(params, im, p) for p in prompts] for im, prompts in zip(images, pool, strict=True)]
 
     with httpx.Client(base_url=url, timeout=600) as c:  # warm-up: compile every prompt shape and image size
@@ -186,6 +186,7 @@ def run(url: str, clients: int, predictions: int, n_images: int, seed: int = 0) 
     return {
         "clients": clients,
         "images": n_images,
+        "prompt_kinds": kinds,
         "uploads": len(upload_s),
         "predictions": len(predict_s),
         "errors": errors,
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--predictions", type=int, default=20, help="predictions per client")
-    parser.add_argument("--images", type=int, default=4, help="distinct images (1..8)")
+    parser.add_argument("--images", type=int, default=4, help="distinct images (1..8; the first two share a size)")
+    parser.add_argument("--prompt-kinds", type=int, default=4, choices=(1, 2, 3, 4), help="prompt shapes used")
     parser.add_argument("--url", help="a running server (default: start `sam-jax serve` on tiny-shapes)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args(argv)
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--clients and --predictions must be >= 1")
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(cli_server("tiny-shapes"))
-        report = run(url.rstrip("/"), args.clients, args.predictions, args.images)
+        report = run(url.rstrip("/"), args.clients, args.predictions, args.images, args.prompt_kinds)
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return report
 

@@ -492,7 +492,7 @@ def test_load_small_scale_against_the_cli_server():
     spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
     serve_load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve_load)
-    report = serve_load.main(["--clients", "6", "--predictions", "3", "--images", "2", "--json"])
+    report = serve_load.main(["--clients", "6", "--predictions", "3", "--images", "2", "--prompt-kinds", "1", "--json"])
     assert report["errors"] == [] and report["mismatches"] == 0, report
     assert report["predictions"] == 18 and report["uploads"] == 6
     assert report["predict_ms"]["p50"] > 0

@@ -170,18 +170,13 @@ def create_app(
 
 
 def warm_up_decoder(params: SamParams) -> None:
-    """Compiles the encoder and the decoder for the page's usual prompts: one to four points,
-    a box, a box with a point (each prompt shape is its own program)."""
+    """Compiles the encoder and the decoder for the page's first prompts, one click and then two
+    (each prompt shape is its own program; others compile when first asked for)."""
     size = params.config.image_size
     emb = encode(params, np.zeros((size, size, 3), np.uint8))
     point = [size / 2, size / 2]
-    shapes: list[dict[str, Any]] = [{"points": [point], "multimask_output": True}]
-    shapes += [{"points": [point] * n, "labels": [1] + [0] * (n - 1), "multimask_output": False} for n in (2, 3, 4)]
-    shapes += [{"box": [0, 0, size, size], "multimask_output": False}]
-    shapes += [{"points": [point], "box": [0, 0, size, size], "multimask_output": False}]
-    for kw in shapes:
-        points = kw.pop("points", None)
-        np.asarray(decode(params, emb, points, **kw)[0])
+    np.asarray(decode(params, emb, [point], multimask_output=True)[0])
+    np.asarray(decode(params, emb, [point, point], [1, 0], multimask_output=False)[0])
 
 
 # ----------------------------------------------------------------------------- the server

@@ -56,7 +56,9 @@ async function api(path, { body, form } = {}, retry = true) {
 }
 
 async function upload(file, resetPrompt = true) {
-  if (file.size > state.maxUploadBytes) throw new Error(`the file is larger than the server accepts (${state.maxUploadBytes} bytes)`);
+  if (file.size > state.maxUploadBytes) {
+    throw new Error(`the file is larger than the server accepts (${state.maxUploadBytes} bytes)`);
+  }
   const form = new FormData();
   form.append("file", file, "upload");
   const info = await api("/api/images", { form });
@@ -92,23 +94,38 @@ function rleCounts(s) {
   return counts;
 }
 
-// Paints the ones of an RLE mask (column-major runs, zeros first) into RGBA pixels.
-function paintRle(rle, rgba, colour, alpha) {
+// An RLE mask (column-major runs, zeros first) as a row-major 0/1 array.
+function rleToMask(rle) {
   const [h, w] = rle.size;
+  const mask = new Uint8Array(h * w);
   const counts = rleCounts(rle.counts);
   let i = 0;
   for (let r = 0; r < counts.length; r += 1) {
     const end = i + counts[r];
-    if (r % 2 === 1) {
-      for (let j = i; j < end; j += 1) {
-        const o = ((j % h) * w + Math.floor(j / h)) * 4;
-        rgba[o] = colour[0];
-        rgba[o + 1] = colour[1];
-        rgba[o + 2] = colour[2];
-        rgba[o + 3] = alpha;
-      }
-    }
+    if (r % 2 === 1) for (let j = i; j < end; j += 1) mask[(j % h) * w + Math.floor(j / h)] = 1;
     i = end;
+  }
+  return mask;
+}
+
+// Paints a mask into RGBA pixels: its inside in `fill` at `alpha`, and, when `edge` is given,
+// its inner border `thickness` pixels wide in `edge`, opaque (so the mask stays visible on any colour).
+function paintMask(mask, w, h, rgba, fill, alpha, edge = null, thickness = 0) {
+  const outside = (x, y) => x >= 0 && y >= 0 && x < w && y < h && !mask[y * w + x];
+  for (let y = 0; y < h; y += 1) {
+    for (let x = 0; x < w; x += 1) {
+      if (!mask[y * w + x]) continue;
+      let border = false;
+      for (let d = 1; d <= thickness && !border; d += 1) {
+        border = outside(x - d, y) || outside(x + d, y) || outside(x, y - d) || outside(x, y + d);
+      }
+      const [colour, a] = border ? [edge, 255] : [fill, alpha];
+      const o = (y * w + x) * 4;
+      rgba[o] = colour[0];
+      rgba[o + 1] = colour[1];
+      rgba[o + 2] = colour[2];
+      rgba[o + 3] = a;
+    }
   }
 }
 
@@ -116,22 +133,32 @@ function paintRle(rle, rgba, colour, alpha) {
 function currentMasks() {
   if (state.automatic) {
     const order = state.automatic.map((r, i) => [r, i]).sort((a, b) => b[0].area - a[0].area);
-    return order.map(([r, i]) => ({ rle: r.segmentation, colour: PALETTE[i % PALETTE.length] }));
+    return order.map(([r, i]) => {
+      const colour = PALETTE[i % PALETTE.length];
+      return { rle: r.segmentation, colour, edge: colour };
+    });
   }
   if (state.result && state.result.masks.length) {
-    return [{ rle: state.result.masks[state.result.chosen], colour: MASK_COLOUR }];
+    return [{ rle: state.result.masks[state.result.chosen], colour: MASK_COLOUR, edge: [255, 255, 255] }];
   }
   return [];
 }
 
-function maskCanvas(masks, alpha, background) {
+// A canvas of the image's size with `masks` painted: translucent with borders for the view,
+// opaque on black without borders for the PNG download.
+function maskCanvas(masks, forDownload) {
   const canvas = document.createElement("canvas");
   canvas.width = state.width;
   canvas.height = state.height;
   const c = canvas.getContext("2d");
   const pixels = c.createImageData(state.width, state.height);
-  if (background) for (let o = 3; o < pixels.data.length; o += 4) pixels.data[o] = 255;
-  for (const m of masks) paintRle(m.rle, pixels.data, m.colour, alpha);
+  if (forDownload) for (let o = 3; o < pixels.data.length; o += 4) pixels.data[o] = 255;
+  const thickness = Math.max(2, Math.round(Math.max(state.width, state.height) / 250));
+  for (const m of masks) {
+    const mask = rleToMask(m.rle);
+    if (forDownload) paintMask(mask, state.width, state.height, pixels.data, m.colour, 255);
+    else paintMask(mask, state.width, state.height, pixels.data, m.colour, 130, m.edge, thickness);
+  }
   c.putImageData(pixels, 0, 0);
   return canvas;
 }
@@ -143,7 +170,7 @@ function render() {
   ctx.clearRect(0, 0, view.width, view.height);
   ctx.drawImage(state.bitmap, 0, 0, state.width, state.height);
   const masks = currentMasks();
-  if (masks.length) ctx.drawImage(maskCanvas(masks, 140, false), 0, 0);
+  if (masks.length) ctx.drawImage(maskCanvas(masks, false), 0, 0);
   view.dataset.masks = String(masks.length);
 
   const unit = Math.max(3, Math.round(Math.max(state.width, state.height) / 120));
@@ -334,7 +361,7 @@ $("download-png").addEventListener("click", () => {
   if (!masks.length) return status("No masks to download yet.", true);
   // One mask: white on black; automatic masks: each in its colour on black.
   const coloured = state.automatic ? masks : masks.map((m) => ({ ...m, colour: [255, 255, 255] }));
-  maskCanvas(coloured, 255, true).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
+  maskCanvas(coloured, true).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
 });
 
 $("download-json").addEventListener("click", () => {
