@@ -355,6 +355,8 @@ def test_cache_evicts_least_recently_used():
     assert cache.keys() == ["c", "a"] and cache.total_bytes == 90 and cache.get("a") == "A2"
     cache.put("d", "D", 500)  # alone over budget: kept, everything else evicted
     assert cache.keys() == ["d"] and cache.total_bytes == 500
+    cache.clear()
+    assert len(cache) == 0 and cache.total_bytes == 0 and "d" not in cache
     with pytest.raises(ValueError, match="budget_bytes"):
         EmbeddingCache(-1)
     with pytest.raises(ValueError, match="nbytes"):

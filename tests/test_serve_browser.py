@@ -46,8 +46,12 @@ def params() -> sam_jax.SamParams:
 
 
 @pytest.fixture(scope="module")
-def url(params):
-    app = create_app(params, model_name="tiny-shapes", automatic_defaults=EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"])
+def app(params):
+    return create_app(params, model_name="tiny-shapes", automatic_defaults=EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"])
+
+
+@pytest.fixture(scope="module")
+def url(app):
     with serve_in_thread(app) as base:
         yield base
 
@@ -65,6 +69,12 @@ def wait_until(page, expression: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
@@ -74,7 +84,7 @@ def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
     return box["x"] + (x + 0.5) * box["width"] / 512, box["y"] + (y + 0.5) * box["height"] / 512
 
 
-def test_click_to_segment_in_chromium(url, params):
+def test_click_to_segment_in_chromium(url, app, params):
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium"
     sample = np.asarray(Image.open(SAMPLE).convert("RGB"))
     with sync_playwright() as pw:
@@ -86,6 +96,8 @@ def test_click_to_segment_in_chromium(url, params):
             page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
             sent: list[dict] = []
             page.on("request", lambda r: r.url.endswith("/predict") and sent.append(json.loads(r.post_data or "null")))
+            uploads: list[str] = []
+            page.on("request", lambda r: r.url.endswith("/api/images") and uploads.append(r.method))
 
             page.goto(url)
             wait_until(page, "document.getElementById('model').textContent.includes('tiny-shapes')")
@@ -155,6 +167,17 @@ def test_click_to_segment_in_chromium(url, params):
             wait_until(page, "document.getElementById('view').dataset.masks === '0'")
             assert np.abs(canvas(page) - before).max() <= 2
 
+            # The server forgot the image: the page uploads it again by itself, and the click works.
+            assert problems == []
+            app.state.server.cache.clear()
+            assert uploads == ["POST"]
+            with page.expect_response(lambda r: r.url.endswith("/predict") and r.ok):
+                page.mouse.click(*image_to_screen(page, 150, 450))
+            wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+            assert uploads == ["POST", "POST"]
+            assert len(problems) == 1 and "404" in problems[0]  # the browser logs the refused request
+            problems.clear()
+
             # Segment everything: every automatic mask drawn, in colours.
             with page.expect_response(lambda r: r.url.endswith("/automatic")) as answer:
                 page.click("#everything")
@@ -169,6 +192,23 @@ def test_click_to_segment_in_chromium(url, params):
             png = np.asarray(Image.open(download.value.path()).convert("RGB"))
             np.testing.assert_array_equal(png.any(axis=-1), union)
             atomic_write_bytes(DOCS / "serve-everything.png", page.screenshot())
+
+            # Dropping a file on the page opens it.
+            crop = png_bytes(sample[100:400, 50:450])
+            page.evaluate(
+                """(b64) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const drop = new DataTransfer();
+                    drop.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+                    document.getElementById("stage").dispatchEvent(
+                        new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+                }""",
+                base64.b64encode(crop).decode(),
+            )
+            wait_until(page, "document.getElementById('view').width === 400")
+            assert page.evaluate("document.getElementById('view').height") == 300
+            assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
+            assert np.abs(canvas(page) - sample[100:400, 50:450]).max() <= 2
             assert problems == []
         finally:
             browser.close()

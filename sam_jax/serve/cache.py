@@ -49,6 +49,12 @@ class EmbeddingCache(Generic[V]):
                 _, (_, size) = self._items.popitem(last=False)
                 self._total -= size
 
+    def clear(self) -> None:
+        """Drops every value."""
+        with self._lock:
+            self._items.clear()
+            self._total = 0
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._items
