@@ -210,7 +210,7 @@ def test_predict_bad_requests(client, sample_id):
     assert_error(client.post(url, content=b'{"box": [1, 2, 3, 1e999]}'), 400, "box", "finite")
     assert_error(client.post(url, content=b""), 400, "JSON object")
     assert_error(client.post(url, content=b"[" * 100_000 + b"]" * 100_000), 400, "not valid JSON")
-    assert_error(client.post(url, content=b" " * (2**20 + 1)), 413, "body")
+    assert_error(client.post(url, content=b" " * (2**20 + 1)), 413, "JSON bodies of at most 1048576 bytes")
     for image_id in ("0" * 32, "nope", "X" * 500, sample_id.upper()):
         r = client.post(f"/api/images/{image_id}/predict", json={"points": POINT})
         assert_error(r, 404, "unknown image_id", "upload")
@@ -269,8 +269,8 @@ def test_hostile_uploads_refused_while_serving(params, sample_id, client):
     # Over the size cap: refused by Content-Length, and while streaming when there is none.
     with TestClient(create_app(params, max_upload_bytes=1000)) as capped:
         big = png_bytes(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
-        assert_error(upload(capped, big + b"\0" * (70 * 1024)), 413, "at most")
-        assert_error(upload(capped, big), 413, f"{len(big)} bytes", "1000")
+        assert_error(upload(capped, big + b"\0" * (70 * 1024)), 413, "image files of at most 1000 bytes")
+        assert_error(upload(capped, big), 413, f"the file is {len(big)} bytes", "image files of at most 1000 bytes")
 
         def chunks():
             yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x\r\n\r\n"
@@ -279,7 +279,7 @@ def test_hostile_uploads_refused_while_serving(params, sample_id, client):
 
         r = capped.post("/api/images", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
         assert "content-length" not in r.request.headers
-        assert_error(r, 413, "exceeds")
+        assert_error(r, 413, "exceeds", "image files of at most 1000 bytes")
         assert upload(capped, small).status_code == 200
     # Malformed requests.
     assert_error(client.post("/api/images", json={"file": "x"}), 415, "multipart/form-data", "'file'")

@@ -55,6 +55,7 @@ MAX_POINTS_PER_BATCH = 256
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_JSON_BYTES = 1 * 2**20
 
+_JSON_ACCEPTED = f"JSON bodies of at most {MAX_JSON_BYTES} bytes"
 PREDICT_FIELDS = ("points", "labels", "box", "multimask")
 AMG_FIELDS = tuple(f.name for f in dataclasses.fields(AmgOptions))
 _IMAGE_ID = re.compile(r"[0-9a-f]{32}")
@@ -247,10 +248,11 @@ class Server:
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
             raise ApiError(415, "POST /api/images takes multipart/form-data with the image file in field 'file'")
-        body = await _read_body(request, self.max_upload_bytes + MULTIPART_OVERHEAD)
+        accepted = f"image files of at most {self.max_upload_bytes} bytes"
+        body = await _read_body(request, self.max_upload_bytes + MULTIPART_OVERHEAD, accepted)
         data = await _file_field(request.headers, body, "file")
         if len(data) > self.max_upload_bytes:
-            raise ApiError(413, f"the file is {len(data)} bytes; the server accepts at most {self.max_upload_bytes}")
+            raise ApiError(413, f"the file is {len(data)} bytes; the server accepts {accepted}")
         key = await self._run(self.host, content_key, data)
         entry = self.cache.get(key)
         if entry is None:
@@ -259,7 +261,7 @@ class Server:
 
     async def predict(self, request: Request) -> Response:
         entry = self._entry(request)
-        body = _parse_json(await _read_body(request, MAX_JSON_BYTES), required=True)
+        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED), required=True)
         points, labels, box, multimask = _prompt(body, self.max_points, self.params.config.low_res_mask_size)
         prompt = (entry.embedding, points, labels, box, multimask)
         masks, scores = await self._run(self.device, self.decode_prompt, *prompt)
@@ -268,7 +270,8 @@ class Server:
 
     async def automatic(self, request: Request) -> Response:
         entry = self._entry(request)
-        options = _automatic_options(_parse_json(await _read_body(request, MAX_JSON_BYTES), required=False))
+        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED), required=False)
+        options = _automatic_options(body)
         try:
             image = await self._run(self.host, functools.partial(decode_upload, max_pixels=self.max_pixels), entry.data)
         except UploadRejected as e:  # only if the limits changed since the upload; say so plainly
@@ -345,19 +348,19 @@ def _forget(pending: dict[str, Any], key: str, future: asyncio.Future[Any]) -> N
 # ----------------------------------------------------------------------------- requests
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+async def _read_body(request: Request, limit: int, accepted: str) -> bytes:
+    """The request body, refused with 413 (saying `accepted`) as soon as it is known to exceed `limit` bytes."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
             raise ApiError(400, "the Content-Length header must be a byte count")
         if int(length) > limit:
-            raise ApiError(413, f"the request body is {int(length)} bytes; the server accepts at most {limit}")
+            raise ApiError(413, f"the request body is {int(length)} bytes; the server accepts {accepted}")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise ApiError(413, f"the request body exceeds {limit} bytes, the most the server accepts")
+            raise ApiError(413, f"the request body exceeds {limit} bytes; the server accepts {accepted}")
         chunks.append(chunk)
     return b"".join(chunks)
 
