@@ -313,6 +313,13 @@ class Server:
         return entry
 
     def encode_image(self, image: np.ndarray) -> ImageEmbedding:
+        """Runs on the device thread.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+        Returns:
+            Its `ImageEmbedding`, computed (not merely dispatched).
+        """
         embedding = encode(self.params, image)
         embedding.image_embedding.block_until_ready()  # finish on the device thread, not in a later request
         return embedding
@@ -325,6 +332,15 @@ class Server:
         box: np.ndarray | None,
         multimask: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Runs on the device thread: `sam_jax.decode` of one prompt.
+
+        Args:
+            embedding: of the image.
+            points: (N, 2) pixel (x, y), labels: (N,), box: (4,) XYXY; absent ones None.
+            multimask: three candidates, else one.
+        Returns:
+            masks (C, H, W) bool and scores (C,) float32, on the host.
+        """
         masks, scores, _ = decode(self.params, embedding, points, labels, box=box, multimask_output=multimask)
         return np.asarray(masks), np.asarray(scores)
 
