@@ -498,3 +498,25 @@ def test_load_small_scale_against_the_cli_server():
     assert report["errors"] == [] and report["mismatches"] == 0, report
     assert report["predictions"] == 18 and report["uploads"] == 6
     assert report["predict_ms"]["p50"] > 0
+
+
+def test_server_faults_are_json_without_traceback(params, sample_id, client):
+    server = client.app.state.server
+    decode = server.decode_prompt
+
+    def broken(*args):
+        raise RuntimeError("a fault of the server's own, with a secret path /srv/x")
+
+    server.decode_prompt = broken
+    try:
+        # No `with`: the shared app's lifespan (and its worker threads) must outlive this client.
+        other = TestClient(client.app, raise_server_exceptions=False)
+        r = other.post(f"/api/images/{sample_id}/predict", json={"points": POINT})
+    finally:
+        server.decode_prompt = decode
+    assert r.status_code == 500 and r.json() == {"error": "internal server error"}
+
+
+def test_bad_content_length(client, sample_id):
+    r = client.post(f"/api/images/{sample_id}/predict", content=b"{}", headers={"content-length": "abc"})
+    assert_error(r, 400, "Content-Length")
