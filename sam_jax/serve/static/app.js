@@ -26,6 +26,7 @@ const state = {
   result: null, // {masks: [rle], scores: [s], chosen: i}
   automatic: null, // records of "segment everything"
   drag: null, // {x0, y0, x1, y1, sx, sy, moved, button} while the mouse is down
+  overlay: null, // the drawn masks as a canvas, with what they were drawn from
   seq: 0, // the latest prediction request; older answers are dropped
   maxUploadBytes: Infinity,
 };
@@ -169,22 +170,28 @@ function render() {
   if (!state.bitmap) return;
   ctx.clearRect(0, 0, view.width, view.height);
   ctx.drawImage(state.bitmap, 0, 0, state.width, state.height);
-  const masks = currentMasks();
-  if (masks.length) ctx.drawImage(maskCanvas(masks, false), 0, 0);
-  view.dataset.masks = String(masks.length);
+  // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
+  const key = [state.result, state.result && state.result.chosen, state.automatic];
+  if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
+    const masks = currentMasks();
+    state.overlay = { key, canvas: masks.length ? maskCanvas(masks, false) : null, count: masks.length };
+  }
+  if (state.overlay.canvas) ctx.drawImage(state.overlay.canvas, 0, 0);
+  view.dataset.masks = String(state.overlay.count);
 
   const unit = Math.max(3, Math.round(Math.max(state.width, state.height) / 120));
-  const box = state.drag && state.drag.moved ? [state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1] : state.box;
+  const dragging = state.drag && state.drag.moved;
+  const box = dragging ? [state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1] : state.box;
   if (box) {
     ctx.lineWidth = Math.max(2, unit / 2);
     ctx.strokeStyle = "#ffffff";
-    ctx.setLineDash(state.drag && state.drag.moved ? [unit * 2, unit] : []);
-    ctx.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+    ctx.setLineDash(dragging ? [unit * 2, unit] : []);
+    ctx.strokeRect(box[0] + 0.5, box[1] + 0.5, box[2] - box[0], box[3] - box[1]);
     ctx.setLineDash([]);
   }
   state.points.forEach(([x, y], i) => {
     ctx.beginPath();
-    ctx.arc(x, y, unit * 1.5, 0, 2 * Math.PI);
+    ctx.arc(x + 0.5, y + 0.5, unit * 1.5, 0, 2 * Math.PI);
     ctx.fillStyle = state.labels[i] === 1 ? "#16a34a" : "#dc2626";
     ctx.fill();
     ctx.lineWidth = Math.max(1, unit / 2);
@@ -255,12 +262,12 @@ function pushHistory() {
   state.history.push({ points: state.points.slice(), labels: state.labels.slice(), box: state.box });
 }
 
+// Image coordinates of a mouse event, as the model takes them: x = 0 is the centre of the first pixel.
 function imagePoint(event) {
   const r = view.getBoundingClientRect();
-  return [
-    Math.min(state.width, Math.max(0, ((event.clientX - r.left) * state.width) / r.width)),
-    Math.min(state.height, Math.max(0, ((event.clientY - r.top) * state.height) / r.height)),
-  ];
+  const x = ((event.clientX - r.left) * state.width) / r.width - 0.5;
+  const y = ((event.clientY - r.top) * state.height) / r.height - 0.5;
+  return [Math.min(state.width - 1, Math.max(0, x)), Math.min(state.height - 1, Math.max(0, y))];
 }
 
 view.addEventListener("contextmenu", (e) => e.preventDefault());
@@ -394,7 +401,7 @@ async function open(file) {
     }
     Object.assign(state, {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
-      points: [], labels: [], box: null, history: [], result: null, automatic: null,
+      points: [], labels: [], box: null, history: [], result: null, automatic: null, overlay: null,
     });
     state.seq += 1;
     view.width = info.width;
