@@ -368,16 +368,17 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (MiB)")
-    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image accepted (million pixels)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted (width x height)")
     p.add_argument("--cache-mb", type=float, default=1024.0, help="memory for cached embeddings and uploads (MiB)")
 
 
 def serve(args: argparse.Namespace) -> int:
     from sam_jax.serve.server import serve_checkpoint
 
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels)):
-        if not 0 < value < float("inf"):
-            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    if not 0 < args.max_upload_mb < float("inf"):
+        raise ValueError(f"--max-upload-mb must be a finite number > 0, got {args.max_upload_mb}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be an integer >= 1, got {args.max_pixels}")
     if not 0 <= args.cache_mb < float("inf"):
         raise ValueError(f"--cache-mb must be a finite number >= 0, got {args.cache_mb}")
     return serve_checkpoint(
@@ -385,7 +386,7 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
-        max_pixels=max(1, int(args.max_megapixels * 1e6)),
+        max_pixels=args.max_pixels,
         cache_bytes=int(args.cache_mb * 2**20),
     )
 
