@@ -1,4 +1,4 @@
-"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`.
+"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`, `sam-jax serve`.
 
 Every failure the user can cause prints one line, `sam-jax: error: ...`, and exits 1.
 """
@@ -472,6 +472,40 @@ def _images_progress(total: int, enabled: bool, label: str) -> Any:
     return bar()
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="click-to-segment in the browser (HTTP server)",
+        description="Serves a page where you open an image and click to segment it; the model runs here, in JAX. "
+        "The HTTP API is documented in docs/serve.md. Needs the 'serve' extra.",
+    )
+    p.add_argument("--checkpoint", default="tiny-shapes", help="anything sam_jax.load takes (default: tiny-shapes)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (MiB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted (width x height)")
+    p.add_argument("--cache-mb", type=float, default=1024.0, help="memory for cached embeddings and uploads (MiB)")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sam_jax.serve.server import serve_checkpoint
+
+    if not 0 < args.max_upload_mb < float("inf"):
+        raise ValueError(f"--max-upload-mb must be a finite number > 0, got {args.max_upload_mb}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be an integer >= 1, got {args.max_pixels}")
+    if not 0 <= args.cache_mb < float("inf"):
+        raise ValueError(f"--cache-mb must be a finite number >= 0, got {args.cache_mb}")
+    return serve_checkpoint(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
+        max_pixels=args.max_pixels,
+        cache_bytes=int(args.cache_mb * 2**20),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["convert"]:  # the converter keeps its own parser (python -m convert)
@@ -484,11 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _finetune_parser(sub)
     _embed_parser(sub)
     _amg_parser(sub)
+    _serve_parser(sub)
     args = parser.parse_args(argv)
     from sam_jax.data import DataError
 
     try:
-        return {"finetune": finetune, "embed": embed, "amg": amg}[args.command](args)
+        return {"finetune": finetune, "embed": embed, "amg": amg, "serve": serve}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
         print(f"sam-jax: error: {e}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import io
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -40,6 +41,10 @@ DECODE_MEMORY_BUDGET = 2 << 30
 
 class ImageError(ValueError):
     """A file that is not an image this project reads; the message names the file."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image whose header declares more pixels than the cap allows."""
 
 
 class OutputExistsError(FileExistsError):
@@ -73,12 +78,16 @@ def image_header_size(data: bytes, name: str) -> tuple[int, int]:
             w, h = im.size
             if _orientation(im) in _QUARTER_TURNS:
                 w, h = h, w
-    except Image.DecompressionBombError:
-        raise ImageError(
-            f"{name}: the image declares more pixels than any cap allows (a decompression bomb?)"
-        ) from None
+    except Image.DecompressionBombError as e:
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        count = declared.group(1) if declared else "more"
+        raise ImageTooLargeError(f"{name}: declares {count} pixels, more than any cap allows") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (unknown format or damaged header)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name}: not a readable image ({', '.join(e.args[:1]) or type(e).__name__})") from None
+        raise ImageError(
+            f"{name}: not a readable image ({', '.join(map(str, e.args[:1])) or type(e).__name__})"
+        ) from None
     return int(h), int(w)
 
 
@@ -115,8 +124,8 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_
         raise ImageError(f"{name}: empty file, not an image")
     h, w = image_header_size(data, name)
     if h * w > max_pixels:
-        raise ImageError(
-            f"{name}: {w}x{h} is {h * w} pixels, over the cap of {max_pixels} (raise it with --max-pixels)"
+        raise ImageTooLargeError(
+            f"{name}: declares {w}x{h} pixels ({h * w}), over the cap of {max_pixels} (raise it with --max-pixels)"
         )
     import cv2
 
