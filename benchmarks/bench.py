@@ -12,6 +12,7 @@ includes compilation for us) is reported separately. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -25,22 +26,27 @@ from typing import Any
 import jax
 import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the reference-model builders shared with the tests
-
-from reference import build_reference, randomize_  # noqa: E402
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry  # noqa: E402
-
-import convert  # noqa: E402
-import sam_jax  # noqa: E402
-from sam_jax.data import SyntheticShapes  # noqa: E402
+import convert
+import sam_jax
+from sam_jax.data import SyntheticShapes
+from sam_jax.testing import build_reference, randomize_
 
 torch.set_grad_enabled(False)
 ROWS: list[dict[str, Any]] = []
-ALL_CASES = False  # --all-cases
-AMG_CASES: list[str] = []  # --amg-case, by the short names of AMG_CASE_LABELS
 AMG_CASE_LABELS = {"defaults": "reference defaults", "permissive": "permissive", "crops": "permissive + 1 crop layer"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every section needs: a scratch folder, repeats, and the command's choices."""
+
+    tmp: Path
+    repeats: int
+    first_model: str  # sections measured once per run (matmul, compile, memory) run on it
+    amg_cases: list[str]  # --amg-case, by the short names of AMG_CASE_LABELS
+    all_cases: bool  # --all-cases
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -113,13 +119,14 @@ def _build_models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamPar
 # ----------------------------------------------------------------------------- automatic masks
 
 
-def bench_amg(model: str, tmp: Path, repeats: int) -> None:
+def bench_amg(model: str, run: Run) -> None:
     """Time per image of `generate`, and of `generate` minus its encoder calls.
 
     The encoder share is measured by encoding the same crops alone (set_image / encode), so
     "without encoder" is everything else: decoding the point batches, upsampling, scoring,
     filtering, NMS and RLE.
     """
+    tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
     size = 256 if model == "tiny-shapes" else 1024
     scenes = SyntheticShapes(size=size, length=2, seed=31)
@@ -134,9 +141,9 @@ def bench_amg(model: str, tmp: Path, repeats: int) -> None:
         AMG_CASE_LABELS["permissive"]: permissive,
         AMG_CASE_LABELS["crops"]: {**permissive, "crop_n_layers": 1},
     }
-    wanted = [AMG_CASE_LABELS[c] for c in AMG_CASES] or list(cases)
+    wanted = [AMG_CASE_LABELS[c] for c in run.amg_cases] or list(cases)
     if model != "tiny-shapes":  # 16x16 points at 1024: minutes per row for the reference already
-        wanted = wanted if AMG_CASES or ALL_CASES else [AMG_CASE_LABELS["defaults"]]
+        wanted = wanted if run.amg_cases or run.all_cases else [AMG_CASE_LABELS["defaults"]]
         cases = {k: {**v, "points_per_side": 16} for k, v in cases.items()}
     cases = {k: v for k, v in cases.items() if k in wanted}
     predictor = SamPredictor(ref)
@@ -160,7 +167,7 @@ def bench_amg(model: str, tmp: Path, repeats: int) -> None:
 
 
 def _crop_boxes(image: np.ndarray, options: dict[str, Any]) -> list[list[int]]:
-    from sam_jax.amg import generate_crop_boxes
+    from sam_jax.amg.utils import generate_crop_boxes
 
     return generate_crop_boxes(image.shape[:2], options.get("crop_n_layers", 0), 512 / 1500)[0]
 
@@ -174,10 +181,11 @@ def _scene(size: int, seed: int = 7) -> np.ndarray:
     return np.ascontiguousarray(image[: size * 3 // 4])
 
 
-def bench_matmul(model: str, tmp: Path, repeats: int) -> None:
+def bench_matmul(model: str, run: Run) -> None:
     """This machine's fp32 matmul rate at the encoder's MLP shape (4096 x 768 x 3072), for
     reading the encoder rows as a fraction of what the hardware sustains."""
-    if model != MODELS_FIRST[0]:
+    repeats = run.repeats
+    if model != run.first_model:
         return
     a, b = np.random.rand(4096, 768).astype(np.float32), np.random.rand(768, 3072).astype(np.float32)
     flops = 2 * 4096 * 768 * 3072
@@ -196,12 +204,13 @@ def bench_matmul(model: str, tmp: Path, repeats: int) -> None:
     RATES["matmul_flops"] = max(flops / ref_s, flops / ours_s)
 
 
-def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
+def bench_encoder(model: str, run: Run) -> None:
     """Image encoder alone on preprocessed (B, S, S, 3) input, per batch size; and
     `set_image` vs `encode` from a (768, 1024) uint8 image (preprocessing included)."""
+    tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
     size = params.config.image_size
-    from sam_jax.predictor import _encode_padded
+    from sam_jax.predictor import encode_padded
 
     for batch in (1, 2):
         x = np.random.default_rng(0).normal(size=(batch, 3, size, size)).astype(np.float32)
@@ -209,7 +218,7 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
         images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
         hw = np.full((batch, 2), size, np.int32)
         first, ref_s, ours_s = timed_pair(
-            lambda tx=tx: ref.image_encoder(tx), lambda i=images, h=hw: _encode_padded(params, i, h), repeats
+            lambda tx=tx: ref.image_encoder(tx), lambda i=images, h=hw: encode_padded(params, i, h), repeats
         )
         extra = {"first": f"{first:.1f}s", "img/s": f"{batch / ref_s:.2f}/{batch / ours_s:.2f}"}
         if model in GFLOP_PER_IMAGE and "matmul_flops" in RATES:
@@ -217,7 +226,7 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
         row("encoder", f"{model} batch {batch}", ref_s, ours_s, **extra)
         if batch == 1:  # our bfloat16 compute against the reference's float32
             p16 = params.with_compute_dtype("bfloat16")
-            first, ours_s = timed(lambda i=images, h=hw, p=p16: _encode_padded(p, i, h), repeats)
+            first, ours_s = timed(lambda i=images, h=hw, p=p16: encode_padded(p, i, h), repeats)
             row("encoder", f"{model} batch {batch}, ours in bfloat16", ref_s, ours_s, first=f"{first:.1f}s")
     image = _scene(size)
     predictor = SamPredictor(ref)
@@ -227,10 +236,11 @@ def bench_encoder(model: str, tmp: Path, repeats: int) -> None:
     row("encoder", f"{model} set_image vs encode ({image.shape[0]}x{image.shape[1]})", ref_s, ours_s)
 
 
-def bench_decoder(model: str, tmp: Path, repeats: int) -> None:
+def bench_decoder(model: str, run: Run) -> None:
     """Prompts against a ready embedding, masks post-processed to the image size:
     one point (`SamPredictor.predict` vs `sam_jax.decode`) and a batch of 64 points
     (`predict_torch` vs `decode` with (64, 1, 2) points)."""
+    tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
     image = _scene(params.config.image_size)
     h, w = image.shape[:2]
@@ -251,8 +261,9 @@ def bench_decoder(model: str, tmp: Path, repeats: int) -> None:
     row("decode", f"{model} 64 points, 3 masks each at {h}x{w}", ref_s, ours_s, first=f"{first:.1f}s")
 
 
-def bench_predict(model: str, tmp: Path, repeats: int) -> None:
+def bench_predict(model: str, run: Run) -> None:
     """End to end, image and one point in, masks out: `set_image` + `predict` vs `predict`."""
+    tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
     image = _scene(params.config.image_size)
     predictor = SamPredictor(ref)
@@ -269,14 +280,14 @@ def bench_predict(model: str, tmp: Path, repeats: int) -> None:
 # ----------------------------------------------------------------------------- compile time
 
 
-def bench_compile(model: str, tmp: Path, repeats: int) -> None:
+def bench_compile(model: str, run: Run) -> None:
     """Our first-call cost of the encoder for the official sizes: tracing, lowering and
     compiling `encode`'s program for a (1, 1024, 1024, 3) batch, from abstract weights (no
     weights are built or run). The reference (eager PyTorch) has no such step."""
     from sam_jax.modeling.sam import abstract_params
-    from sam_jax.predictor import _encode_padded
+    from sam_jax.predictor import encode_padded
 
-    if model != MODELS_FIRST[0]:
+    if model != run.first_model:
         return
     for name in ("vit_b", "vit_l", "vit_h"):
         params = abstract_params(sam_jax.get_config(name))
@@ -284,7 +295,7 @@ def bench_compile(model: str, tmp: Path, repeats: int) -> None:
         hw = jax.ShapeDtypeStruct((1, 2), np.int32)
         jax.clear_caches()
         t0 = time.perf_counter()
-        _encode_padded.lower(params, images, hw).compile()
+        encode_padded.lower(params, images, hw).compile()
         seconds = time.perf_counter() - t0
         ROWS.append({"section": "compile", "what": f"{name} encoder, batch 1", "ours": seconds})
         print(f"compile  {name} encoder at 1024, batch 1: trace + lower + compile {seconds:6.1f} s", flush=True)
@@ -318,14 +329,14 @@ def memory_probe(side: str, batch: int) -> None:
         fn = build_reference(cfg).image_encoder
         x = torch.zeros(batch, 3, size, size)
     else:
-        from sam_jax.predictor import _encode_padded
+        from sam_jax.predictor import encode_padded
 
         params = sam_jax.init(cfg)
         images, hw = np.zeros((batch, size, size, 3), np.uint8), np.full((batch, 2), size, np.int32)
-        _encode_padded.lower(params, images, hw).compile()  # compile outside the measurement
+        encode_padded.lower(params, images, hw).compile()  # compile outside the measurement
 
         def fn(_: Any) -> Any:
-            return _encode_padded(params, images, hw)
+            return encode_padded(params, images, hw)
 
         x = None
     Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current RSS
@@ -334,14 +345,14 @@ def memory_probe(side: str, batch: int) -> None:
     print(json.dumps({"peak_bytes": _proc_status_bytes("VmHWM") - base}))
 
 
-def bench_memory(model: str, tmp: Path, repeats: int) -> None:
+def bench_memory(model: str, run: Run) -> None:
     """Peak memory of one encoder forward (growth of the process's peak RSS in a fresh
     process, weights excluded) on `MEMORY_CONFIG`; batch sizes as `MEMORY_BATCHES`.
     The reference materialises (B, 16, 4096, 4096) fp32 logits, bias and softmax per global
     block (~3.2 GB per image), so batch 8 does not fit this 24 GB machine."""
     import subprocess
 
-    if model != MODELS_FIRST[0]:
+    if model != run.first_model:
         return
     peaks: dict[tuple[str, int], float] = {}
     for side, batches in MEMORY_BATCHES.items():
@@ -363,7 +374,6 @@ def bench_memory(model: str, tmp: Path, repeats: int) -> None:
 # Encoder cost at 1024 (issue figure for vit_b; scaled by the blocks' matmul work for l / h).
 GFLOP_PER_IMAGE = {"vit_b": 972.0}
 RATES: dict[str, float] = {}
-MODELS_FIRST: list[str] = [""]
 
 SECTIONS = {
     "matmul": bench_matmul,
@@ -389,9 +399,6 @@ def main() -> int:
     if args.memory_probe:
         memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
         return 0
-    global ALL_CASES
-    ALL_CASES = args.all_cases
-    AMG_CASES.extend(args.amg_case or [])
     print(
         f"# {datetime.date.today()} {platform.processor() or platform.machine()} "
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {jax.device_count()} device(s)) "
@@ -400,11 +407,12 @@ def main() -> int:
     )
     import tempfile
 
-    MODELS_FIRST[0] = args.models.split(",")[0]
     with tempfile.TemporaryDirectory() as tmp:
+        names = args.models.split(",")
+        run = Run(Path(tmp), args.repeats, names[0], args.amg_case or [], args.all_cases)
         for name in [s for s in SECTIONS if s in (args.only or SECTIONS)]:
-            for model in args.models.split(","):
-                SECTIONS[name](model, Path(tmp), args.repeats)
+            for model in names:
+                SECTIONS[name](model, run)
     if args.json:
         args.json.write_text(json.dumps(ROWS, indent=1))
     return 0

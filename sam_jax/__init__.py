@@ -9,18 +9,38 @@ masks, scores, low_res = sam_jax.decode(params, emb, box=[10, 20, 300, 400])
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sam_jax.automatic_mask_generator import AmgOptions, SamAutomaticMaskGenerator, generate_masks
-from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.hf_format import is_hf_checkpoint, load_hf
+from sam_jax.io import load_embedding
 from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
 from sam_jax.predictor import ImageEmbedding, decode, encode, predict
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from sam_jax.amg import AmgOptions, SamAutomaticMaskGenerator, generate_masks
+
+try:
+    __version__ = importlib.metadata.version("sam-jax")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Imported on first use: automatic masks pull in scipy, which `predict` users never need.
+_LAZY = {"AmgOptions": "sam_jax.amg", "SamAutomaticMaskGenerator": "sam_jax.amg", "generate_masks": "sam_jax.amg"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sam_jax' has no attribute {name!r}")
+
 
 # Models shipped inside the package, by name (see README: "The embedded default").
 EMBEDDED_MODELS = {"tiny-shapes": Path(__file__).parent / "models" / "tiny-shapes"}

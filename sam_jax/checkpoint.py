@@ -113,7 +113,7 @@ def checkpoint_directory(path: str | os.PathLike[str], overwrite: bool) -> Any:
     return write_directory(path, owns=is_checkpoint_dir, overwrite=overwrite, what="a sam_jax checkpoint")
 
 
-# Inside a training run step (`sam_jax.train.CheckpointStore`): `<step>/meta/metadata`.
+# Inside a training run step (`sam_jax.train.store.CheckpointStore`): `<step>/meta/metadata`.
 RUN_META_FILE = ("meta", "metadata")
 
 

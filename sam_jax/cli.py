@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sam_jax.io import DEFAULT_MAX_PIXELS
@@ -135,7 +136,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
 
 def finetune(args: argparse.Namespace) -> int:
     import sam_jax
-    from sam_jax import data, evaluate, train
+    from sam_jax import data, train
     from sam_jax.checkpoint import is_checkpoint_dir
     from sam_jax.io import check_directory_target
 
@@ -165,7 +166,7 @@ def finetune(args: argparse.Namespace) -> int:
     val = data.open_dataset(args.val_data) if args.val_data else data.heldout_synthetic(params.config.image_size)
 
     def evaluate_fn(p: sam_jax.SamParams, num_images: int = args.eval_images) -> dict[str, float]:
-        return evaluate.evaluate(p, val, num_images=num_images, clicks=(1, 3))
+        return train.evaluate(p, val, num_images=num_images, clicks=(1, 3))
 
     def final_evaluate_fn(p: sam_jax.SamParams) -> dict[str, float]:
         return evaluate_fn(p, args.final_eval_images or len(val))
@@ -338,12 +339,12 @@ def _wait_for_listener(address: str, timeout: float, where: str) -> None:
 
 
 def embed(args: argparse.Namespace) -> int:
-    from sam_jax import batch
+    from sam_jax import jobs
 
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
-        batch.check_batch_memory(params, args.batch_size, name="--batch-size")
+        jobs.check_batch_memory(params, args.batch_size, name="--batch-size")
         with progress_bar() as advance:
-            return batch.embed_images(
+            return jobs.embed_images(
                 params,
                 items,
                 args.output,
@@ -358,7 +359,7 @@ def embed(args: argparse.Namespace) -> int:
 
 def amg(args: argparse.Namespace) -> int:
     import sam_jax
-    from sam_jax import batch
+    from sam_jax import jobs
 
     names = [flag.lstrip("-").replace("-", "_") for flag in _AMG_FLAGS]
     options = sam_jax.AmgOptions(
@@ -379,7 +380,7 @@ def amg(args: argparse.Namespace) -> int:
             except RuntimeError:
                 raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
         with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
-            return batch.generate_masks_for_images(
+            return jobs.generate_masks_for_images(
                 params,
                 items,
                 args.output,
@@ -410,11 +411,11 @@ def _run_job(
     import jax
 
     import sam_jax
-    from sam_jax import batch
+    from sam_jax import jobs
 
     params = sam_jax.load(args.checkpoint)
-    items = batch.discover_inputs(args.input, exclude=args.output)
-    share = batch.process_share(items, jax.process_index(), jax.process_count())
+    items = jobs.discover_inputs(args.input, exclude=args.output)
+    share = jobs.process_share(items, jax.process_index(), jax.process_count())
 
     t0 = time.perf_counter()
     report = run(params, items, lambda: _images_progress(len(share), not args.no_progress, label))
@@ -425,7 +426,7 @@ def _summary(args: argparse.Namespace, report: Any, seconds: float, extra: str =
     """Prints the job's one-line summary; exit status 1 (and the failures file's name) on failures."""
     import jax
 
-    from sam_jax import batch
+    from sam_jax import jobs
 
     where = f"process {jax.process_index()}/{jax.process_count()}, {jax.local_device_count()} device(s)"
     rate = report.written / seconds if seconds > 0 else 0.0
@@ -434,7 +435,7 @@ def _summary(args: argparse.Namespace, report: Any, seconds: float, extra: str =
         f"of {report.total} ({where}); {rate:.1f} images/s"
     )
     if report.failures:
-        name = batch.failures_file(batch.Path(args.output), jax.process_index(), jax.process_count())
+        name = jobs.failures_file(Path(args.output), jax.process_index(), jax.process_count())
         print(f"sam-jax: error: {len(report.failures)} image(s) failed, listed in {name}", file=sys.stderr)
         return 1
     return 0

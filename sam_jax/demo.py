@@ -49,13 +49,6 @@ def overlay(image: np.ndarray, masks: list[np.ndarray], prompts: list[dict[str, 
     return pic
 
 
-def rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": list(encoded["size"]), "counts": encoded["counts"].decode("ascii")}
-
-
 def run(output: Path, checkpoint: str = "tiny-shapes") -> dict[str, Any]:
     """Runs the demo into `output`: a new or empty folder, or an earlier demo's output (replaced).
 
@@ -72,10 +65,10 @@ def run(output: Path, checkpoint: str = "tiny-shapes") -> dict[str, Any]:
 
 
 def _run_into(tmp: Path, checkpoint: str) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as coco_mask
 
     import sam_jax
-    from sam_jax.evaluate import iou
+    from sam_jax.masks import iou, masks_to_coco_rle
 
     t0 = time.perf_counter()
     params = sam_jax.load(checkpoint)
@@ -95,7 +88,7 @@ def _run_into(tmp: Path, checkpoint: str) -> dict[str, Any]:
 
     automatic = sam_jax.generate_masks(params, image, **AUTOMATIC_OPTIONS)
     automatic_masks = [
-        mask_utils.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}) > 0
+        coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}) > 0
         for r in automatic
     ]
 
@@ -111,7 +104,7 @@ def _run_into(tmp: Path, checkpoint: str) -> dict[str, Any]:
                     "predicted_iou": float(s),
                     "iou_with_truth": float(iou(m, truth[k])),
                     "area": int(m.sum()),
-                    "segmentation": rle(m),
+                    "segmentation": masks_to_coco_rle(m[None])[0],
                 }
             )
     point_prompts = [{"points": p.tolist()} for p in points]

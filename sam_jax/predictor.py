@@ -73,7 +73,7 @@ class ImageEmbedding:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_params(params: Any) -> SamParams:
+def check_params(params: Any) -> SamParams:
     if not isinstance(params, SamParams):
         raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
     return params
@@ -194,7 +194,10 @@ def _check_flag(value: Any, name: str) -> bool:
 
 
 @jax.jit
-def _encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+def encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+    """The compiled encoder: (B, S, S, 3) uint8 images resized and zero-padded to the model's
+    size, with their (B, 2) resized sizes -> (B, E, E, C) embeddings. One program for every
+    image size (batch jobs call it on the batches they assemble)."""
     return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw))
 
 
@@ -249,14 +252,14 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
     Returns:
         An `ImageEmbedding` with `image_embedding` (E, E, C) float32, or (B, E, E, C) for a batch.
     """
-    params = _with_dtype(_check_params(params), compute_dtype)
+    params = _with_dtype(check_params(params), compute_dtype)
     arr = check_image(image, allow_batch=True)
     batch = arr.ndim == 4
     images = arr if batch else arr[None]
     size = params.config.image_size
     padded, input_size = preprocess_images(images, size)
     input_hw = np.broadcast_to(np.asarray(input_size, np.int32), (len(images), 2))
-    emb = _encode_padded(params, padded, input_hw)
+    emb = encode_padded(params, padded, input_hw)
     return ImageEmbedding(emb if batch else emb[0], tuple(images.shape[1:3]), tuple(input_size))
 
 
@@ -288,7 +291,7 @@ def decode(
         scores: (C,) or (B, C) float32 predicted IoU.
         low_res_logits: (C, L, L) or (B, C, L, L) float32.
     """
-    params = _check_params(params)
+    params = check_params(params)
     if not isinstance(embedding, ImageEmbedding):
         raise TypeError(f"embedding must be an ImageEmbedding from sam_jax.encode, got {type(embedding).__name__}")
     cfg = params.config
@@ -334,7 +337,7 @@ def predict(
     Returns:
         (masks, scores, low_res_logits) as `decode`.
     """
-    params = _with_dtype(_check_params(params), compute_dtype)
+    params = _with_dtype(check_params(params), compute_dtype)
     arr = check_image(image)
     # Check prompts and flags before the (expensive) encoder runs.
     check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
@@ -354,7 +357,7 @@ def predict(
 
 def encode_cache_size() -> int:
     """How many encoder programs are compiled (for tests of the no-recompile contract)."""
-    return _encode_padded._cache_size()
+    return encode_padded._cache_size()
 
 
 def decode_cache_size() -> int:

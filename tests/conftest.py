@@ -12,10 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reference import SMALL, build_reference, randomize_, save_state_dict
-
 import convert
 import sam_jax
+from sam_jax.testing import SMALL, build_reference, randomize_, save_state_dict
 
 torch.set_grad_enabled(False)
 

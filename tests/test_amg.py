@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
-from reference import build_reference, make_image
 from segment_anything import SamAutomaticMaskGenerator as ReferenceGenerator
 
 import convert
 import sam_jax
-from sam_jax import amg, transforms
-from sam_jax import automatic_mask_generator as amg_module
+from sam_jax import masks, transforms
+from sam_jax.amg import scoring, utils
 from sam_jax.data import SyntheticShapes
+from sam_jax.testing import build_reference, make_image
 
 KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 
@@ -50,7 +50,7 @@ def to_mask(segmentation: Any) -> np.ndarray:
         return segmentation
     if isinstance(segmentation["counts"], str):  # COCO RLE
         return mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode()}) > 0
-    return amg.rle_to_mask(segmentation)
+    return masks.rle_to_mask(segmentation)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,8 +163,8 @@ def test_matches_reference_through_the_level_maps(case, tiny, small, scenes, mon
     maps, then scored), forced on the test models' small logits."""
     monkeypatch.setattr(transforms, "GATHER_MIN_LOW_RES", 0)
     calls = []
-    original = amg_module._score_levels
-    monkeypatch.setattr(amg_module, "_score_levels", lambda *a: calls.append(1) or original(*a))
+    original = scoring.score_levels
+    monkeypatch.setattr(scoring, "score_levels", lambda *a: calls.append(1) or original(*a))
     check_case(case, tiny, small, scenes)
     assert calls
 
@@ -222,7 +222,7 @@ def test_points_per_batch_does_not_change_results(tiny, scenes):
 
 def test_explicit_point_grids(tiny, scenes):
     params, ref_model = tiny
-    grid = amg.build_point_grid(12)
+    grid = utils.build_point_grid(12)
     options = {**TINY_RELAXED, "points_per_side": None, "point_grids": [grid]}
     ref_records = ReferenceGenerator(ref_model, **options).generate(scenes[0])
     assert_same_records(ref_records, sam_jax.generate_masks(params, scenes[0], **options), "binary_mask")
@@ -276,7 +276,7 @@ def test_stability_score_matches_reference_formula():
 
     logits = np.random.default_rng(0).normal(size=(5, 40, 30)).astype(np.float32)
     logits[0] = -10  # both masks empty: 0 / 0
-    ours = np.asarray(sam_jax.automatic_mask_generator.stability_score(logits, 0.0, 0.5))
+    ours = np.asarray(sam_jax.amg.stability_score(logits, 0.0, 0.5))
     ref = calculate_stability_score(torch.as_tensor(logits), 0.0, 0.5).numpy()
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
     np.testing.assert_allclose(ours[1:], ref[1:], rtol=1e-6)
@@ -287,5 +287,5 @@ def test_masks_to_boxes_matches_reference():
 
     masks = np.random.default_rng(1).random((6, 23, 31)) > 0.97
     masks[0] = False
-    ours = np.asarray(sam_jax.automatic_mask_generator.masks_to_boxes(masks))
+    ours = np.asarray(sam_jax.amg.masks_to_boxes(masks))
     np.testing.assert_array_equal(ours, batched_mask_to_box(torch.as_tensor(masks)).numpy())

@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from reference import build_reference
 from segment_anything import SamAutomaticMaskGenerator as ReferenceGenerator
 from test_amg import TINY_RELAXED, assert_same_records
 
 import convert
 import sam_jax
-from sam_jax import batch, cli
+from sam_jax import cli, jobs
 from sam_jax.data import SyntheticShapes
+from sam_jax.testing import build_reference
 
 OPTIONS = {**TINY_RELAXED, "points_per_side": 16}
 FLAGS = (
@@ -131,7 +131,7 @@ def test_eight_devices_equal_one_and_resume(folder, tmp_path):
 
 def test_library_job_refuses_bad_options(folder, tmp_path):
     with pytest.raises(TypeError, match="options must be an AmgOptions"):
-        batch.generate_masks_for_images(sam_jax.load("tiny-shapes"), folder, tmp_path, {"points_per_side": 4})
+        jobs.generate_masks_for_images(sam_jax.load("tiny-shapes"), folder, tmp_path, {"points_per_side": 4})
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Batch embedding jobs (`sam_jax.batch`, `sam-jax embed`): 8 devices = 1 device = `encode`,
+"""Batch embedding jobs (`sam_jax.jobs`, `sam-jax embed`): 8 devices = 1 device = `encode`,
 two `jax.distributed` processes split the inputs, a killed run resumes without redoing
 finished work, and a corrupt image is recorded while the rest succeed."""
 
@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from reference import TINY
 
 import sam_jax
-from sam_jax import batch
+from sam_jax import jobs
+from sam_jax.io import is_complete_embedding
+from sam_jax.testing import TINY
 
 # Sizes of different aspect ratios (the padding differs per image within one batch).
 SIZES = [
@@ -75,15 +76,15 @@ def _outputs(root: Path) -> dict[str, Path]:
 def test_discover_inputs(tmp_path):
     paths = _images(tmp_path / "in", 5)
     (tmp_path / "in" / "notes.txt").write_text("not an image")
-    items = batch.discover_inputs(tmp_path / "in")
+    items = jobs.discover_inputs(tmp_path / "in")
     assert [it.key for it in items] == sorted(p.relative_to(tmp_path / "in").as_posix() for p in paths)
     listing = tmp_path / "list.txt"
     listing.write_text(f"# two of them\nin/{paths[1].relative_to(tmp_path / 'in').as_posix()}\n\n{paths[0]}\n")
-    listed = batch.discover_inputs(listing)
+    listed = jobs.discover_inputs(listing)
     assert {it.path.resolve() for it in listed} == {paths[0].resolve(), paths[1].resolve()}
     assert {it.key for it in listed} == {"in/" + paths[1].relative_to(tmp_path / "in").as_posix(), str(paths[0])[1:]}
-    assert batch.discover_inputs(paths[2])[0].key == paths[2].name
-    shares = [batch.process_share(items, i, 2) for i in range(2)]
+    assert jobs.discover_inputs(paths[2])[0].key == paths[2].name
+    shares = [jobs.process_share(items, i, 2) for i in range(2)]
     assert sorted(it.key for s in shares for it in s) == [it.key for it in items]
     assert not {it.key for it in shares[0]} & {it.key for it in shares[1]}
 
@@ -99,14 +100,14 @@ def test_discover_inputs(tmp_path):
 )
 def test_discover_inputs_refuses(tmp_path, make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        batch.discover_inputs(make(tmp_path))
+        jobs.discover_inputs(make(tmp_path))
 
 
 def test_same_stem_refused(tmp_path):
     _images(tmp_path, 1)
     Image.new("RGB", (8, 8)).save(tmp_path / "part0" / "img000.png")
     with pytest.raises(ValueError, match="same output"):
-        batch.discover_inputs(tmp_path)
+        jobs.discover_inputs(tmp_path)
 
 
 def test_eight_devices_equal_one_device_and_encode(tmp_path, model):
@@ -132,7 +133,7 @@ def test_eight_devices_equal_one_device_and_encode(tmp_path, model):
                 assert tuple(f["original_size"]) == image.shape[:2]
                 assert tuple(f["input_size"]) == expected.input_size
     # The documented loader gives what decode takes, with the same result as encode's output.
-    loaded = batch.load_embedding(outs8[sorted(outs8)[3]])
+    loaded = sam_jax.load_embedding(outs8[sorted(outs8)[3]])
     point = np.array([[10.0, 12.0]])
     ours = sam_jax.decode(params, loaded, point)
     key = sorted(outs8)[3]
@@ -174,7 +175,7 @@ def test_two_processes_cover_disjoint_shares(tmp_path, model):
     assert "process 0/2" in results[0][0] and "process 1/2" in results[1][0]
     shares = [set(_outputs(tmp_path / f"p{i}")) for i in range(2)]
     assert shares[0] and shares[1] and not shares[0] & shares[1]
-    everything = {it.key.rsplit(".", 1)[0] + ".npz" for it in batch.discover_inputs(tmp_path / "in")}
+    everything = {it.key.rsplit(".", 1)[0] + ".npz" for it in jobs.discover_inputs(tmp_path / "in")}
     assert shares[0] | shares[1] == everything
 
 
@@ -191,13 +192,13 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
     proc.wait()
     before = _outputs(tmp_path / "out")
     assert 3 <= len(before) < 40, f"{len(before)} outputs when killed"
-    assert all(batch.is_complete_embedding(p) for p in before.values())  # nothing half written
+    assert all(is_complete_embedding(p) for p in before.values())  # nothing half written
     stamps = {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in before.items()}
     again = run_embed(*args, "--batch-size", "4")
     assert again.returncode == 0, again.stderr
     assert f"{len(before)} already done" in again.stdout
     after = _outputs(tmp_path / "out")
-    assert len(after) == 40 and all(batch.is_complete_embedding(p) for p in after.values())
+    assert len(after) == 40 and all(is_complete_embedding(p) for p in after.values())
     assert {k: (after[k].stat().st_ino, after[k].stat().st_mtime_ns) for k in before} == stamps
 
 

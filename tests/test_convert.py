@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from reference import SMALL, build_reference, make_image
 from segment_anything import SamPredictor, sam_model_registry
 
 import convert
@@ -20,6 +19,7 @@ import sam_jax
 from convert.__main__ import main
 from convert.mapping import infer_config, to_torch_layout, torch_key
 from sam_jax.modeling.sam import abstract_params
+from sam_jax.testing import SMALL, build_reference, make_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_parity
-from reference import build_reference
 from segment_anything import SamPredictor
 
 import sam_jax
-from sam_jax import demo, evaluate
+from sam_jax import demo
 from sam_jax.data import HELDOUT_SEED, SyntheticShapes
+from sam_jax.testing import build_reference
+from sam_jax.train import evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 # Scenes of a seed used neither by training (0) nor by the held-out split: fresh to the model.
@@ -46,7 +47,7 @@ def test_shipped_inside_the_package_and_small(tiny):
 def test_quality_floor_on_fresh_scenes(tiny):
     assert FRESH_SEED != HELDOUT_SEED
     scenes = SyntheticShapes(size=tiny.config.image_size, length=40, seed=FRESH_SEED)
-    figures = evaluate.evaluate(tiny, scenes, num_images=40, clicks=())
+    figures = evaluation.evaluate(tiny, scenes, num_images=40, clicks=())
     assert figures["instances"] >= 40
     assert figures["point_miou"] >= POINT_FLOOR, figures
     assert figures["box_miou"] >= BOX_FLOOR, figures

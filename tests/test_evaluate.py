@@ -7,18 +7,19 @@ import torch
 from segment_anything.utils.amg import batched_mask_to_box
 
 import sam_jax
-from sam_jax import evaluate
+from sam_jax import masks
 from sam_jax.data import SyntheticShapes
+from sam_jax.train import evaluation
 
 
 def test_interior_point_is_farthest_from_the_boundary():
     mask = np.zeros((20, 30), bool)
     mask[2:12, 5:25] = True  # 10 x 20: rows 6-7 are 5 pixels from the boundary
-    x, y = evaluate.interior_point(mask)
+    x, y = evaluation.interior_point(mask)
     assert mask[int(y), int(x)] and 6 <= y <= 7 and 9 <= x <= 20
     edge = np.zeros((10, 10), bool)
     edge[:, :4] = True  # touches the image border: the border counts as boundary
-    assert evaluate.interior_point(edge)[0] in (1.0, 2.0)
+    assert evaluation.interior_point(edge)[0] in (1.0, 2.0)
 
 
 def test_tight_box_matches_the_reference():
@@ -28,19 +29,19 @@ def test_tight_box_matches_the_reference():
         y0, x0 = rng.integers(0, 20, 2)
         mask[y0 : y0 + rng.integers(1, 20), x0 : x0 + rng.integers(1, 30)] = True
         ref = batched_mask_to_box(torch.as_tensor(mask)[None]).numpy()[0]
-        np.testing.assert_array_equal(evaluate.tight_box(mask), ref)
+        np.testing.assert_array_equal(evaluation.tight_box(mask), ref)
 
 
 def test_iou():
     a = np.zeros((2, 4, 4), bool)
     b = np.zeros((2, 4, 4), bool)
     a[0, :2], b[0, 1:3] = True, True  # 4 shared of 12
-    np.testing.assert_allclose(evaluate.iou(a, b), [1 / 3, 1.0])
+    np.testing.assert_allclose(masks.iou(a, b), [1 / 3, 1.0])
 
 
 def test_evaluate_counts_every_instance(small):
     data = SyntheticShapes(size=96, length=4, seed=5, max_objects=3)
-    figures = evaluate.evaluate(small.params, data, num_images=4, clicks=(1, 2))
+    figures = evaluation.evaluate(small.params, data, num_images=4, clicks=(1, 2))
     assert figures["instances"] == sum(len(data[i].masks) for i in range(4))
     for key in ("point_miou", "box_miou", "click1_miou", "click2_miou"):
         assert 0.0 <= figures[key] <= 1.0

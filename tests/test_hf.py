@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_parity, rel_err
-from reference import make_image, randomize_
 from safetensors.numpy import load_file, save_file
 from transformers import SamConfig as HFSamConfig
 from transformers import (
@@ -32,6 +31,7 @@ from convert import hf
 from convert.__main__ import main
 from convert.mapping import describe
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD
+from sam_jax.testing import make_image, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
 

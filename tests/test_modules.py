@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import rel_err
-from reference import SMALL, build_reference, make_image, randomize_
 from segment_anything.modeling import image_encoder as ref_ie
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -23,6 +22,7 @@ from sam_jax.modeling.sam import (
     normalize_and_pad,
     prompt_encoder_forward,
 )
+from sam_jax.testing import SMALL, build_reference, make_image, randomize_
 
 TOL = 1e-3  # relative to the largest magnitude, the project's fp32 bar
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_parity, rel_err
-from reference import make_image
 from segment_anything import SamPredictor
 
 import sam_jax
 from sam_jax import predictor, transforms
+from sam_jax.testing import make_image
 
 # Shrinking (non-square both ways, large) and growing images.
 SIZES = [(427, 640), (640, 427), (1500, 1000), (90, 120)]

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference import TINY
 from test_train import CFG, DATA
 
 import convert
 import sam_jax
-from sam_jax import batch, checkpoint, io, train
+from sam_jax import checkpoint, io, jobs, train
+from sam_jax.testing import TINY
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -233,7 +233,7 @@ def test_extreme_aspect_ratio_works_and_a_job_finishes(tiny, tmp_path):
     photos.mkdir()
     Image.fromarray(strip).save(photos / "strip.png")
     _png(photos / "plain.png")
-    report = batch.embed_images(tiny, photos, tmp_path / "out")
+    report = jobs.embed_images(tiny, photos, tmp_path / "out")
     assert report.ok and report.written == 2
     assert sam_jax.load_embedding(tmp_path / "out" / "strip.npz").input_size == (1, 128)
 

@@ -12,12 +12,12 @@ import jax
 import numpy as np
 import pytest
 import torch
-from reference import TINY, build_reference
 
 import convert
 import sam_jax
 from sam_jax import train, transforms
 from sam_jax.data import SyntheticShapes
+from sam_jax.testing import TINY, build_reference
 from sam_jax.train import TrainConfig
 
 # Small enough that a step takes milliseconds: 64x64 images, a 4x4 token grid.

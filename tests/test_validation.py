@@ -18,7 +18,7 @@ def no_tracing(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("reached a compiled function before validating input")
 
-    for name in ("_encode_padded", "_decode_low_res", "_postprocess"):
+    for name in ("encode_padded", "_decode_low_res", "_postprocess"):
         monkeypatch.setattr(predictor, name, fail)
 
 

@@ -37,7 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sam_jax.automatic_mask_generator import AmgOptions, generate_masks
+from sam_jax.amg import AmgOptions, generate_masks
+from sam_jax.masks import masks_to_coco_rle
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, check_prompts, decode, encode
 from sam_jax.serve.cache import EmbeddingCache
@@ -265,7 +266,7 @@ class Server:
         points, labels, box, multimask = _prompt(body, self.max_points, self.params.config.low_res_mask_size)
         prompt = (entry.embedding, points, labels, box, multimask)
         masks, scores = await self._run(self.device, self.decode_prompt, *prompt)
-        rles = await self._run(self.host, encode_rle, masks)
+        rles = await self._run(self.host, masks_to_coco_rle, masks)
         return JSONResponse({"masks": rles, "scores": [float(s) for s in scores]})
 
     async def automatic(self, request: Request) -> Response:
@@ -492,16 +493,6 @@ def _automatic_options(body: Any) -> dict[str, Any]:
     if prompts > MAX_AUTOMATIC_PROMPTS:
         raise ApiError(400, f"these options decode {prompts} point prompts; the server allows {MAX_AUTOMATIC_PROMPTS}")
     return {f: getattr(opts, f) for f in AMG_FIELDS}
-
-
-def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
-    """COCO compressed RLE (counts as str) of (C, H, W) bool masks."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    encoded = mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
 # ----------------------------------------------------------------------------- errors

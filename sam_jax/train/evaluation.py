@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from sam_jax.masks import iou, mask_to_box
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import decode, encode
 
@@ -30,15 +31,7 @@ def interior_point(region: np.ndarray) -> tuple[float, float]:
 
 def tight_box(mask: np.ndarray) -> np.ndarray:
     """XYXY box of a mask, inclusive pixel coordinates (as the reference's `batched_mask_to_box`)."""
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
-
-
-def iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """IoU over the last two axes of boolean arrays."""
-    inter = np.logical_and(pred, target).sum(axis=(-2, -1))
-    union = np.logical_or(pred, target).sum(axis=(-2, -1))
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return mask_to_box(mask).astype(np.float64)
 
 
 def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Sequence[int] = (3,)) -> dict[str, float]:

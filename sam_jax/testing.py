@@ -1,4 +1,6 @@
-"""Builds reference `segment_anything` models with every tensor randomised.
+"""Reference `segment_anything` models with every tensor randomised, for parity tests and
+side-by-side benchmarks (needs the test extras: torch and segment-anything; nothing in the
+library imports this module).
 
 The reference zero-initialises `pos_embed` and every `rel_pos_*` and starts LayerNorms at
 (1, 0); a parity test on such a model would never exercise them. `randomize_` draws every

@@ -1,9 +1,8 @@
 """Host-side pieces of automatic mask generation (reference `utils/amg.py`).
 
-Point grids, crop boxes, box non-maximum suppression, run-length encoding and
-small-region clean-up, in numpy (and pycocotools / scipy where they serve). The device-side
-work (decoding, upsampling, stability scores, boxes of masks) lives in
-`sam_jax.automatic_mask_generator`.
+Point grids, crop boxes, box non-maximum suppression and small-region clean-up, in numpy
+(and scipy where it serves). The device-side work (decoding, upsampling, stability scores,
+boxes of masks) lives in `sam_jax.amg.scoring`, run-length encoding in `sam_jax.masks`.
 
 Boxes are XYXY unless a name says XYWH; masks are (H, W) bool.
 """
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import math
 from itertools import product
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -107,14 +105,6 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def mask_to_box(mask: np.ndarray) -> np.ndarray:
-    """XYXY box (inclusive pixel indices, int64) around a mask; zeros for an empty mask."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return np.zeros(4, np.int64)
-    return np.asarray([cols[0], rows[0], cols[-1], rows[-1]], np.int64)
-
-
 # ----------------------------------------------------------------------------- suppression
 
 
@@ -148,44 +138,6 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.n
             iou = inter / (areas[i] + areas[rest] - inter)
         suppressed[rest[iou > np.float32(iou_threshold)]] = True
     return np.asarray(keep, np.int64)
-
-
-# ----------------------------------------------------------------------------- run-length encoding
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """Uncompressed RLE of an (H, W) mask, as pycocotools expects it: column-major runs,
-    starting with a (possibly empty) run of zeros."""
-    h, w = mask.shape
-    flat = np.asarray(mask, bool).T.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [h * w]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [h, w], "counts": counts}
-
-
-def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """(H, W) bool mask from an uncompressed RLE."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(w, h).T
-
-
-def area_from_rle(rle: dict[str, Any]) -> int:
-    return int(sum(rle["counts"][1::2]))
-
-
-def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
-    """COCO compressed RLE (counts as a str, so it serialises to JSON) from an uncompressed one."""
-    from pycocotools import mask as mask_utils
-
-    h, w = uncompressed_rle["size"]
-    rle = mask_utils.frPyObjects(uncompressed_rle, h, w)
-    rle["counts"] = rle["counts"].decode("utf-8")
-    return rle
 
 
 # ----------------------------------------------------------------------------- clean-up

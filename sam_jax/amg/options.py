@@ -1,0 +1,117 @@
+"""`AmgOptions`: the reference generator's options, same names and defaults, checked."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from sam_jax.amg import utils
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmgOptions:
+    """The reference generator's options, same names and defaults (tuned there for ViT-H).
+
+    Attributes:
+        points_per_side: the grid has points_per_side**2 points; None when `point_grids` is given.
+        points_per_batch: points decoded in one call (more is faster and uses more memory).
+        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables).
+        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        stability_score_offset: the logit shift used by the stability score.
+        box_nms_thresh: box IoU above which the lower-scored of two masks of a crop is dropped.
+        crop_n_layers: extra layers of crops; layer i has (2**i)**2 crops.
+        crop_nms_thresh: box IoU for suppression across crops (smaller crops win).
+        crop_overlap_ratio: overlap of first-layer crops, as a fraction of the short side.
+        crop_n_points_downscale_factor: layer i uses points_per_side / factor**i points per side.
+        point_grids: explicit (N, 2) grids in [0, 1] (x, y), one per crop layer.
+        min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels).
+        output_mode: "binary_mask", "uncompressed_rle" or "coco_rle".
+    """
+
+    points_per_side: int | None = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    point_grids: tuple[np.ndarray, ...] | None = None
+    min_mask_region_area: int = 0
+    output_mode: str = "binary_mask"
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name} must be an int >= {low}, got {v!r}")
+            if v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v}")
+
+        def number(name: str, low: float, high: float | None = None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{name} must be a number, got {v!r}")
+            if not np.isfinite(v) or v < low or (high is not None and v > high):
+                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"{name} must be a number {bounds}, got {v}")
+
+        if (self.points_per_side is None) == (self.point_grids is None):
+            raise ValueError("give exactly one of points_per_side or point_grids")
+        if self.points_per_side is not None:
+            integer("points_per_side", 1)
+        integer("points_per_batch", 1)
+        integer("crop_n_layers", 0)
+        integer("crop_n_points_downscale_factor", 1)
+        integer("min_mask_region_area", 0)
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+            number(name, 0.0, 1.0)
+        number("stability_score_offset", 0.0)
+        number("crop_overlap_ratio", 0.0, 1.0)
+        if self.output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {self.output_mode!r}")
+        if self.points_per_side is not None:
+            for layer in range(1, self.crop_n_layers + 1):
+                if int(self.points_per_side / self.crop_n_points_downscale_factor**layer) < 1:
+                    raise ValueError(
+                        f"crop_n_points_downscale_factor {self.crop_n_points_downscale_factor} leaves no points in "
+                        f"crop layer {layer} (points_per_side {self.points_per_side} / "
+                        f"{self.crop_n_points_downscale_factor}**{layer} < 1); use a smaller factor or fewer layers"
+                    )
+        if self.point_grids is not None:
+            if isinstance(self.point_grids, (str, bytes, np.ndarray)) or not isinstance(self.point_grids, Sequence):
+                raise TypeError(
+                    "point_grids must be a list of (N, 2) arrays, one per crop layer, "
+                    f"got {type(self.point_grids).__name__}"
+                )
+            grids = []
+            for i, g in enumerate(self.point_grids):
+                arr = np.asarray(g)
+                if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                    raise TypeError(f"point_grids[{i}] must be an array of numbers of shape (N, 2), got {arr.dtype}")
+                if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
+                    raise ValueError(f"point_grids[{i}] must have shape (N, 2) with N >= 1, got {arr.shape}")
+                if not np.all((arr >= 0) & (arr <= 1)):
+                    raise ValueError(f"point_grids[{i}] must hold (x, y) coordinates normalised to [0, 1]")
+                grids.append(arr.astype(np.float64))
+            if len(grids) < self.crop_n_layers + 1:
+                raise ValueError(
+                    f"point_grids must hold one grid per crop layer ({self.crop_n_layers + 1}), got {len(grids)}"
+                )
+            object.__setattr__(self, "point_grids", tuple(grids))
+
+    def layer_point_grids(self) -> tuple[np.ndarray, ...]:
+        if self.point_grids is not None:
+            return self.point_grids
+        assert self.points_per_side is not None
+        return tuple(
+            utils.build_all_layer_point_grids(
+                self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
+            )
+        )

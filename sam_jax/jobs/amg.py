@@ -1,0 +1,116 @@
+"""`sam-jax amg`: automatic masks for a collection, in the reference `scripts/amg.py` layout.
+Each image is a chain of small, data-dependent steps, so the unit of parallelism is the
+image: the weights are replicated on every local device and one worker per device takes
+images from a shared stream decoded on host threads."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import jax
+
+from sam_jax.amg import AmgOptions, generate
+from sam_jax.io import (
+    DECODE_MEMORY_BUDGET,
+    DEFAULT_MAX_PIXELS,
+    MemoryBudget,
+    check_max_pixels,
+)
+from sam_jax.jobs import layout
+from sam_jax.jobs.engine import Job, JobReport, Loaded, Reader, host_threads, load_original, loaded_in_order, one_line
+from sam_jax.jobs.layout import InputItem, is_complete_masks, masks_output_path, write_masks
+from sam_jax.modeling.sam import SamParams
+from sam_jax.predictor import check_params
+
+
+def generate_masks_for_images(
+    params: SamParams,
+    inputs: str | os.PathLike[str] | Sequence[InputItem],
+    output_dir: str | os.PathLike[str],
+    options: AmgOptions | None = None,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> JobReport:
+    """Automatic masks for every image of `inputs`, written in the reference script's layout.
+
+    Images are independent and each one's work is a sequence of small, data-dependent steps
+    (crops, point batches, filters), so the unit of parallelism is the image: the weights
+    are replicated on every local device and each device works through images taken in
+    turn from one shared, host-decoded stream. Shares across processes, skipping of complete
+    outputs, atomic writes and the failures file are as in `embed_images`.
+
+    Args:
+        params: model weights and config.
+        inputs: an image, a folder or a list file, or what `discover_inputs` made of one.
+        output_dir: where the outputs go (see `masks_output_path`).
+        options: `AmgOptions` (default: the reference's defaults).
+        devices: devices to use (default: all of this process's).
+        process_index, process_count, threads, progress, max_pixels: as for `embed_images`.
+    Returns:
+        A `JobReport`; `report.ok` is False when some image could not be read or processed.
+    """
+    params = check_params(params)
+    options = AmgOptions() if options is None else options
+    if not isinstance(options, AmgOptions):
+        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    mode = options.output_mode
+    reader = Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
+    job = Job.plan(
+        inputs,
+        output_dir,
+        functools.partial(masks_output_path, output_mode=mode),
+        functools.partial(is_complete_masks, output_mode=mode),
+        process_index,
+        process_count,
+        progress,
+    )
+    out, report, todo = job.out, job.report, job.todo
+    devices = list(jax.local_devices() if devices is None else devices)
+    lock = threading.Lock()
+    loaded = loaded_in_order(todo, functools.partial(load_original, reader), host_threads(threads))
+
+    def process(replica: SamParams, entry: Loaded) -> str | None:
+        """Masks of one image, written; the reason it failed otherwise."""
+        try:
+            records = generate(replica, entry.image, options)
+            write_masks(masks_output_path(out, entry.item, mode), records, mode)
+        except ValueError as e:  # this image cannot be processed (e.g. too small for the crops)
+            return one_line(e)
+        except FileExistsError as e:
+            return f"output {e.filename} appeared meanwhile; left untouched"
+        finally:
+            reader.budget.release(entry.held)
+        with lock:
+            report.written += 1
+            report.masks += len(records)
+        return None
+
+    def work(replica: SamParams) -> None:
+        while True:
+            with lock:  # the stream is a generator: one consumer at a time
+                entry = next(loaded, None)
+            if entry is None:
+                return
+            error = entry.error if entry.image is None else process(replica, entry)
+            if error is not None:
+                with lock:
+                    job.record_failure(entry.item, error)
+            if progress:
+                progress(1)
+
+    if todo:
+        replicas = [jax.device_put(params, d) for d in devices]
+        with concurrent.futures.ThreadPoolExecutor(len(replicas), thread_name_prefix="sam-jax-amg") as pool:
+            for done in [pool.submit(work, r) for r in replicas]:
+                done.result()
+    layout.write_failures(job.failures_path, report.failures)
+    return report

@@ -1,0 +1,125 @@
+"""What jobs write where, and how an output of theirs is recognised: a job skips its own
+complete outputs, records as a failure anything else in their place, and never touches it.
+
+- `sam-jax embed`: `OUT/<image path relative to the input>.npz` (`sam_jax.io` embedding files);
+- `sam-jax amg`: per image the reference `scripts/amg.py` layout, a folder of `<i>.png` masks
+  with `metadata.csv`, or with COCO RLE one `OUT/<...>.json` list of records;
+- `failures.tsv` (or `failures.I-of-N.tsv` per process): the images that failed, and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sam_jax.io import (
+    atomic_write_bytes,
+    only_names,
+    write_directory,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputItem:
+    """One image of a job: where to read it and its output key (a relative POSIX path)."""
+
+    path: Path
+    key: str
+
+
+def output_path(output_dir: str | os.PathLike[str], item: InputItem, suffix: str = ".npz") -> Path:
+    return Path(output_dir) / PurePosixPath(item.key).with_suffix(suffix)
+
+
+def failures_file(output_dir: Path, process_index: int, process_count: int) -> Path:
+    name = "failures.tsv" if process_count == 1 else f"failures.{process_index}-of-{process_count}.tsv"
+    return output_dir / name
+
+
+def is_failures_file(path: Path) -> bool:
+    """Whether `path` is a failures file as jobs write them (lines of path TAB reason)."""
+    try:
+        return all(line.count("\t") == 1 for line in path.read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    if failures:
+        if path.exists() and not is_failures_file(path):
+            raise ValueError(f"{path} exists and is not a failures file written by sam-jax; left untouched")
+        atomic_write_bytes(path, "".join(f"{p}\t{r}\n" for p, r in failures).encode())
+    elif path.is_file() and is_failures_file(path):
+        path.unlink()  # a re-run that succeeded everywhere clears its old record
+
+
+# this CSV (no trailing newline), or with --convert-to-rle one JSON list of records.
+METADATA_HEADER = (
+    "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
+    "predicted_iou,stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
+)
+
+
+def masks_output_path(output_dir: str | os.PathLike[str], item: InputItem, output_mode: str) -> Path:
+    """`OUT/<key without suffix>/` for binary masks, `OUT/<key without suffix>.json` otherwise."""
+    return output_path(output_dir, item, "" if output_mode == "binary_mask" else ".json")
+
+
+def is_complete_masks(path: Path, output_mode: str) -> bool:
+    """Whether `path` is an output this job writes (they appear by an atomic rename, so an
+    output of ours that exists is complete): a folder of `<i>.png` and a `metadata.csv` with
+    the reference's header, or a JSON list of records."""
+    try:
+        if output_mode == "binary_mask":
+            return (
+                path.is_dir()
+                and only_names(path, lambda name: name == "metadata.csv" or is_mask_png(name))
+                and (path / "metadata.csv").read_text().startswith(METADATA_HEADER)
+            )
+        with open(path, "rb") as f:
+            head = f.read(32).lstrip()
+        return path.is_file() and (head == b"[]" or head.startswith(b'[{"segmentation":'))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_mask_png(name: str) -> bool:
+    stem, dot, ext = name.partition(".")
+    return stem.isdigit() and dot == "." and ext == "png"
+
+
+def metadata_row(i: int, record: dict[str, Any]) -> str:
+    fields = [
+        i,
+        record["area"],
+        *record["bbox"],
+        *record["point_coords"][0],
+        record["predicted_iou"],
+        record["stability_score"],
+        *record["crop_box"],
+    ]
+    return ",".join(str(f) for f in fields)
+
+
+def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str) -> None:
+    """Writes one image's records atomically in the reference script's layout.
+
+    Raises:
+        FileExistsError: something exists at `path` (it is left untouched).
+    """
+    if output_mode != "binary_mask":
+        atomic_write_bytes(path, json.dumps(records).encode(), overwrite=False)
+        return
+    owns = functools.partial(is_complete_masks, output_mode=output_mode)
+    with write_directory(path, owns=owns, overwrite=False, what="automatic masks") as tmp:
+        for i, record in enumerate(records):
+            Image.fromarray(record["segmentation"].astype(np.uint8) * 255).save(tmp / f"{i}.png")
+        rows = [METADATA_HEADER] + [metadata_row(i, r) for i, r in enumerate(records)]
+        (tmp / "metadata.csv").write_text("\n".join(rows))

@@ -1,0 +1,175 @@
+"""One optimiser step: the simulated interactive session of a batch, its loss and gradient,
+frozen parameters split off (not differentiated, no optimiser state)."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sam_jax.config import SamConfig
+from sam_jax.modeling.prompt_encoder import LABEL_FOREGROUND
+from sam_jax.modeling.sam import (
+    SamParams,
+    image_encoder_forward,
+    mask_decoder_forward,
+    normalize_and_pad,
+    prompt_encoder_forward,
+)
+from sam_jax.train.config import TrainConfig
+from sam_jax.train.losses import sam_loss
+from sam_jax.train.prompts import correction_click, noisy_boxes, sample_points_from, upsample_logits
+
+ALWAYS_FROZEN = ("prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _path_str(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def is_frozen(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a weights path (`image_encoder/blocks_0/attn/qkv/kernel`) matches a freeze pattern.
+
+    A pattern is a module prefix (`image_encoder`, `mask_decoder/transformer`) or an
+    fnmatch pattern over the whole path (`image_encoder/blocks_[0-5]/*`).
+    """
+    return any(_matches(path, p) for p in (*patterns, *ALWAYS_FROZEN))
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern)
+
+
+def partition(weights: dict[str, Any], freeze: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits a weights tree into (trainable, frozen) trees of the same nesting.
+
+    Raises:
+        ValueError: a freeze pattern that matches no parameter (a typo would train everything).
+    """
+    flat = flax.traverse_util.flatten_dict(weights)
+    paths = [_path_str(k) for k in flat]
+    for pattern in freeze:
+        if not any(_matches(path, pattern) for path in paths):
+            raise ValueError(
+                f"freeze pattern {pattern!r} matches no parameter; give a module ({', '.join(weights)}) "
+                "or a path pattern such as image_encoder/blocks_[0-5]/*"
+            )
+    trainable = {k: v for k, v in flat.items() if not is_frozen(_path_str(k), freeze)}
+    frozen = {k: v for k, v in flat.items() if k not in trainable}
+    return flax.traverse_util.unflatten_dict(trainable), flax.traverse_util.unflatten_dict(frozen)
+
+
+def merge(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
+    flat = flax.traverse_util.flatten_dict(trainable) | flax.traverse_util.flatten_dict(frozen)
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1), cfg.learning_rate / 100
+    )
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@flax.struct.dataclass
+class Batch:
+    """One step's data, already in the model frame.
+
+    images: (B, S, S, 3) uint8 padded; input_hw: (B, 2) int32; targets: (B, P, L, L) bool.
+    """
+
+    images: jax.Array
+    input_hw: jax.Array
+    targets: jax.Array
+
+
+def forward_rounds(
+    weights: dict[str, Any],
+    config: SamConfig,
+    batch: Batch,
+    key: jax.Array,
+    cfg: TrainConfig,
+    use_box: bool,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Runs the simulated interactive session of one step and returns the mean loss."""
+    params = SamParams(config=config, weights=weights, compute_dtype=cfg.compute_dtype)
+    x = normalize_and_pad(config, batch.images, batch.input_hw)
+    emb = image_encoder_forward(params, x, remat=cfg.remat)
+    b, p, side, _ = batch.targets.shape
+    emb = jnp.repeat(emb, p, axis=0)  # (B * P, E, E, C): each prompt sees its image
+    target = batch.targets.reshape(b * p, side, side)
+    size = config.image_size
+    keys = jax.random.split(key, cfg.correction_rounds + 2)
+
+    if use_box:
+        points, labels, boxes = None, None, noisy_boxes(keys[0], target, size)
+    else:
+        first, _ = sample_points_from(keys[0], target, size)
+        points, labels, boxes = first[:, None], jnp.full((b * p, 1), LABEL_FOREGROUND, jnp.int32), None
+    mask_input = None
+    losses, metrics = [], []
+    for r in range(cfg.correction_rounds + 1):
+        multimask = r == 0 and not use_box  # one point is ambiguous; later prompts are not
+        sparse, dense, pe = prompt_encoder_forward(params, points, labels, boxes, mask_input)
+        logits, iou_pred = mask_decoder_forward(params, emb, pe, sparse, dense, multimask)
+        loss, m = sam_loss(upsample_logits(logits, cfg.loss_upsample), iou_pred, target, cfg)
+        losses.append(loss)
+        metrics.append(m)
+        if r == cfg.correction_rounds:
+            break
+        # Feed back the candidate the model itself ranks best, as a user's tool would.
+        best = jnp.argmax(iou_pred, axis=1)
+        prev = jax.lax.stop_gradient(jnp.take_along_axis(logits, best[:, None, None, None], axis=1))
+        pred = upsample_logits(prev[:, 0], cfg.loss_upsample) > 0
+        click, click_label = correction_click(keys[r + 1], pred, target, size)
+        points = click if points is None else jnp.concatenate([points, click], axis=1)
+        labels = click_label if labels is None else jnp.concatenate([labels, click_label], axis=1)
+        mask_input = jnp.moveaxis(prev, 1, -1)
+    out = {k: jnp.mean(jnp.stack([m[k] for m in metrics])) for k in metrics[0]}
+    out["first_iou"] = metrics[0]["iou"]
+    out["last_iou"] = metrics[-1]["iou"]
+    return jnp.mean(jnp.stack(losses)), out
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cfg", "use_box"), donate_argnames=("trainable", "opt_state"))
+def train_step(
+    trainable: dict[str, Any],
+    frozen: dict[str, Any],
+    opt_state: optax.OptState,
+    batch: Batch,
+    step: jax.Array,
+    config: SamConfig,
+    cfg: TrainConfig,
+    use_box: bool,
+) -> tuple[dict[str, Any], optax.OptState, dict[str, jax.Array]]:
+    """One optimiser step; gradients flow only to `trainable`."""
+    key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+
+    def loss_fn(tr: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return forward_rounds(merge(tr, frozen), config, batch, key, cfg, use_box)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = make_optimizer(cfg).update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return trainable, opt_state, metrics
+
+
+def step_uses_box(cfg: TrainConfig, step: int) -> bool:
+    """Host-side, deterministic choice of the step's first prompt kind."""
+    return bool(np.random.default_rng([cfg.seed, step, 7]).random() < cfg.box_probability)
