@@ -65,9 +65,8 @@ def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: in
 
 
 # Low-res sides from which `postprocess_masks` gathers taps instead of multiplying by the
-# dense resize matrices: a dense product costs 2 * low flops per output pixel, a gather of a
-# row's few non-zero taps ~1 ns per tap. Measured on this CPU (3 masks to 768 x 1024: 256
-# per side 5.2 -> 2.4 ms, 192 masks 590 -> 240 ms; 32 per side: dense 3-4x faster).
+# dense resize matrices: a product costs 2 * low flops per output pixel, a gather only its
+# row's two or three taps (docs/performance.md has the measurements).
 GATHER_MIN_LOW_RES = 128
 
 
@@ -91,7 +90,7 @@ def postprocess_masks(
         gather: force the gathers (True) or the products (False); None picks by L. Where
             several reductions read the result, take the products or write the gathered
             result out in a compiled call of its own (automatic masks do either): XLA fuses
-            the gathers into each reading loop, recomputing them (7x slower there).
+            the gathers into each reading loop, recomputing them.
     """
     low = masks.shape[-1]
     rows, cols = (

@@ -75,11 +75,9 @@ def masks_to_boxes(masks: jax.Array) -> jax.Array:
     return jnp.where((bottom >= top)[..., None], boxes, 0).astype(jnp.int32)
 
 
-# Full-resolution logits scored per compiled loop step: 8 MB of fp32, which stays in the
-# CPU's cache between the product that writes it and the compares and counts that read it.
-# All at once, XLA wrote every candidate's logits plus two fp32 0/1 copies for its
-# reduction library, and read them back: 192 candidates at 192x256 took 34 ms, in chunks of
-# 32 candidates 13-16 ms (bit-identical).
+# Full-resolution logits scored per compiled loop step: 8 MB of fp32, which stays in cache
+# between the product that writes it and the compares and counts that read it (all at once,
+# XLA writes every candidate's logits and 0/1 copies of them out to memory and back).
 SCORE_CHUNK_PIXELS = 2**21
 
 
@@ -110,9 +108,8 @@ def upsample_and_score(
     (large L: the official models' 256) it returns only the first half, the resize as
     gathers of its taps with each upsampled logit written once as an int8 level (how many
     of the thresholds `mask_threshold` -/+ `offset`, offset >= 0, it exceeds), for
-    `score_levels` to finish in a second call: inside one program XLA fused the gathers
-    into each count reading them (6.2 s per 192 vit_b candidates at 1024x768, against
-    0.96 s for the products and 0.58 s for the two calls).
+    `score_levels` to finish in a second call: inside one program XLA fuses the gathers
+    into each count reading them, recomputing them per count.
     """
     low_res = jnp.take(low_res.reshape(-1, *low_res.shape[-2:]), rows, axis=0)
     if as_levels:
@@ -133,8 +130,7 @@ def upsample_and_score(
 @jax.jit
 def score_levels(levels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Level maps from `upsample_and_score(..., as_levels=True)` -> masks, stability scores
-    and boxes, a chunk of candidates at a time (192 vit_b candidates at 1024x768: 383 ms at
-    once, 154 ms in chunks of 2)."""
+    and boxes, a cache-sized chunk of candidates at a time."""
 
     def score(chunk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         masks = chunk >= 2
@@ -153,8 +149,7 @@ def _take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
 
 def fetch_rows(parts: list[jax.Array], part: np.ndarray, row: np.ndarray) -> np.ndarray:
     """Rows `row[i]` of `parts[part[i]]`, in that order, on the host: only the masks that
-    pass every filter and box NMS leave the device (with every candidate passing, copying
-    and concatenating all of them on the host took 0.1-0.3 s per image at 192x256)."""
+    pass every filter and box NMS leave the device."""
     out = np.empty((len(part), *parts[0].shape[1:]), parts[0].dtype)
     for p in np.unique(part):
         where = np.flatnonzero(part == p)

@@ -80,8 +80,7 @@ class BatchStream:
         self._epoch, self._perm = -1, np.empty(0, np.int64)
 
     def _order(self, epoch: int) -> np.ndarray:
-        """The epoch's permutation, computed once per epoch (a million-sample shuffle costs
-        ~15 ms of the CPU the step needs)."""
+        """The epoch's permutation, computed once per epoch rather than per sample."""
         if self._epoch != epoch:
             self._epoch, self._perm = epoch, np.random.default_rng([self.cfg.seed, epoch]).permutation(self.total)
         return self._perm
