@@ -85,14 +85,12 @@ def convert_state_dict(
         raise ConversionError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
     heads = {} if decoder_num_heads is None else {"decoder_num_heads": decoder_num_heads}
     try:
-        config: SamConfig = (
-            infer_config(state_dict, **heads) if model_type == "auto" else get_config(model_type, **heads)
-        )
+        inferred = infer_config(state_dict, **heads) if model_type == "auto" else get_config(model_type, **heads)
     except ConversionError:
         raise
     except ValueError as e:
         raise ConversionError(f"the tensors describe no valid SAM model: {e}") from None
-    return SamParams(config=config, weights=state_dict_to_weights(state_dict, config))
+    return SamParams(config=inferred, weights=state_dict_to_weights(state_dict, inferred))
 
 
 def convert_checkpoint(

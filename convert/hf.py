@@ -182,7 +182,10 @@ def hf_key(key: str, config: SamConfig) -> str:
     """Reference state_dict key -> transformers `SamModel` key, for a model of `config`."""
     if m := FEED_FORWARD.match(key):
         depth = config.iou_head_depth if m.group(1).endswith("iou_prediction_head") else HYPERNETWORK_DEPTH
-        layer, rest = re.match(r"layers\.(\d+)\.(.*)$", key[m.end() :]).groups()
+        inner = re.match(r"layers\.(\d+)\.(.*)$", key[m.end() :])
+        if inner is None:
+            raise ConversionError(f"unexpected tensor {key!r} in a feed-forward head")
+        layer, rest = inner.groups()
         i = int(layer)
         name = "proj_in" if i == 0 else "proj_out" if i == depth - 1 else f"layers.{i - 1}"
         return f"{m.group(1)}.{name}.{rest}"

@@ -52,7 +52,7 @@ def weights_digest(weights: Any) -> str:
     for path, leaf in sorted(flatten_weights(weights), key=lambda item: item[0]):
         a = np.ascontiguousarray(np.asarray(leaf, np.float32))
         h.update(f"{path}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.data)
     return h.hexdigest()
 
 

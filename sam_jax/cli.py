@@ -297,7 +297,7 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         return
     import jax
 
-    if all(given):
+    if address is not None and count is not None and pid is not None:
         try:
             count, pid = int(count), int(pid)
         except ValueError:
@@ -309,7 +309,7 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     else:
         where, kwargs = "the cluster's coordinator", {}
     print(f"sam-jax: waiting up to {args.coordinator_timeout} s for {where}", file=sys.stderr, flush=True)
-    if kwargs and kwargs["process_id"] != 0:
+    if address is not None and kwargs and kwargs["process_id"] != 0:
         # JAX aborts the process (no exception) when the coordinator never answers: a plain
         # connection attempt first turns an unreachable address into a one-line error.
         _wait_for_listener(address, args.coordinator_timeout, where)

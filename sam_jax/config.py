@@ -123,8 +123,8 @@ class SamConfig:
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
     decoder_layer_norm_eps: float = 1e-5
-    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
-    pixel_std: tuple[float, float, float] = PIXEL_STD
+    pixel_mean: tuple[float, ...] = PIXEL_MEAN  # three values (R, G, B), checked
+    pixel_std: tuple[float, ...] = PIXEL_STD
 
     def __post_init__(self) -> None:
         # Types and ranges first: a config read from a file is checked before anything is

@@ -8,6 +8,7 @@ with the command that converts it once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -42,4 +43,6 @@ def load_hf(path: str | os.PathLike[str]) -> SamParams:
 
     params, notes = read_hf(path, allow_torch=False)
     warn_notes(notes)
-    return params.replace(weights=jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x, np.float32)), params.weights))
+    return dataclasses.replace(
+        params, weights=jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x, np.float32)), params.weights)
+    )

@@ -385,4 +385,4 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbedding:
         raise ValueError(f"{path}: original_size and input_size must be positive integers, got {original}, {inp}")
     if not np.all(np.isfinite(emb)):
         raise ValueError(f"{path}: image_embedding holds NaN or infinite values")
-    return ImageEmbedding(jax.numpy.asarray(emb), tuple(int(v) for v in original), tuple(int(v) for v in inp))
+    return ImageEmbedding(jax.numpy.asarray(emb), (int(original[0]), int(original[1])), (int(inp[0]), int(inp[1])))

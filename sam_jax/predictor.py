@@ -260,7 +260,8 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
     padded, input_size = preprocess_images(images, size)
     input_hw = np.broadcast_to(np.asarray(input_size, np.int32), (len(images), 2))
     emb = encode_padded(params, padded, input_hw)
-    return ImageEmbedding(emb if batch else emb[0], tuple(images.shape[1:3]), tuple(input_size))
+    h, w = images.shape[1:3]
+    return ImageEmbedding(emb if batch else emb[0], (int(h), int(w)), (int(input_size[0]), int(input_size[1])))
 
 
 def decode(
@@ -357,11 +358,11 @@ def predict(
 
 def encode_cache_size() -> int:
     """How many encoder programs are compiled (for tests of the no-recompile contract)."""
-    return encode_padded._cache_size()
+    return int(encode_padded._cache_size())  # type: ignore[attr-defined]
 
 
 def decode_cache_size() -> int:
-    return _decode_low_res._cache_size()
+    return int(_decode_low_res._cache_size())  # type: ignore[attr-defined]
 
 
 __all__: Sequence[str] = ["ImageEmbedding", "decode", "encode", "predict"]

@@ -7,6 +7,9 @@ coordinate transforms. Device side (jax): `postprocess_masks` (reference
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,9 +116,8 @@ def _apply_taps(x: jax.Array, matrix: np.ndarray, axis: int) -> jax.Array:
     taps = int(np.count_nonzero(matrix, axis=1).max())
     index = np.argsort(matrix == 0, axis=1, kind="stable")[:, :taps]  # each row's non-zeros first
     weight = np.take_along_axis(matrix, index, axis=1).astype(np.float32)  # zero where padded
-    out = None
+    terms = []
     for k in range(taps):
         w = weight[:, k] if axis == -1 else weight[:, k, None]
-        term = jnp.take(x, index[:, k], axis=axis, mode="clip") * w
-        out = term if out is None else out + term
-    return out
+        terms.append(jnp.take(x, index[:, k], axis=axis, mode="clip") * w)
+    return functools.reduce(operator.add, terms)

@@ -102,7 +102,7 @@ def _process_crop(
         kept["points"].append(point_rows[rows[sel]])
     if not mask_parts:
         return _empty_crop_data()
-    data = {k: np.concatenate(v) for k, v in kept.items()}
+    data: dict[str, Any] = {k: np.concatenate(v) for k, v in kept.items()}
     order = utils.box_nms(data["boxes"], data["iou_preds"], opts.box_nms_thresh)
     data = {k: v[order] for k, v in data.items()}
     masks = scoring.fetch_rows(mask_parts, data.pop("part"), data.pop("row"))

@@ -5,6 +5,7 @@ computed where the logits are and copied out only for the masks that survive."""
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +116,7 @@ def upsample_and_score(
     if as_levels:
         logits = transforms.postprocess_masks(low_res, input_size, crop_size, image_size, gather=True)
         thresholds = (MASK_THRESHOLD - offset, MASK_THRESHOLD, MASK_THRESHOLD + offset)
-        return sum((logits > t).astype(jnp.int8) for t in thresholds)
+        return functools.reduce(operator.add, [(logits > t).astype(jnp.int8) for t in thresholds])
 
     def score(chunk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         logits = transforms.postprocess_masks(chunk, input_size, crop_size, image_size, gather=False)

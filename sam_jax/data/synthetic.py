@@ -96,9 +96,9 @@ def _pick_colour(rng: np.random.Generator, background: np.ndarray, others: Seque
     best, best_margin = background, -np.inf
     for _ in range(20):
         colour = rng.uniform(15.0, 240.0, 3)
-        margin = np.linalg.norm(colour - background) - 100.0
+        margin = float(np.linalg.norm(colour - background)) - 100.0
         for other in others:
-            margin = min(margin, np.linalg.norm(colour - other) - 60.0)
+            margin = min(margin, float(np.linalg.norm(colour - other)) - 60.0)
         if margin >= 0:
             return colour
         if margin > best_margin:
@@ -141,8 +141,8 @@ def _shape_mask(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndar
         phi = rng.uniform(0.3, 1.27)  # half-diagonal r split into half-width and half-height
         return (np.abs(u) <= r * np.cos(phi)) & (np.abs(v) <= r * np.sin(phi))
     if kind == "triangle":
-        angles = theta + 2.0 * np.pi / 3.0 * np.arange(3) + rng.uniform(-0.35, 0.35, 3)
-        radii = np.full(3, r)
+        angles: np.ndarray = theta + 2.0 * np.pi / 3.0 * np.arange(3) + rng.uniform(-0.35, 0.35, 3)
+        radii: np.ndarray = np.full(3, r)
     elif kind == "polygon":
         n = int(rng.integers(5, 9))
         angles = theta + 2.0 * np.pi / n * np.arange(n)

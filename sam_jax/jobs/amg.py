@@ -80,6 +80,7 @@ def generate_masks_for_images(
 
     def process(replica: SamParams, entry: Loaded) -> str | None:
         """Masks of one image, written; the reason it failed otherwise."""
+        assert entry.image is not None  # failures never reach here
         try:
             records = generate(replica, entry.image, options)
             write_masks(masks_output_path(out, entry.item, mode), records, mode)

@@ -131,6 +131,7 @@ def embed_images(
             images = np.zeros((step, size, size, 3), np.uint8)
             hws = np.full((step, 2), size, np.int32)
             for i, entry in enumerate(batch):
+                assert entry.image is not None  # failures were taken out of the batches
                 images[i], hws[i] = entry.image, entry.input_size
             emb = encode_padded(params, jax.device_put(images, data), jax.device_put(hws, data))
             if previous is not None:  # write batch k-1 while the device runs batch k

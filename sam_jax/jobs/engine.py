@@ -74,7 +74,7 @@ def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str
         raise FileNotFoundError(f"input {str(path)!r} does not exist")
     if root.is_dir():
         skip = Path(exclude).resolve() if exclude is not None else None
-        items = []
+        items: list[InputItem] = []
         for folder, dirs, files in os.walk(root):
             here = Path(folder)
             dirs[:] = sorted(
@@ -277,7 +277,7 @@ class Job:
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output {str(output_dir)!r} exists and is not a folder")
-        items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs, exclude=out)
+        items = discover_inputs(inputs, exclude=out) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
         share = process_share(items, index, count)
         job = cls(
             out,

@@ -158,6 +158,8 @@ class PromptEncoder(nn.Module):
         b = given[0].shape[0] if given else 1
         sparse = [jnp.zeros((b, 0, dim), jnp.float32)]
         if points is not None:
+            if labels is None:
+                raise ValueError("labels must accompany points")
             sparse.append(self._embed_points(points, labels, pad=boxes is None))
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))

@@ -7,6 +7,7 @@ every function below needs nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -52,7 +53,7 @@ class SamParams:
 
     def with_compute_dtype(self, compute_dtype: Any) -> SamParams:
         """The same weights computing in `compute_dtype` ("float32" or "bfloat16")."""
-        return self.replace(compute_dtype=check_compute_dtype(compute_dtype))
+        return dataclasses.replace(self, compute_dtype=check_compute_dtype(compute_dtype))
 
 
 def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
@@ -140,6 +141,11 @@ def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array)
     return jnp.where(valid[..., None], x, 0.0)
 
 
+def apply(module: Any, weights: Any, *args: Any, method: str | None = None) -> Any:
+    """`module.apply` with the module's weights (a method of the module's by name)."""
+    return module.apply({"params": weights}, *args, method=method)
+
+
 def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = False) -> jax.Array:
     """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32,
     computed in `params.compute_dtype` (see `ImageEncoderViT`).
@@ -148,7 +154,7 @@ def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = Fa
         remat: gradient checkpointing of encoder blocks (for training).
     """
     module = ImageEncoderViT(params.config, dtype=COMPUTE_DTYPES[params.compute_dtype], remat=remat)
-    return module.apply({"params": params.weights["image_encoder"]}, images)
+    return apply(module, params.weights["image_encoder"], images)
 
 
 def prompt_encoder_forward(
@@ -160,7 +166,7 @@ def prompt_encoder_forward(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """See `PromptEncoder.__call__`: returns (sparse, dense, dense_pe)."""
     module = PromptEncoder(params.config)
-    return module.apply({"params": params.weights["prompt_encoder"]}, points, labels, boxes, masks)
+    return apply(module, params.weights["prompt_encoder"], points, labels, boxes, masks)
 
 
 def mask_decoder_forward(
@@ -173,22 +179,16 @@ def mask_decoder_forward(
 ) -> tuple[jax.Array, jax.Array]:
     """See `MaskDecoder.__call__`: returns (low-res logits (B, M, 4E, 4E), iou (B, M))."""
     module = MaskDecoder(params.config)
-    return module.apply(
-        {"params": params.weights["mask_decoder"]}, image_embedding, image_pe, sparse, dense, multimask_output
-    )
+    return apply(module, params.weights["mask_decoder"], image_embedding, image_pe, sparse, dense, multimask_output)
 
 
 def mask_decoder_tokens(
     params: SamParams, image_embedding: jax.Array, image_pe: jax.Array, sparse: jax.Array, dense: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """See `MaskDecoder.decode_tokens`: returns (mask tokens, image tokens, iou of every output)."""
-    return MaskDecoder(params.config).apply(
-        {"params": params.weights["mask_decoder"]},
-        image_embedding,
-        image_pe,
-        sparse,
-        dense,
-        method=MaskDecoder.decode_tokens,
+    module = MaskDecoder(params.config)
+    return apply(
+        module, params.weights["mask_decoder"], image_embedding, image_pe, sparse, dense, method="decode_tokens"
     )
 
 
@@ -196,13 +196,8 @@ def mask_decoder_masks(
     params: SamParams, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool
 ) -> jax.Array:
     """See `MaskDecoder.predict_masks`: returns low-res logits (B, M, 4E, 4E)."""
-    return MaskDecoder(params.config).apply(
-        {"params": params.weights["mask_decoder"]},
-        mask_tokens_out,
-        src,
-        multimask_output,
-        method=MaskDecoder.predict_masks,
-    )
+    module = MaskDecoder(params.config)
+    return apply(module, params.weights["mask_decoder"], mask_tokens_out, src, multimask_output, method="predict_masks")
 
 
 def predict_low_res(

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any, TypeVar
@@ -166,7 +166,7 @@ def create_app(
         Route("/api/images/{image_id}/automatic", server.automatic, methods=["POST"]),
     ]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.server = server
     return app
 
@@ -385,7 +385,7 @@ async def _read_body(request: Request, limit: int, accepted: str) -> bytes:
 async def _file_field(headers: Headers, body: bytes, field: str) -> bytes:
     """The bytes of the multipart file field `field` of `body`."""
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     parser = MultiPartParser(headers, stream(), max_files=1, max_fields=16)
@@ -471,11 +471,11 @@ def _automatic_options(body: Any) -> dict[str, Any]:
         raise ApiError(400, f"output_mode must be 'coco_rle' over HTTP, got {options['output_mode']!r}")
     # Bound the work before building grids: these would otherwise size the allocation.
     side, layers, batch = options.get("points_per_side"), options.get("crop_n_layers"), options.get("points_per_batch")
-    if _is_number(side) and side > math.isqrt(MAX_AUTOMATIC_PROMPTS):
+    if side is not None and _is_number(side) and side > math.isqrt(MAX_AUTOMATIC_PROMPTS):
         raise ApiError(400, f"points_per_side must be at most {math.isqrt(MAX_AUTOMATIC_PROMPTS)}, got {side}")
-    if _is_number(layers) and layers > MAX_CROP_LAYERS:
+    if layers is not None and _is_number(layers) and layers > MAX_CROP_LAYERS:
         raise ApiError(400, f"crop_n_layers must be at most {MAX_CROP_LAYERS}, got {layers}")
-    if _is_number(batch) and batch > MAX_POINTS_PER_BATCH:
+    if batch is not None and _is_number(batch) and batch > MAX_POINTS_PER_BATCH:
         raise ApiError(400, f"points_per_batch must be at most {MAX_POINTS_PER_BATCH}, got {batch}")
     if options.get("point_grids") is not None:
         if not isinstance(options["point_grids"], list):

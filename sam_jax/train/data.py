@@ -3,9 +3,11 @@ in a data order that is a pure function of (seed, cursor), prepared on a host th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import typing
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -96,7 +98,9 @@ class BatchStream:
 
     def next_batch(self) -> tuple[Batch, int]:
         """Returns (batch, cursor after it)."""
-        images, hws, targets = [], [], []
+        images: list[np.ndarray] = []
+        hws: list[tuple[int, int]] = []
+        targets: list[np.ndarray] = []
         p = self.cfg.prompts_per_image
         misses = 0
         while len(images) < self.cfg.batch_size:
@@ -115,7 +119,9 @@ class BatchStream:
             images.append(padded)
             hws.append(hw)
             targets.append(t[pick])
-        batch = Batch(np.stack(images), np.asarray(hws, np.int32), np.stack(targets))
+        # Host arrays: the loop puts the batch on the mesh in one step.
+        stacked = (np.stack(images), np.asarray(hws, np.int32), np.stack(targets))
+        batch = Batch(*(typing.cast(jax.Array, a) for a in stacked))
         return batch, self.cursor
 
     def __iter__(self) -> Iterator[tuple[Batch, int]]:
@@ -126,7 +132,7 @@ class BatchStream:
 # ----------------------------------------------------------------------------- the loop
 
 
-def prefetch(stream: BatchStream, depth: int = 2) -> Iterator[tuple[Batch, int]]:
+def prefetch(stream: BatchStream, depth: int = 2) -> Generator[tuple[Batch, int], None, None]:
     """Prepares batches on a host thread while the device runs the previous step."""
     import queue
     import threading

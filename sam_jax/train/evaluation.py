@@ -45,7 +45,9 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
     Returns:
         {"point_miou", "box_miou", "click{k}_miou" for each k, "instances"}.
     """
-    point, box, after = [], [], {k: [] for k in clicks}
+    point: list[float] = []
+    box: list[float] = []
+    after: dict[int, list[float]] = {k: [] for k in clicks}
     rounds = max(clicks, default=0)
     for i in range(min(num_images, len(dataset))):
         sample = dataset[i]
