@@ -1,0 +1,36 @@
+"""The package's seams: `import sam_jax` stays light, and no module imports another's private names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_sam_jax_loads_no_training_data_jobs_or_server_code():
+    code = (
+        "import sys, sam_jax\n"
+        "heavy = ('sam_jax.train', 'sam_jax.data', 'sam_jax.jobs', 'sam_jax.amg', 'sam_jax.serve', 'torch', 'scipy')\n"
+        "print([m for m in sys.modules if m.startswith(heavy)])\n"
+        "sam_jax.generate_masks\n"  # automatic masks load on first use
+        "print('sam_jax.amg' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
+def _private_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("sam_jax", "convert"):
+            found += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    files = [p for folder in ("sam_jax", "convert", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+    assert len(files) > 40
+    assert [hit for p in files for hit in _private_imports(p)] == []
