@@ -358,7 +358,8 @@ class Recorder:
         self.row(part, what, "", None, None, status=f"skipped: {why}")
 
     def stem(self) -> str:
-        return f"{slug(self.meta.get('device_name', 'device'))}-{self.meta['date']}"
+        tag = f"-{slug(self.meta['tag'])}" if self.meta.get("tag") else ""
+        return f"{slug(self.meta.get('device_name', 'device'))}-{self.meta['date']}{tag}"
 
     def write(self) -> list[Path]:
         doc = {"meta": self.meta, "parts": self.parts, "rows": self.rows}
@@ -879,7 +880,17 @@ def part_encoder(ck: Check) -> None:
                 key = f"encoder {name}" if f"encoder {name}" in ck.costs else f"encoder first {name}"
 
                 def run(name: str = name, dtype: str = dtype, batch: int = batch) -> None:
-                    encoder_row(ck, "encoder", f"{name} {dtype} batch {batch}", name, dtype, batch, refs)
+                    what = f"{name} {dtype} batch {batch}"
+                    try:
+                        encoder_row(ck, "encoder", what, name, dtype, batch, refs)
+                    except Exception as e:
+                        if attention_path_of(model_config(name), dtype) == "blocked":
+                            raise
+                        # The fused attention failed here: record why, and measure the blocked path.
+                        traceback.print_exc()
+                        ck.rec.row("encoder", what, "", None, None, status=f"error: {type(e).__name__}: {str(e)[:300]}")
+                        with attention_forced("blocked"):
+                            encoder_row(ck, "encoder", f"{what}, blocked (fused failed)", name, dtype, batch, refs)
 
                 ck.measure("encoder", f"{name} {dtype} batch {batch}", key, default, run)
                 if key.startswith("encoder first") and key in ck.costs:
@@ -1073,13 +1084,15 @@ def part_train(ck: Check) -> None:
     params = ck.params(name)
     b, p, r = ck.plan.train_batch, ck.plan.train_prompts, ck.plan.train_rounds
     data = SyntheticShapes(size=config.image_size, length=8 * b, seed=0)
+    batches: list[train.Batch] = []  # one batch for every case (the data do not depend on the case)
     for label, options in TRAIN_CASES[: ck.plan.train_cases]:
         cfg = train.TrainConfig(batch_size=b, prompts_per_image=p, correction_rounds=r, warmup_steps=5, **options)
         what = f"{name} {label}, {cfg.compute_dtype}: {b} images x {p} prompts, {r + 1} round{'s' if r else ''}"
 
         def run(cfg: train.TrainConfig = cfg, what: str = what) -> None:
-            batch, _ = train.BatchStream([data], config, cfg).next_batch()
-            batch = jax.device_put(batch)
+            if not batches:
+                batches.append(jax.device_put(train.BatchStream([data], config, cfg).next_batch()[0]))
+            batch = batches[0]
             trainable, frozen = train.partition(params.weights, cfg.freeze)
             trainable = jax.tree.map(jnp.copy, trainable)  # the step donates them
             state = {"trainable": trainable, "opt": train.make_optimizer(cfg).init(trainable), "step": 0}
@@ -1186,6 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default: the plan's, 390 on a GPU)")
     parser.add_argument("--results-dir", type=Path, help="default: benchmarks/results (a temp dir with --dry-run)")
     parser.add_argument("--attention", choices=attention_kernels.PATHS, help="force the encoder's attention path")
+    parser.add_argument("--tag", default="", help="appended to the results' file names (e.g. rerun)")
     args = parser.parse_args(argv)
     plan = DRY_PLAN if args.dry_run else GPU_PLAN
     budget = args.budget if args.budget is not None else plan.budget
@@ -1199,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         plan, results_dir, out_dir, ["device_check.py", *(argv if argv is not None else sys.argv[1:])], budget
     )
     clock = Clock(budget)
+    rec.meta["tag"] = args.tag
     if args.attention:
         attention_kernels.set_attention_path(args.attention)
     if not args.dry_run:  # a rerun on the same (warm) machine reuses the compiled programs
