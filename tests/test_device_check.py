@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -114,11 +115,12 @@ def test_encoder_flops_match_the_reference_counter(dc):
     assert dc.encoder_flops(sam_jax.get_config("vit_h")) > 6 * dc.encoder_flops(sam_jax.get_config("vit_b"))
 
 
-def _check(dc, tmp_path, budget: float):
-    rec = dc.Recorder(dc.DRY_PLAN, tmp_path, None, ["test"], budget)
+def _check(dc, tmp_path, budget: float, plan=None):
+    plan = plan or dc.DRY_PLAN
+    rec = dc.Recorder(plan, tmp_path, None, ["test"], budget)
     clock = dc.Clock(budget, reserve=0.0)
     clock.begin_part(budget)
-    return dc.Check(dc.DRY_PLAN, rec, clock)
+    return dc.Check(plan, rec, clock)
 
 
 def test_rows_that_do_not_fit_are_skipped_not_run(dc, tmp_path):
@@ -158,6 +160,20 @@ def test_cudnn_probe_compares_with_xla(dc, tmp_path, monkeypatch):
     )
     ck = _check(dc, tmp_path, budget=60.0)
     dc.probe_fused_attention(ck, {"tiny": (2, 2, 4, 8)})
-    (row,) = ck.rec.rows
-    assert row["status"] == "pass" and row["notes"]["out_rel_err_vs_xla"] == 0.0
+    assert [r["what"].split()[-1] for r in ck.rec.rows] == ["forward", "backward"]
+    assert all(r["status"] == "pass" and r["ours"] == 0.0 for r in ck.rec.rows)
+    assert attention_kernels.forced_path is None
+
+
+def test_encoder_rows_fall_back_to_blocked_where_fused_fails(dc, tmp_path, monkeypatch):
+    """A CPU posing as an NVIDIA GPU picks cuDNN for bfloat16, which cannot run here: the row
+    records the error and measures the blocked path instead."""
+    monkeypatch.setattr(attention_kernels, "cuda_compute_capability", lambda: (9, 0))
+    plan = dataclasses.replace(dc.DRY_PLAN, encoder_models=("micro",), dtypes=("bfloat16",), batches=(1,))
+    ck = _check(dc, tmp_path, 300.0, plan)
+    dc.part_encoder(ck)
+    failed, fallback = ck.rec.rows
+    assert failed["what"] == "micro bfloat16 batch 1" and failed["status"].startswith("error: ")
+    assert fallback["what"] == "micro bfloat16 batch 1, blocked (fused failed)" and fallback["status"] == "ok"
+    assert fallback["notes"]["attention"] == "blocked" and fallback["ours"] > 0
     assert attention_kernels.forced_path is None
