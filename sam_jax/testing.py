@@ -146,3 +146,36 @@ def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     cy, cx, r = h * 0.4, w * 0.6, min(h, w) * 0.2
     img[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = (240, 30, 30)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# The project's fp32 tolerances (README "Parity"): low-res logits within 1e-3 of their
+# largest magnitude, IoU predictions within 1e-3 absolute, binary masks equal on >= 99.9%.
+PARITY_LIMITS = {"logit_rel_err": 1e-3, "score_abs_err": 1e-3, "mask_agreement": 0.999}
+
+
+def parity_figures(ref: tuple, ours: tuple, what: str = "") -> dict[str, float]:
+    """The parity figures of a (masks, scores, low_res_logits) triple against the reference's.
+
+    Shared by the tests (`conftest.assert_parity`) and benchmarks/device_check.py; raises
+    AssertionError when the shapes or mask dtypes differ.
+    """
+    r_masks, r_scores, r_low = (np.asarray(x) for x in ref)
+    o_masks, o_scores, o_low = (np.asarray(x) for x in ours)
+    assert o_masks.shape == r_masks.shape and o_masks.dtype == r_masks.dtype, (what, o_masks.shape, r_masks.shape)
+    assert o_scores.shape == r_scores.shape and o_low.shape == r_low.shape, what
+    return {
+        "logit_rel_err": float(np.abs(o_low - r_low).max() / np.abs(r_low).max()),
+        "score_abs_err": float(np.abs(o_scores - r_scores).max()),
+        "mask_agreement": float((o_masks == r_masks).mean())
+        if r_masks.dtype == bool
+        else float(((o_masks > 0) == (r_masks > 0)).mean()),
+    }
+
+
+def parity_holds(figures: dict[str, float]) -> bool:
+    """Whether `parity_figures` output is within `PARITY_LIMITS`."""
+    return (
+        figures["logit_rel_err"] <= PARITY_LIMITS["logit_rel_err"]
+        and figures["score_abs_err"] <= PARITY_LIMITS["score_abs_err"]
+        and figures["mask_agreement"] >= PARITY_LIMITS["mask_agreement"]
+    )

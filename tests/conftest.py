@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import convert
 import sam_jax
-from sam_jax.testing import SMALL, build_reference, randomize_, save_state_dict
+from sam_jax.testing import PARITY_LIMITS, SMALL, build_reference, parity_figures, randomize_, save_state_dict
 
 torch.set_grad_enabled(False)
 
@@ -50,22 +50,12 @@ def assert_parity(ref: tuple, ours: tuple, what: str = "") -> dict[str, float]:
     """The project's fp32 tolerances, applied to a (masks, scores, low_res_logits) triple.
 
     Low-res logits within 1e-3 of their largest magnitude, IoU predictions within 1e-3
-    absolute, binary masks equal on at least 99.9% of pixels.
+    absolute, binary masks equal on at least 99.9% of pixels (`reference.PARITY_LIMITS`).
     """
-    r_masks, r_scores, r_low = (np.asarray(x) for x in ref)
-    o_masks, o_scores, o_low = (np.asarray(x) for x in ours)
-    assert o_masks.shape == r_masks.shape and o_masks.dtype == r_masks.dtype, (what, o_masks.shape, r_masks.shape)
-    assert o_scores.shape == r_scores.shape and o_low.shape == r_low.shape, what
-    figures = {
-        "logit_rel_err": float(np.abs(o_low - r_low).max() / np.abs(r_low).max()),
-        "score_abs_err": float(np.abs(o_scores - r_scores).max()),
-        "mask_agreement": float((o_masks == r_masks).mean())
-        if r_masks.dtype == bool
-        else float(((o_masks > 0) == (r_masks > 0)).mean()),
-    }
-    assert figures["logit_rel_err"] <= 1e-3, (what, figures)
-    assert figures["score_abs_err"] <= 1e-3, (what, figures)
-    assert figures["mask_agreement"] >= 0.999, (what, figures)
+    figures = parity_figures(ref, ours, what)
+    assert figures["logit_rel_err"] <= PARITY_LIMITS["logit_rel_err"], (what, figures)
+    assert figures["score_abs_err"] <= PARITY_LIMITS["score_abs_err"], (what, figures)
+    assert figures["mask_agreement"] >= PARITY_LIMITS["mask_agreement"], (what, figures)
     return figures
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.config import SamConfig
+from sam_jax.modeling import attention_kernels
 from sam_jax.modeling.common import Dense, MLPBlock, interpolate_linear, layer_norm
 
 ENCODER_LN_EPS = 1e-6
@@ -218,8 +219,13 @@ class Attention(nn.Module):
             rel_pos_h = self._rel_pos_table("rel_pos_h", 2 * self.rel_pos_size[0] - 1, head_dim)
             rel_pos_w = self._rel_pos_table("rel_pos_w", 2 * self.rel_pos_size[1] - 1, head_dim)
             tables = (rel_pos_h.astype(q.dtype), rel_pos_w.astype(q.dtype))
+        path = attention_kernels.attention_path(q.dtype, head_dim, (h, w), self.use_rel_pos)
         rows = query_rows_per_chunk(b * self.num_heads, h, w)
-        if rows >= h:
+        if path != "blocked":
+            # Accelerators: one fused attention kernel (see attention_kernels).
+            rel = None if tables is None else decomposed_rel_pos_terms(q, *tables, (h, w), (h, w))
+            out = attention_kernels.fused_attention(q, k, v, rel, path)
+        elif rows >= h:
             out = attention_rows(q, k, v, tables, (h, w), 0, h)
         else:
             # Global attention over a large grid: the (B, heads, HW, HW) logits (and the

@@ -8,7 +8,9 @@ every function below needs nothing else.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import flax.struct
 import jax
@@ -22,6 +24,7 @@ from sam_jax.modeling.prompt_encoder import PromptEncoder
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 # Compute dtypes of the image encoder; weights are float32 in either case.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def check_compute_dtype(value: Any, name: str = "compute_dtype") -> str:
@@ -54,6 +57,25 @@ class SamParams:
     def with_compute_dtype(self, compute_dtype: Any) -> SamParams:
         """The same weights computing in `compute_dtype` ("float32" or "bfloat16")."""
         return dataclasses.replace(self, compute_dtype=check_compute_dtype(compute_dtype))
+
+
+def float32_matmuls(forward: _F) -> _F:
+    """Traces `forward(params, ...)` with full-precision matmuls when `params.compute_dtype`
+    is "float32".
+
+    Why: XLA runs float32 matmuls and convolutions in TF32 on NVIDIA GPUs (and in bfloat16
+    passes on TPUs) unless asked for "highest"; float32 mode must be float32 there as on the
+    CPU. bfloat16 mode keeps the backend's default (for its float32 decoder too).
+    """
+
+    @functools.wraps(forward)
+    def wrapped(params: SamParams, *args: Any, **kwargs: Any) -> Any:
+        if params.compute_dtype != "float32":
+            return forward(params, *args, **kwargs)
+        with jax.default_matmul_precision("highest"):
+            return forward(params, *args, **kwargs)
+
+    return cast(_F, wrapped)
 
 
 def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
@@ -146,6 +168,7 @@ def apply(module: Any, weights: Any, *args: Any, method: str | None = None) -> A
     return module.apply({"params": weights}, *args, method=method)
 
 
+@float32_matmuls
 def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = False) -> jax.Array:
     """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32,
     computed in `params.compute_dtype` (see `ImageEncoderViT`).
@@ -157,6 +180,7 @@ def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = Fa
     return apply(module, params.weights["image_encoder"], images)
 
 
+@float32_matmuls
 def prompt_encoder_forward(
     params: SamParams,
     points: jax.Array | None = None,
@@ -169,6 +193,7 @@ def prompt_encoder_forward(
     return apply(module, params.weights["prompt_encoder"], points, labels, boxes, masks)
 
 
+@float32_matmuls
 def mask_decoder_forward(
     params: SamParams,
     image_embedding: jax.Array,
@@ -182,6 +207,7 @@ def mask_decoder_forward(
     return apply(module, params.weights["mask_decoder"], image_embedding, image_pe, sparse, dense, multimask_output)
 
 
+@float32_matmuls
 def mask_decoder_tokens(
     params: SamParams, image_embedding: jax.Array, image_pe: jax.Array, sparse: jax.Array, dense: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -192,6 +218,7 @@ def mask_decoder_tokens(
     )
 
 
+@float32_matmuls
 def mask_decoder_masks(
     params: SamParams, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool
 ) -> jax.Array:
