@@ -209,7 +209,9 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "final:" in result.stdout and "point_miou" in result.stdout
     assert sam_jax.load(tmp_path / "final").config == TINY
-    result = run_cli(*args)  # nothing left to do: resumes at step 4 and stops
+    result = run_cli(*args)  # the export is there: replaced only when asked
+    assert result.returncode == 1 and "already holds a sam_jax checkpoint" in result.stderr
+    result = run_cli(*args, "--overwrite")  # nothing left to do: resumes at step 4 and stops
     assert result.returncode == 0 and "resumed from step 4" in result.stdout, result.stdout + result.stderr
 
 
