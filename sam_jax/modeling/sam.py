@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from sam_jax.config import SamConfig
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder
-from sam_jax.modeling.prompt_encoder import PromptEncoder
+from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
 
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 # Compute dtypes of the image encoder; weights are float32 in either case.
@@ -227,3 +227,47 @@ def predict_low_res(
     """
     sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, boxes, mask_input)
     return mask_decoder_forward(params, image_embedding[None], dense_pe, sparse, dense, multimask_output)
+
+
+def predict_low_res_slots(
+    params: SamParams,
+    image_embedding: jax.Array,
+    points: jax.Array,
+    labels: jax.Array,
+    mask_input: jax.Array | None,
+    has_mask: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """Prompts in a static layout (one program serves many prompt kinds) -> every mask
+    token's low-res logits and IoU prediction; the caller picks the outputs it needs.
+
+    Args:
+        image_embedding: (E, E, C) one image's embedding.
+        points: (B, S, 2) float32 in the model input frame, box corners included.
+        labels: (B, S) int32: -1 not-a-point, 0 background, 1 foreground, 2 / 3 box corners,
+            -2 an empty slot (left out of the decoder's attention, as if absent).
+        mask_input: (B, 4E, 4E, 1) float32 with has_mask (B,) float32 0 / 1, or both None.
+    Returns:
+        low_res_logits (B, num_mask_tokens, 4E, 4E), iou_predictions (B, num_mask_tokens):
+        token 0 is the single-mask output, 1.. the multimask ones.
+    """
+    module = PromptEncoder(params.config)
+    sparse, dense, dense_pe = module.apply(
+        {"params": params.weights["prompt_encoder"]},
+        points,
+        labels,
+        mask_input,
+        has_mask,
+        method=PromptEncoder.encode_slots,
+    )
+    decoder = MaskDecoder(params.config)
+    weights = {"params": params.weights["mask_decoder"]}
+    tokens, src, iou_pred = decoder.apply(
+        weights,
+        image_embedding[None],
+        dense_pe,
+        sparse,
+        dense,
+        labels != LABEL_EMPTY_SLOT,
+        method=MaskDecoder.decode_tokens,
+    )
+    return decoder.apply(weights, tokens, src, None, method=MaskDecoder.predict_masks), iou_pred
