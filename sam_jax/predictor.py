@@ -36,7 +36,7 @@ from sam_jax.modeling.prompt_encoder import (
     LABEL_PADDING,
 )
 from sam_jax.modeling.sam import SamParams, image_encoder_forward, normalize_and_pad, predict_low_res_slots
-from sam_jax.prompt_layout import layout_prompts
+from sam_jax.prompt_layout import fast_slots, layout_prompts
 
 POINT_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
 
@@ -206,7 +206,8 @@ def _decode_low_res(
     -> every mask token's (B, T, L, L) logits and (B, T) IoU predictions."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
-    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask)
+    fewer = fast_slots(params.config.num_mask_tokens + 1)
+    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask, fewer)
 
 
 @functools.partial(

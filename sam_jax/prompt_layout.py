@@ -42,6 +42,17 @@ def slot_bucket(num_prompt_tokens: int, num_output_tokens: int) -> int:
     return total - num_output_tokens
 
 
+# Token counts (prompt and output tokens) below the layout's for which the decoder program
+# also holds a branch (see `sam_jax.modeling.sam.predict_low_res_slots`).
+FAST_TOKENS = (TOKEN_MULTIPLE,)
+
+
+def fast_slots(num_output_tokens: int) -> tuple[int, ...]:
+    """Prompt slot counts of the decoder's fast branches (`FAST_TOKENS` less the output
+    tokens): (3,) for SAM: a click and the padding point, 2 clicks, a box, a box and a click."""
+    return tuple(t - num_output_tokens for t in FAST_TOKENS if t > num_output_tokens)
+
+
 def layout_prompts(
     points: np.ndarray | None,
     labels: np.ndarray | None,

@@ -198,21 +198,27 @@ class PromptEncoder(nn.Module):
             dense = jnp.broadcast_to(no_mask, (1, e, e, dim))
         return jnp.concatenate(sparse, axis=1), dense, self.pe_layer.dense((e, e))
 
-    def encode_slots(
-        self, points: jax.Array, labels: jax.Array, masks: jax.Array | None, has_mask: jax.Array | None
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Embeds prompts in a static layout (see `embed_slots`, `embed_flagged_mask`).
+    def encode_dense(self, masks: jax.Array | None, has_mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """The dense embedding of a flagged mask prompt and the grid's positional encoding.
 
         Args:
-            points: (B, S, 2); labels: (B, S) int, see `embed_slots`.
-            masks: (B, 4E, 4E, 1) low-res logits (NHWC) with has_mask (B,) float 0 or 1; or
-                both None: no mask for any prompt (`no_mask` shared by all, as `__call__`).
+            masks: (B, 4E, 4E, 1) low-res logits (NHWC) with has_mask (B,) float (0 or 1 as
+                `SamOnnxModel`; any value is applied as a weight); or both None: no mask for
+                any prompt (`no_mask` shared by all, as `__call__`).
         Returns:
-            sparse (B, S, C), dense (B or 1, E, E, C), dense_pe (E, E, C).
+            dense (B or 1, E, E, C), dense_pe (E, E, C).
         """
         e, dim = self.config.embedding_size, self.config.prompt_embed_dim
+        no_mask = self.no_mask_embed.embedding[0]
+        pe = self.pe_layer.dense((e, e))
         if masks is None:
-            dense = jnp.broadcast_to(self.no_mask_embed.embedding[0], (1, e, e, dim))
-        else:
-            dense = self.embed_flagged_mask(masks, has_mask)
-        return self.embed_slots(points, labels), dense, self.pe_layer.dense((e, e))
+            return jnp.broadcast_to(no_mask, (1, e, e, dim)), pe
+        b = masks.shape[0]
+        # Skip the mask convolutions when every flag is 0: the formula then gives no_mask
+        # exactly (0 times a finite embedding), and a click without fed-back logits saves them.
+        dense = jax.lax.cond(
+            jnp.any(has_mask != 0),
+            lambda: self.embed_flagged_mask(masks, has_mask),
+            lambda: jnp.broadcast_to(no_mask, (b, e, e, dim)),
+        )
+        return dense, pe
