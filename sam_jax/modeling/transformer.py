@@ -135,7 +135,9 @@ def _per_head(
 def _pad_tokens(x: jax.Array, multiple: int = TOKEN_MULTIPLE) -> jax.Array:
     """(..., N, C) -> (..., N', C) with zero rows up to a multiple of `multiple` tokens."""
     extra = -x.shape[-2] % multiple
-    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)]) if extra else x
+    if isinstance(extra, int) and extra == 0:  # a symbolic count (shape-polymorphic export) is always padded
+        return x
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])
 
 
 def _tokens_to_image(
