@@ -192,7 +192,14 @@ def export_jax(params: SamParams, options: ExportOptions = ExportOptions(), max_
         orig_im_size: jax.Array,
     ) -> tuple[jax.Array, ...]:
         return decoder_forward(
-            params, options, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size.shape
+            params,
+            options,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            mask_input,
+            has_mask_input,
+            orig_im_size.shape,
         )
 
     return jax.export.export(jax.jit(program))(*specs).serialize()
