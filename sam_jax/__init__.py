@@ -15,6 +15,7 @@ from pathlib import Path
 from sam_jax.automatic_mask_generator import AmgOptions, SamAutomaticMaskGenerator, generate_masks
 from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
+from sam_jax.compilation_cache import enable_compilation_cache
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
 from sam_jax.predictor import ImageEmbedding, decode, encode, predict
@@ -66,6 +67,7 @@ __all__ = [
     "SamConfig",
     "SamParams",
     "decode",
+    "enable_compilation_cache",
     "encode",
     "generate_masks",
     "get_config",
