@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.automatic_mask_generator import pixel_count, stability_score
 from sam_jax.modeling.sam import SamParams, predict_low_res_slots
 from sam_jax.modeling.transformer import BLOCK_DIAGONAL_MIN_RATIO
 
@@ -64,14 +65,6 @@ class ExportOptions:
         if self.return_extra_metrics:
             return ("masks", "iou_predictions", "stability_scores", "areas", "low_res_masks")
         return ("masks", "iou_predictions", "low_res_masks")
-
-
-def stability_score(masks: jax.Array, threshold: float, offset: float) -> jax.Array:
-    """IoU of the masks thresholded at threshold +- offset (reference
-    `calculate_stability_score`), over the last two axes."""
-    inter = jnp.sum(masks > threshold + offset, axis=(-2, -1), dtype=jnp.int32)
-    union = jnp.sum(masks > threshold - offset, axis=(-2, -1), dtype=jnp.int32)
-    return (inter / union).astype(jnp.float32)
 
 
 def select_masks(masks: jax.Array, scores: jax.Array, num_points: Any) -> tuple[jax.Array, jax.Array]:
@@ -140,7 +133,7 @@ def decoder_forward(
     masks = postprocess_masks(low_res, params.config.image_size, orig_hw)
     if options.return_extra_metrics:
         stability = stability_score(masks, MASK_THRESHOLD, STABILITY_SCORE_OFFSET)
-        areas = jnp.sum(masks > MASK_THRESHOLD, axis=(-2, -1), dtype=jnp.int32)
+        areas = pixel_count(masks > MASK_THRESHOLD)
         return masks, scores, stability, areas, low_res
     return masks, scores, low_res
 
