@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup browser demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -16,12 +16,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The real-browser test (tests/test_serve_browser.py) drives Debian's chromium, installed here when missing.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 # Segments the bundled sample image with the embedded tiny-shapes model -> demo-output/.
 demo: setup
 	$(PY) -m sam_jax.demo --output demo-output
 
 # Everything, slow tests included (CI runs this).
-test: setup lint
+test: setup browser lint
 	$(PY) -m pytest
 
 # Skips the tests marked slow (full-size vit_b / vit_h); for quick local iterations only.

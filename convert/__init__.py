@@ -1,7 +1,9 @@
-"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints.
+"""Official PyTorch SAM checkpoints <-> sam_jax checkpoints; Hugging Face `transformers`
+SAM folders and files too (`convert.hf`).
 
 This package and the tests are the only code that imports torch. Run as
-`python -m convert CHECKPOINT OUTPUT_DIR` or `python -m convert --to-torch DIR OUT.pth`.
+`python -m convert CHECKPOINT OUTPUT_DIR`, `python -m convert --to-torch DIR OUT.pth` or
+`python -m convert --to-hf DIR OUT_DIR`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import sam_jax
+from convert import hf
 from convert.mapping import (
     ConversionError,
     describe,
@@ -21,8 +24,9 @@ from convert.mapping import (
     torch_key,
     weights_to_state_dict,
 )
-from sam_jax.checkpoint import atomic_directory, write_checkpoint
+from sam_jax.checkpoint import check_finite, checkpoint_directory, write_checkpoint
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.io import atomic_write_bytes
 from sam_jax.modeling.sam import SamParams
 
 MODEL_TYPES = ("auto", *MODEL_REGISTRY)
@@ -53,6 +57,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise ConversionError(f"{path}: entry {key!r} is not a floating-point tensor")
         out[str(key)] = value.detach().to(torch.float32).cpu().numpy()
+        if not np.all(np.isfinite(out[str(key)])):
+            raise ConversionError(f"{path}: tensor {key!r} holds NaN or infinite values")
     return out
 
 
@@ -72,6 +78,7 @@ def convert_state_dict(
         decoder_num_heads: the decoder's head count (not visible in shapes); default 8.
         config: an explicit architecture, overriding `model_type`.
     """
+    check_finite(state_dict, "the state_dict")
     if config is not None:
         return SamParams(config=config, weights=state_dict_to_weights(state_dict, config))
     if model_type not in MODEL_TYPES:
@@ -93,27 +100,48 @@ def convert_checkpoint(
     output_dir: str | os.PathLike[str],
     model_type: str = "auto",
     decoder_num_heads: int | None = None,
+    notes: list[str] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> SamParams:
-    """Converts an official checkpoint file into a sam_jax checkpoint directory (atomically)."""
-    state_dict = read_state_dict(checkpoint)
-    try:
-        params = convert_state_dict(state_dict, model_type, decoder_num_heads)
-    except ConversionError as e:
-        raise ConversionError(f"{checkpoint}: {e}") from None
-    with atomic_directory(output_dir) as tmp:
+    """Converts an official checkpoint file into a sam_jax checkpoint directory (atomically).
+
+    `output_dir` must be absent, empty, or (with `overwrite`) a sam_jax checkpoint; a folder
+    holding anything else is refused before the checkpoint is read, and left untouched.
+    A transformers folder, a .safetensors file or a state_dict with transformers' names goes
+    to `convert.hf.read_hf_checked`; `notes` receives what it assumed rather than read.
+    """
+    with checkpoint_directory(output_dir, overwrite) as tmp:
+        state_dict = None if hf.is_hf_source(checkpoint) else read_state_dict(checkpoint)
+        if state_dict is None or hf.is_hf_state_dict(state_dict):
+            params, found = hf.read_hf_checked(checkpoint, model_type, decoder_num_heads, state_dict=state_dict)
+            if notes is not None:
+                notes.extend(found)
+        else:
+            try:
+                params = convert_state_dict(state_dict, model_type, decoder_num_heads)
+            except ConversionError as e:
+                raise ConversionError(f"{checkpoint}: {e}") from None
         write_checkpoint(tmp, params, {"converted_from": Path(checkpoint).name, "model_type": describe(params.config)})
     return params
 
 
-def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> dict[str, Any]:
+def export_torch(
+    flax_dir: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
+) -> dict[str, Any]:
     """Writes a sam_jax checkpoint (or an embedded model, by name) back as a reference
-    state_dict file (atomically).
+    state_dict file (atomically); an existing `output` is replaced only with `overwrite`.
 
     The result loads into the reference model with `load_state_dict(strict=True)`.
     """
-    import tempfile
+    import io
 
     import torch
+
+    output = Path(output)
+    if output.exists() and (output.is_dir() or not overwrite):
+        what = "is a folder" if output.is_dir() else "exists; pass --overwrite to replace it"
+        raise ConversionError(f"{output}: {what}")
 
     try:
         params = sam_jax.load(flax_dir)  # a directory, or an embedded model's name
@@ -124,16 +152,9 @@ def export_torch(flax_dir: str | os.PathLike[str], output: str | os.PathLike[str
         k: torch.from_numpy(np.require(v, requirements=["W", "C"]))
         for k, v in weights_to_state_dict(params.weights).items()
     }
-    output = Path(output).absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.tmp-", dir=output.parent)
-    os.close(fd)
-    try:
-        torch.save(state_dict, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    atomic_write_bytes(output, buffer.getvalue(), overwrite=overwrite)
     return state_dict
 
 

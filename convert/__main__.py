@@ -1,4 +1,5 @@
-"""Command line: `python -m convert CHECKPOINT OUTPUT_DIR` / `python -m convert --to-torch DIR OUT.pth`."""
+"""Command line: `python -m convert CHECKPOINT OUTPUT_DIR` / `python -m convert --to-torch DIR OUT.pth` /
+`python -m convert --to-hf DIR OUT_DIR`."""
 
 from __future__ import annotations
 
@@ -6,22 +7,41 @@ import argparse
 import sys
 
 from convert import MODEL_TYPES, ConversionError, convert_checkpoint, export_torch
+from convert.hf import export_hf_checkpoint
 from convert.mapping import describe
+from sam_jax.cli import OneLineParser, int_at_least
+from sam_jax.io import OutputExistsError
+
+
+class _Parser(OneLineParser):
+    error_name = "convert"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m convert",
-        description="Convert an official SAM checkpoint (.pth) to a sam_jax checkpoint directory, "
-        "or back with --to-torch.",
+        description="Convert an official SAM checkpoint (.pth) or a Hugging Face transformers SAM "
+        "(folder, .safetensors, .bin) to a sam_jax checkpoint directory, or back with --to-torch / --to-hf.",
     )
-    p.add_argument("source", help="official checkpoint (.pth), or with --to-torch a sam_jax checkpoint directory")
+    p.add_argument(
+        "source",
+        help="official checkpoint (.pth) or transformers SAM folder / file, "
+        "or with --to-torch / --to-hf a sam_jax checkpoint directory",
+    )
     p.add_argument("output", help="output directory, or with --to-torch the output .pth file")
-    p.add_argument("--to-torch", action="store_true", help="export a sam_jax checkpoint as a reference state_dict")
+    to = p.add_mutually_exclusive_group()
+    to.add_argument("--to-torch", action="store_true", help="export a sam_jax checkpoint as a reference state_dict")
+    to.add_argument("--to-hf", action="store_true", help="export a sam_jax checkpoint as a transformers folder")
     p.add_argument("--model-type", default="auto", help=f"one of {', '.join(MODEL_TYPES)} (default: inferred)")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output: a sam_jax checkpoint directory, with --to-torch a file, "
+        "with --to-hf a folder written by --to-hf",
+    )
+    p.add_argument(
         "--decoder-num-heads",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="mask decoder heads, invisible in tensor shapes (default 8, as every official model)",
     )
@@ -32,12 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.to_torch:
-            state_dict = export_torch(args.source, args.output)
+            state_dict = export_torch(args.source, args.output, overwrite=args.overwrite)
             print(f"wrote {args.output}: {len(state_dict)} tensors")
+        elif args.to_hf:
+            tensors = export_hf_checkpoint(args.source, args.output, overwrite=args.overwrite)
+            print(f"wrote {args.output}: transformers SamModel, {len(tensors)} tensors")
         else:
-            params = convert_checkpoint(args.source, args.output, args.model_type, args.decoder_num_heads)
+            notes: list[str] = []
+            params = convert_checkpoint(
+                args.source, args.output, args.model_type, args.decoder_num_heads, notes, overwrite=args.overwrite
+            )
+            for note in notes:
+                print(f"convert: note: {note}", file=sys.stderr)
             print(f"wrote {args.output}: {describe(params.config)} model")
     except ConversionError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    except OutputExistsError as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

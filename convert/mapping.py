@@ -14,6 +14,8 @@ derived, not tabulated:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -116,10 +118,22 @@ def weights_to_state_dict(weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def describe(config: SamConfig) -> str:
+    eps = config.decoder_layer_norm_eps
     for name, registered in MODEL_REGISTRY.items():
         if registered == config:
             return name
+        if registered == dataclasses.replace(config, decoder_layer_norm_eps=registered.decoder_layer_norm_eps):
+            return f"{name} (decoder LayerNorm eps {eps:g})"
     return f"custom (embed {config.encoder_embed_dim}, depth {config.encoder_depth}, image {config.image_size})"
+
+
+def mlp_ratio_for(embed_dim: int, mlp_dim: int) -> float:
+    """The smallest ratio r >= mlp_dim / embed_dim with int(embed_dim * r) == mlp_dim, the
+    width sam_jax (as the reference) builds the encoder MLP with."""
+    r = mlp_dim / embed_dim
+    while int(embed_dim * r) < mlp_dim:  # the quotient can round below: int(28 * (61 / 28)) == 60
+        r = math.nextafter(r, math.inf)
+    return r
 
 
 def _need(state_dict: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
@@ -183,7 +197,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
         image_size=image_size,
         patch_size=patch,
         encoder_window_size=window,
-        encoder_mlp_ratio=mlp_dim / embed_dim,
+        encoder_mlp_ratio=mlp_ratio_for(embed_dim, mlp_dim),
         qkv_bias=enc + "blocks.0.attn.qkv.bias" in state_dict,
         use_abs_pos=use_abs_pos,
         use_rel_pos=use_rel_pos,

@@ -17,6 +17,7 @@ from sam_jax.batch import load_embedding
 from sam_jax.checkpoint import load_directory, save
 from sam_jax.compilation_cache import enable_compilation_cache
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.hf_format import is_hf_checkpoint, load_hf
 from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
 from sam_jax.predictor import ImageEmbedding, decode, encode, predict
 
@@ -31,8 +32,9 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
 
     Args:
         path: the name of an embedded model ("tiny-shapes"), or a directory written by the
-            converter or `save`, or a training run (its latest step) or one of its steps.
-            A name is only looked up when no file of that name exists.
+            converter or `save`, or a training run (its latest step) or one of its steps, or
+            a Hugging Face `transformers` SAM folder or `.safetensors` file (converted in
+            memory). A name is only looked up when no file of that name exists.
         compute_dtype: "float32" (exact to the reference) or "bfloat16": the image encoder's
             arithmetic; the weights are kept in float32 either way.
     Returns:
@@ -46,6 +48,8 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
     compute_dtype = check_compute_dtype(compute_dtype)
     if isinstance(path, str) and path in EMBEDDED_MODELS and not os.path.exists(path):
         path = EMBEDDED_MODELS[path]
+    if is_hf_checkpoint(path):
+        return load_hf(path).with_compute_dtype(compute_dtype)
     return load_directory(path).with_compute_dtype(compute_dtype)
 
 

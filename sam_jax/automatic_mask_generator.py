@@ -101,7 +101,20 @@ class AmgOptions:
         number("crop_overlap_ratio", 0.0, 1.0)
         if self.output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {self.output_mode!r}")
+        if self.points_per_side is not None:
+            for layer in range(1, self.crop_n_layers + 1):
+                if int(self.points_per_side / self.crop_n_points_downscale_factor**layer) < 1:
+                    raise ValueError(
+                        f"crop_n_points_downscale_factor {self.crop_n_points_downscale_factor} leaves no points in "
+                        f"crop layer {layer} (points_per_side {self.points_per_side} / "
+                        f"{self.crop_n_points_downscale_factor}**{layer} < 1); use a smaller factor or fewer layers"
+                    )
         if self.point_grids is not None:
+            if isinstance(self.point_grids, (str, bytes, np.ndarray)) or not isinstance(self.point_grids, Sequence):
+                raise TypeError(
+                    "point_grids must be a list of (N, 2) arrays, one per crop layer, "
+                    f"got {type(self.point_grids).__name__}"
+                )
             grids = []
             for i, g in enumerate(self.point_grids):
                 arr = np.asarray(g)
@@ -420,6 +433,12 @@ def _remove_small_regions(data: dict[str, Any], min_area: int, nms_thresh: float
 def _generate(params: SamParams, image: np.ndarray, opts: AmgOptions) -> list[dict[str, Any]]:
     orig_size = image.shape[:2]
     crop_boxes, layer_idxs = amg.generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
+    for (x0, y0, x1, y1), layer in zip(crop_boxes, layer_idxs, strict=True):
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(
+                f"an image of {orig_size[1]}x{orig_size[0]} pixels is too small for crop_n_layers="
+                f"{opts.crop_n_layers}: its layer-{layer} crops are empty; use fewer crop layers"
+            )
     grids = opts.layer_point_grids()
     crops = zip(crop_boxes, layer_idxs, strict=True)
     data = _concat([_process_crop(params, image, box, grids[layer], opts) for box, layer in crops])

@@ -37,8 +37,20 @@ from PIL import Image
 
 from sam_jax import transforms
 from sam_jax.automatic_mask_generator import AmgOptions, _generate
-from sam_jax.checkpoint import atomic_directory, atomic_write_bytes
-from sam_jax.data import IMAGE_EXTENSIONS, DataError, _load_rgb
+from sam_jax.io import (
+    DECODE_MEMORY_BUDGET,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    MemoryBudget,
+    atomic_write_bytes,
+    check_max_pixels,
+    decode_image,
+    decoded_bytes,
+    only_names,
+    read_image_bytes,
+    write_directory,
+)
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, _check_params, _encode_padded
 
@@ -66,7 +78,7 @@ def _safe_key(text: str, where: str) -> str:
     return "/".join(parts)
 
 
-def discover_inputs(path: str | os.PathLike[str]) -> list[InputItem]:
+def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str] | None = None) -> list[InputItem]:
     """The images a job covers, sorted by output key.
 
     Args:
@@ -80,16 +92,28 @@ def discover_inputs(path: str | os.PathLike[str]) -> list[InputItem]:
         FileNotFoundError: `path` does not exist.
         ValueError: a folder without images, a list naming nothing, an unsupported file, or
             two inputs that would write the same output.
+
+    A folder search skips a job's output folder inside it (`exclude`) and every folder of
+    automatic masks a job wrote (their mask PNGs are outputs, not new inputs).
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"input {str(path)!r} does not exist")
     if root.is_dir():
-        items = [
-            InputItem(p, p.relative_to(root).as_posix())
-            for p in root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        ]
+        skip = Path(exclude).resolve() if exclude is not None else None
+        items = []
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if (skip is None or (here / d).resolve() != skip) and not is_complete_masks(here / d, "binary_mask")
+            )
+            items.extend(
+                InputItem(here / f, (here / f).relative_to(root).as_posix())
+                for f in files
+                if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".")
+            )
         if not items:
             raise ValueError(f"input folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     elif root.suffix.lower() in LIST_SUFFIXES:
@@ -158,18 +182,30 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbedding:
     """Reads a file written by `sam-jax embed` as the `ImageEmbedding` `sam_jax.decode` takes.
 
     Raises:
-        ValueError: the file is not an embedding file.
+        ValueError: naming the file, when it is not an embedding file (another archive, a
+            `.npy`, pickled objects, impossible sizes, non-finite values).
     """
     try:
-        with np.load(path) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not an embedding file (a single array; expected an .npz of sam-jax embed)")
+        with loaded as f:
             missing = [k for k in EMBEDDING_KEYS if k not in f]
             if missing:
                 raise ValueError(f"{path}: not an embedding file (missing {', '.join(missing)})")
             emb, original, inp = f["image_embedding"], f["original_size"], f["input_size"]
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: not a readable embedding file ({e})") from None
-    if emb.ndim != 3 or original.shape != (2,) or inp.shape != (2,):
-        raise ValueError(f"{path}: image_embedding must be (E, E, C) and the sizes (2,)")
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a readable embedding file ({e})") from None
+    if emb.ndim != 3 or emb.dtype.kind != "f" or original.shape != (2,) or inp.shape != (2,):
+        raise ValueError(f"{path}: image_embedding must be float (E, E, C) and the sizes (2,)")
+    if original.dtype.kind not in "iu" or inp.dtype.kind not in "iu" or min(*original, *inp) < 1:
+        raise ValueError(f"{path}: original_size and input_size must be positive integers, got {original}, {inp}")
+    if not np.all(np.isfinite(emb)):
+        raise ValueError(f"{path}: image_embedding holds NaN or infinite values")
     return ImageEmbedding(jax.numpy.asarray(emb), tuple(int(v) for v in original), tuple(int(v) for v in inp))
 
 
@@ -183,40 +219,65 @@ class _Loaded:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     error: str | None = None
+    held: int = 0  # bytes of the decode budget this entry still holds
 
 
-def _read(item: InputItem) -> tuple[np.ndarray | None, str | None]:
-    try:
-        return _load_rgb(item.path), None
-    except (DataError, OSError) as e:
-        return None, str(e).replace("\t", " ").replace("\n", " ")
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Reads and decodes a job's images: within the pixel cap and the decode memory budget."""
+
+    max_pixels: int
+    budget: MemoryBudget
+
+    def decode(self, item: InputItem, ticket: int) -> tuple[np.ndarray | None, str | None, int]:
+        """(image, error, bytes held); the budget is acquired in ticket order before decoding."""
+        try:
+            data = read_image_bytes(item.path, max_pixels=self.max_pixels)
+            need = decoded_bytes(data, str(item.path))
+        except ImageError as e:
+            self.budget.skip(ticket)
+            return None, _one_line(e), 0
+        self.budget.acquire(ticket, need)
+        try:
+            return decode_image(data, name=str(item.path), max_pixels=self.max_pixels), None, need
+        except ImageError as e:
+            self.budget.release(need)
+            return None, _one_line(e), 0
 
 
-def _load_for_encoder(item: InputItem, image_size: int) -> _Loaded:
-    image, error = _read(item)
+def _one_line(e: BaseException) -> str:
+    return str(e).replace("\t", " ").replace("\n", " ")
+
+
+def _load_for_encoder(reader: _Reader, item: InputItem, ticket: int, image_size: int) -> _Loaded:
+    image, error, held = reader.decode(item, ticket)
     if image is None:
         return _Loaded(item, None, (0, 0), (0, 0), error)
-    resized = transforms.resize_longest_side(image, image_size)
-    return _Loaded(item, transforms.pad_to_square(resized, image_size), image.shape[:2], resized.shape[:2])
+    try:
+        resized = transforms.resize_longest_side(image, image_size)
+        return _Loaded(item, transforms.pad_to_square(resized, image_size), image.shape[:2], resized.shape[:2])
+    finally:
+        reader.budget.release(held)  # only the small resized copy lives on
 
 
-def _load_original(item: InputItem) -> _Loaded:
-    image, error = _read(item)
+def _load_original(reader: _Reader, item: InputItem, ticket: int) -> _Loaded:
+    image, error, held = reader.decode(item, ticket)
     size = (0, 0) if image is None else image.shape[:2]
-    return _Loaded(item, image, size, size, error)
+    return _Loaded(item, image, size, size, error, held)  # the consumer releases `held`
 
 
 def _loaded_in_order(
-    items: Sequence[InputItem], load: Callable[[InputItem], _Loaded], threads: int
+    items: Sequence[InputItem], load: Callable[[InputItem, int], _Loaded], threads: int
 ) -> Iterator[_Loaded]:
-    """Decodes (and resizes) images on host threads, a bounded window ahead of the consumer."""
+    """Decodes (and resizes) images on host threads, a bounded window ahead of the consumer;
+    `load(item, ticket)` gets the item's position, its ticket for the decode budget."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sam-jax-load") as pool:
         window: queue.SimpleQueue[concurrent.futures.Future[_Loaded]] = queue.SimpleQueue()
         ahead = 4 * threads
-        it = iter(items)
+        it = enumerate(items)
         pending = 0
-        for item in it:
-            window.put(pool.submit(load, item))
+        for ticket, item in it:
+            window.put(pool.submit(load, item, ticket))
             pending += 1
             if pending >= ahead:
                 break
@@ -225,7 +286,7 @@ def _loaded_in_order(
             pending -= 1
             nxt = next(it, None)
             if nxt is not None:
-                window.put(pool.submit(load, nxt))
+                window.put(pool.submit(load, nxt[1], nxt[0]))
                 pending += 1
             yield loaded
 
@@ -233,6 +294,27 @@ def _loaded_in_order(
 def _host_threads(threads: int | None) -> int:
     """Image-decoding threads: as asked, else one per CPU, at most 8."""
     return threads or min(os.cpu_count() or 1, 8)
+
+
+def _host_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def check_batch_memory(params: SamParams, batch_size: int, name: str = "batch_size") -> None:
+    """Refuses a batch whose host-side images and embeddings alone would take more than a
+    quarter of this machine's memory (before anything is allocated)."""
+    cfg = params.config
+    per_image = 3 * cfg.image_size**2 + 4 * cfg.embedding_size**2 * cfg.prompt_embed_dim
+    limit = _host_memory() // 4
+    if batch_size * per_image > limit:
+        raise ValueError(
+            f"{name} {batch_size} needs {batch_size * per_image / 2**30:.1f} GiB of host memory for one batch's "
+            f"images and embeddings; at most {max(limit // per_image, 1)} fit in a quarter of this machine's "
+            f"{_host_memory() / 2**30:.0f} GiB"
+        )
 
 
 def _batches(
@@ -280,26 +362,44 @@ class _Job:
         cls,
         inputs: str | os.PathLike[str] | Sequence[InputItem],
         output_dir: str | os.PathLike[str],
-        is_done: Callable[[Path, InputItem], bool],
+        output_of: Callable[[Path, InputItem], Path],
+        is_ours: Callable[[Path], bool],
         process_index: int | None,
         process_count: int | None,
         progress: Callable[[int], None] | None,
     ) -> _Job:
+        """Finds this process's share and what of it is left to do.
+
+        An output that exists and `is_ours` is complete (outputs appear by an atomic rename)
+        and is skipped; one that exists and is not ours is something the user put there: it
+        is recorded as a failure and never touched.
+        """
         index = jax.process_index() if process_index is None else process_index
         count = jax.process_count() if process_count is None else process_count
         out = Path(output_dir)
-        items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output {str(output_dir)!r} exists and is not a folder")
+        items = inputs if isinstance(inputs, (list, tuple)) else discover_inputs(inputs, exclude=out)
         share = process_share(items, index, count)
-        todo = [it for it in share if not is_done(out, it)]
-        report = JobReport(total=len(share), skipped=len(share) - len(todo), written=0, failures=[])
-        if progress and report.skipped:
-            progress(report.skipped)
-        return cls(out, todo, report, failures_file(out, index, count))
+        job = cls(
+            out, [], JobReport(total=len(share), skipped=0, written=0, failures=[]), failures_file(out, index, count)
+        )
+        for it in share:
+            target = output_of(out, it)
+            if not (target.exists() or target.is_symlink()):
+                job.todo.append(it)
+            elif is_ours(target):
+                job.report.skipped += 1
+            else:
+                job.record_failure(it, f"output {target} exists and was not written by sam-jax; left untouched")
+        if progress and len(share) > len(job.todo):
+            progress(len(share) - len(job.todo))
+        return job
 
-    def record_failure(self, entry: _Loaded) -> None:
-        """Logs an unreadable image and rewrites the failures file (atomically) with it."""
-        _log.warning("failed: %s", entry.error)
-        self.report.failures.append((str(entry.item.path), entry.error or "unknown error"))
+    def record_failure(self, item: InputItem, reason: str) -> None:
+        """Logs an image that failed and rewrites the failures file (atomically) with it."""
+        _log.warning("failed: %s", reason)
+        self.report.failures.append((str(item.path), reason))
         _write_failures(self.failures_path, self.report.failures)
 
 
@@ -313,11 +413,21 @@ def failures_file(output_dir: Path, process_index: int, process_count: int) -> P
     return output_dir / name
 
 
+def _is_failures_file(path: Path) -> bool:
+    """Whether `path` is a failures file as jobs write them (lines of path TAB reason)."""
+    try:
+        return all(line.count("\t") == 1 for line in path.read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
     if failures:
+        if path.exists() and not _is_failures_file(path):
+            raise ValueError(f"{path} exists and is not a failures file written by sam-jax; left untouched")
         atomic_write_bytes(path, "".join(f"{p}\t{r}\n" for p, r in failures).encode())
-    elif path.exists():
-        path.unlink()  # a re-run that succeeded everywhere clears the old record
+    elif path.is_file() and _is_failures_file(path):
+        path.unlink()  # a re-run that succeeded everywhere clears its old record
 
 
 def embed_images(
@@ -330,6 +440,7 @@ def embed_images(
     process_count: int | None = None,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> JobReport:
     """Embeds every image of `inputs` into `output_dir` (see the module docstring).
 
@@ -343,20 +454,16 @@ def embed_images(
             and `jax.process_count()` (1 process without `jax.distributed`).
         threads: host threads decoding images (default: CPU count, at most 8).
         progress: called with the number of images finished (written, skipped or failed).
+        max_pixels: images declaring more pixels are recorded as failures, not decoded.
     Returns:
         A `JobReport`; `report.ok` is False when some image could not be read.
     """
     params = _check_params(params)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    job = _Job.plan(
-        inputs,
-        output_dir,
-        lambda out, it: is_complete_embedding(output_path(out, it)),
-        process_index,
-        process_count,
-        progress,
-    )
+    check_batch_memory(params, batch_size)
+    reader = _Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
+    job = _Job.plan(inputs, output_dir, output_path, is_complete_embedding, process_index, process_count, progress)
     out, report, todo = job.out, job.report, job.todo
     if not todo:
         _write_failures(job.failures_path, [])
@@ -370,7 +477,7 @@ def embed_images(
     size = params.config.image_size
 
     def record_failure(entry: _Loaded) -> None:
-        job.record_failure(entry)
+        job.record_failure(entry.item, entry.error or "unknown error")
         if progress:
             progress(1)
 
@@ -381,15 +488,19 @@ def embed_images(
     def write(batch: list[_Loaded], emb: jax.Array) -> None:
         host = np.asarray(emb)  # waits for this batch only; the next one is already dispatched
         for entry, e in zip(batch, host, strict=False):
-            atomic_write_bytes(output_path(out, entry.item), embedding_bytes(e, entry.original_size, entry.input_size))
-        report.written += len(batch)
+            data = embedding_bytes(e, entry.original_size, entry.input_size)
+            try:
+                atomic_write_bytes(output_path(out, entry.item), data, overwrite=False)
+                report.written += 1
+            except FileExistsError as err:  # something appeared there while the job ran
+                job.record_failure(entry.item, f"output {err.filename} appeared meanwhile; left untouched")
         if progress:
             progress(len(batch))
 
     n_threads = _host_threads(threads)
     previous: tuple[list[_Loaded], jax.Array] | None = None
     try:
-        loaded = _loaded_in_order(todo, functools.partial(_load_for_encoder, image_size=size), n_threads)
+        loaded = _loaded_in_order(todo, functools.partial(_load_for_encoder, reader, image_size=size), n_threads)
         for batch in _batches(loaded, step, record_failure):
             images = np.zeros((step, size, size, 3), np.uint8)
             hws = np.full((step, 2), size, np.int32)
@@ -425,8 +536,26 @@ def masks_output_path(output_dir: str | os.PathLike[str], item: InputItem, outpu
 
 
 def is_complete_masks(path: Path, output_mode: str) -> bool:
-    """Outputs appear by an atomic rename, so existing means complete."""
-    return (path / "metadata.csv").is_file() if output_mode == "binary_mask" else path.is_file()
+    """Whether `path` is an output this job writes (they appear by an atomic rename, so an
+    output of ours that exists is complete): a folder of `<i>.png` and a `metadata.csv` with
+    the reference's header, or a JSON list of records."""
+    try:
+        if output_mode == "binary_mask":
+            return (
+                path.is_dir()
+                and only_names(path, lambda name: name == "metadata.csv" or _is_mask_png(name))
+                and (path / "metadata.csv").read_text().startswith(METADATA_HEADER)
+            )
+        with open(path, "rb") as f:
+            head = f.read(32).lstrip()
+        return path.is_file() and (head == b"[]" or head.startswith(b'[{"segmentation":'))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_mask_png(name: str) -> bool:
+    stem, dot, ext = name.partition(".")
+    return stem.isdigit() and dot == "." and ext == "png"
 
 
 def _metadata_row(i: int, record: dict[str, Any]) -> str:
@@ -443,11 +572,16 @@ def _metadata_row(i: int, record: dict[str, Any]) -> str:
 
 
 def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str) -> None:
-    """Writes one image's records atomically in the reference script's layout."""
+    """Writes one image's records atomically in the reference script's layout.
+
+    Raises:
+        FileExistsError: something exists at `path` (it is left untouched).
+    """
     if output_mode != "binary_mask":
-        atomic_write_bytes(path, json.dumps(records).encode())
+        atomic_write_bytes(path, json.dumps(records).encode(), overwrite=False)
         return
-    with atomic_directory(path) as tmp:
+    owns = functools.partial(is_complete_masks, output_mode=output_mode)
+    with write_directory(path, owns=owns, overwrite=False, what="automatic masks") as tmp:
         for i, record in enumerate(records):
             Image.fromarray(record["segmentation"].astype(np.uint8) * 255).save(tmp / f"{i}.png")
         rows = [METADATA_HEADER] + [_metadata_row(i, r) for i, r in enumerate(records)]
@@ -465,6 +599,7 @@ def generate_masks_for_images(
     process_count: int | None = None,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> JobReport:
     """Automatic masks for every image of `inputs`, written in the reference script's layout.
 
@@ -480,19 +615,21 @@ def generate_masks_for_images(
         output_dir: where the outputs go (see `masks_output_path`).
         options: `AmgOptions` (default: the reference's defaults).
         devices: devices to use (default: all of this process's).
-        process_index, process_count, threads, progress: as for `embed_images`.
+        process_index, process_count, threads, progress, max_pixels: as for `embed_images`.
     Returns:
-        A `JobReport`; `report.ok` is False when some image could not be read.
+        A `JobReport`; `report.ok` is False when some image could not be read or processed.
     """
     params = _check_params(params)
     options = AmgOptions() if options is None else options
     if not isinstance(options, AmgOptions):
         raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
     mode = options.output_mode
+    reader = _Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
     job = _Job.plan(
         inputs,
         output_dir,
-        lambda out, it: is_complete_masks(masks_output_path(out, it, mode), mode),
+        functools.partial(masks_output_path, output_mode=mode),
+        functools.partial(is_complete_masks, output_mode=mode),
         process_index,
         process_count,
         progress,
@@ -500,22 +637,34 @@ def generate_masks_for_images(
     out, report, todo = job.out, job.report, job.todo
     devices = list(jax.local_devices() if devices is None else devices)
     lock = threading.Lock()
-    loaded = _loaded_in_order(todo, _load_original, _host_threads(threads))
+    loaded = _loaded_in_order(todo, functools.partial(_load_original, reader), _host_threads(threads))
+
+    def process(replica: SamParams, entry: _Loaded) -> str | None:
+        """Masks of one image, written; the reason it failed otherwise."""
+        try:
+            records = _generate(replica, entry.image, options)
+            write_masks(masks_output_path(out, entry.item, mode), records, mode)
+        except ValueError as e:  # this image cannot be processed (e.g. too small for the crops)
+            return _one_line(e)
+        except FileExistsError as e:
+            return f"output {e.filename} appeared meanwhile; left untouched"
+        finally:
+            reader.budget.release(entry.held)
+        with lock:
+            report.written += 1
+            report.masks += len(records)
+        return None
 
     def work(replica: SamParams) -> None:
         while True:
             with lock:  # the stream is a generator: one consumer at a time
                 entry = next(loaded, None)
-                if entry is not None and entry.error is not None:
-                    job.record_failure(entry)
             if entry is None:
                 return
-            if entry.image is not None:
-                records = _generate(replica, entry.image, options)
-                write_masks(masks_output_path(out, entry.item, mode), records, mode)
+            error = entry.error if entry.image is None else process(replica, entry)
+            if error is not None:
                 with lock:
-                    report.written += 1
-                    report.masks += len(records)
+                    job.record_failure(entry.item, error)
             if progress:
                 progress(1)
 

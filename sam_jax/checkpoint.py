@@ -2,21 +2,23 @@
 
 Layout of a checkpoint directory::
 
-    DIR/sam_jax.json   {"format": "sam_jax", "version": 1, "config": {...}}
+    DIR/sam_jax.json   {"format": "sam_jax", "version": 1, "config": {...}, "weights_sha256": "..."}
     DIR/weights/       orbax PyTree checkpoint of `SamParams.weights`
 
-Writes are atomic: everything goes to a temporary sibling directory that is renamed
-into place only when complete, so a killed save never leaves a half-written DIR.
+Writes are atomic (a complete temporary sibling is renamed into place) and never touch
+what is not a checkpoint: a folder holding anything else is refused, an existing checkpoint
+is replaced only when asked. Loading checks the config's fields, then the stored shapes,
+then the weights' checksum and that every weight is finite, and names the file at fault.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
-import uuid
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,78 +27,90 @@ import jax
 import numpy as np
 
 from sam_jax.config import SamConfig
+from sam_jax.io import only_names, write_directory
 from sam_jax.modeling.sam import SamParams, abstract_params
 
 FORMAT = "sam_jax"
 VERSION = 1
 META_FILE = "sam_jax.json"
 WEIGHTS_DIR = "weights"
+CHECKPOINT_NAMES = (META_FILE, WEIGHTS_DIR)
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a temporary directory that replaces `path` when the block ends without error.
+def flatten_weights(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(`image_encoder/blocks_0/attn/qkv/kernel`, leaf) pairs of a weights tree, in tree order."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from flatten_weights(v, f"{prefix}/{k}" if prefix else str(k))
+    else:
+        yield prefix, tree
 
-    On error the temporary directory is removed and `path` is left as it was.
-    """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+def weights_digest(weights: Any) -> str:
+    """SHA-256 of the weights as float32, over sorted paths, shapes and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(flatten_weights(weights), key=lambda item: item[0]):
+        a = np.ascontiguousarray(np.asarray(leaf, np.float32))
+        h.update(f"{path}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def check_finite(weights: Any, source: str) -> None:
+    """Raises ValueError naming `source` and the first weight holding NaN or infinity."""
+    for path, leaf in flatten_weights(weights):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"{source}: weight {path!r} holds NaN or infinite values")
+
+
+def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder holding a sam_jax checkpoint and nothing else."""
+    p = Path(path)
+    if not p.is_dir() or not only_names(p, lambda name: name in CHECKPOINT_NAMES):
+        return False
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes a file through a temporary sibling and `os.replace`."""
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _to_numpy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), tree)
+        return json.loads((p / META_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def write_checkpoint(directory: Path, params: SamParams, extra: dict[str, Any] | None = None) -> None:
     """Writes a checkpoint into an existing, empty directory (no atomicity: see `save`)."""
     import orbax.checkpoint as ocp
 
-    meta = {"format": FORMAT, "version": VERSION, "config": params.config.to_dict(), **(extra or {})}
+    weights = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params.weights)
+    check_finite(weights, "the weights to save")
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": params.config.to_dict(),
+        "weights_sha256": weights_digest(weights),
+        **(extra or {}),
+    }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    ocp.PyTreeCheckpointer().save(str(directory / WEIGHTS_DIR), _to_numpy(params.weights))
+    ocp.PyTreeCheckpointer().save(str(directory / WEIGHTS_DIR), weights)
 
 
-def save(path: str | os.PathLike[str], params: SamParams) -> None:
-    """Saves `params` to the directory `path` atomically, replacing any previous one.
+def save(path: str | os.PathLike[str], params: SamParams, *, overwrite: bool = False) -> None:
+    """Saves `params` to the directory `path` atomically.
 
     Args:
-        path: a directory path (created; an existing checkpoint there is replaced).
+        path: a directory path: absent or empty (created), or an earlier checkpoint (replaced
+            only with `overwrite`). A folder holding anything else is refused untouched.
         params: the `SamParams` to save.
+        overwrite: replace a sam_jax checkpoint already at `path`.
+    Raises:
+        FileExistsError: `path` holds other files, or a checkpoint and `overwrite` is False.
     """
     if not isinstance(params, SamParams):
         raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
-    with atomic_directory(path) as tmp:
+    with checkpoint_directory(path, overwrite) as tmp:
         write_checkpoint(tmp, params)
+
+
+def checkpoint_directory(path: str | os.PathLike[str], overwrite: bool) -> Any:
+    """`write_directory` for a checkpoint: yields the temporary folder to write it into."""
+    return write_directory(path, owns=is_checkpoint_dir, overwrite=overwrite, what="a sam_jax checkpoint")
 
 
 # Inside a training run step (`sam_jax.train.CheckpointStore`): `<step>/meta/metadata`.
@@ -127,28 +141,39 @@ def resolve(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{path}: not a sam_jax checkpoint directory (no {META_FILE}, nor a training run)")
 
 
-def read_config(path: str | os.PathLike[str]) -> SamConfig:
-    """Reads only the configuration of a checkpoint directory."""
+def read_meta(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The metadata of a checkpoint, checked: (its file, its contents)."""
     _, meta_path = resolve(path)
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise ValueError(f"{meta_path}: unreadable checkpoint metadata ({e})") from None
-    if meta.get("format") != FORMAT or "config" not in meta:
-        raise ValueError(f"{meta_path}: not a sam_jax checkpoint (format {meta.get('format')!r})")
-    return SamConfig.from_dict(meta["config"])
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{meta_path}: not a sam_jax checkpoint (format {found!r})")
+    return meta_path, meta
 
 
-def check_weights(config: SamConfig, weights: Any, source: str) -> None:
-    """Checks that `weights` has exactly the parameters `config` needs.
+def read_config(path: str | os.PathLike[str]) -> SamConfig:
+    """Reads only the configuration of a checkpoint directory, validated field by field."""
+    meta_path, meta = read_meta(path)
+    try:
+        return SamConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{meta_path}: invalid config: {e}") from None
+
+
+def check_weights(config: SamConfig, shapes: Any, source: str) -> None:
+    """Checks that a weights tree (of arrays, or of anything with a `.shape`) has exactly
+    the parameters `config` needs.
 
     Relative-position tables may differ in length (they are interpolated at run time).
 
     Raises:
         ValueError naming `source` and the first missing, unexpected or mis-shaped key.
     """
-    expected = dict(_flatten(abstract_params(config).weights))
-    found = dict(_flatten(weights))
+    expected = dict(flatten_weights(abstract_params(config).weights))
+    found = dict(flatten_weights(shapes))
     for key in expected:
         if key not in found:
             raise ValueError(f"{source}: missing parameter {key!r}")
@@ -162,26 +187,91 @@ def check_weights(config: SamConfig, weights: Any, source: str) -> None:
             raise ValueError(f"{source}: parameter {key!r} has shape {got}, expected {tuple(want.shape)}")
 
 
-def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, f"{prefix}/{k}" if prefix else str(k))
-    else:
-        yield prefix, tree
+class _Shape:
+    """A leaf of stored-array metadata, as `check_weights` reads it."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+def _stored_shapes(weights_path: Path) -> Any:
+    """The shapes orbax recorded for a weights checkpoint, read without reading the arrays."""
+    import orbax.checkpoint as ocp
+
+    metadata = ocp.PyTreeCheckpointer().metadata(str(weights_path))
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    if not isinstance(tree, dict):
+        raise ValueError("its metadata cannot be read")
+    return jax.tree.map(lambda m: _Shape(tuple(m.shape)), dict(tree), is_leaf=lambda m: hasattr(m, "shape"))
+
+
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Keeps a failed orbax read to the one-line error its caller raises.
+
+    Orbax logs each failed read, and when it gives up its event loop closes while storage
+    reads are still in flight: as those finish, each reports `RuntimeError: Event loop is
+    closed` through `sys.unraisablehook`, from storage threads, after the error is raised.
+    Only exactly that report is dropped, and only once a read has failed.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except BaseException:
+        _drop_closed_loop_reports()
+        raise
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _drop_closed_loop_reports() -> None:
+    previous = sys.unraisablehook
+    if getattr(previous, "_sam_jax_filter", False):
+        return
+
+    def hook(report: Any) -> None:
+        closed = isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"
+        if not closed:
+            previous(report)
+
+    hook._sam_jax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def load_directory(path: str | os.PathLike[str]) -> SamParams:
-    """Loads a checkpoint directory written by `save` or by the converter."""
+    """Loads a checkpoint directory written by `save`, the converter or a training run.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `path`.
+        ValueError: naming the file: an invalid config, weights of other shapes, damaged or
+            altered weights (checksum), or non-finite weights.
+    """
     import orbax.checkpoint as ocp
 
+    meta_path, meta = read_meta(path)
     config = read_config(path)
     weights_path = (resolve(path)[0] / WEIGHTS_DIR).absolute()
     if not weights_path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint has no {WEIGHTS_DIR}/ directory")
-    try:
-        weights = ocp.PyTreeCheckpointer().restore(str(weights_path))
-    except Exception as e:  # orbax raises many types for a damaged checkpoint
-        raise ValueError(f"{weights_path}: unreadable weights ({type(e).__name__}: {e})") from None
+    with quiet_orbax():
+        try:
+            check_weights(config, _stored_shapes(weights_path), str(path))
+            weights = ocp.PyTreeCheckpointer().restore(str(weights_path))
+        except ValueError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise ValueError(f"{weights_path}: unreadable weights ({type(e).__name__}: {e})") from None
+        except Exception as e:  # orbax raises many types for a damaged checkpoint
+            raise ValueError(f"{weights_path}: unreadable weights ({type(e).__name__}: {e})") from None
     check_weights(config, weights, str(path))
-    weights = jax.tree.map(lambda x: jax.numpy.asarray(np.asarray(x, np.float32)), weights)
-    return SamParams(config=config, weights=weights)
+    weights = jax.tree.map(lambda x: np.asarray(x, np.float32), weights)
+    expected = meta.get("weights_sha256")
+    if expected is not None and weights_digest(weights) != expected:
+        raise ValueError(f"{weights_path}: the weights do not match the checksum in {meta_path} (damaged or altered)")
+    check_finite(weights, str(weights_path))
+    return SamParams(config=config, weights=jax.tree.map(jax.numpy.asarray, weights))

@@ -1,4 +1,4 @@
-"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`,
+"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`, `sam-jax serve`,
 `sam-jax export-decoder ...`.
 
 Every failure the user can cause prints one line, `sam-jax: error: ...`, and exits 1.
@@ -7,15 +7,59 @@ Every failure the user can cause prints one line, `sam-jax: error: ...`, and exi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from sam_jax.io import DEFAULT_MAX_PIXELS
 
 # Defaults: a fine-tune starts gently from trained weights, a run from scratch does not.
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 1e-3
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors in one line and exit status 1, like every other refusal of the command:
+    `<name>: error: argument --keep: must be an integer >= 1, got 0`."""
+
+    error_name = ""  # default: the first word of `prog` ("sam-jax" for "sam-jax embed")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.error_name or self.prog.split()[0]}: error: {message}\n")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def number_in(low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (in (low, high] with `above`)."""
+
+    def parse(text: str) -> float:
+        bounds = f"{'>' if above else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
+        return value
+
+    return parse
 
 
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,27 +78,33 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         help="training data, repeatable: a folder (images/ + masks/), a COCO json, or 'synthetic[:key=value,...]'",
     )
     p.add_argument("--val-data", help="held-out data for evaluation (default: synthetic scenes of another seed)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8, help="images per step, a multiple of the device count")
-    p.add_argument("--prompts-per-image", type=int, default=4)
+    p.add_argument("--steps", type=int_at_least(1), default=1000)
     p.add_argument(
-        "--lr", type=float, help=f"peak learning rate (default {FINETUNE_LR} with --init, {SCRATCH_LR} with --config)"
+        "--batch-size", type=int_at_least(1), default=8, help="images per step, a multiple of the device count"
     )
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--correction-rounds", type=int, default=2, help="simulated correction clicks per prompt")
-    p.add_argument("--box-probability", type=float, default=0.5)
-    p.add_argument("--focal-weight", type=float, default=20.0, help="focal loss weight (paper: 20)")
-    p.add_argument("--dice-weight", type=float, default=1.0, help="dice loss weight (paper: 1)")
+    p.add_argument("--prompts-per-image", type=int_at_least(1), default=4)
+    p.add_argument(
+        "--lr",
+        type=number_in(0, above=True),
+        help=f"peak learning rate (default {FINETUNE_LR} with --init, {SCRATCH_LR} with --config)",
+    )
+    p.add_argument("--warmup", type=int_at_least(0), default=100, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=number_in(0), default=0.1)
+    p.add_argument(
+        "--correction-rounds", type=int_at_least(0), default=2, help="simulated correction clicks per prompt"
+    )
+    p.add_argument("--box-probability", type=number_in(0, 1), default=0.5)
+    p.add_argument("--focal-weight", type=number_in(0), default=20.0, help="focal loss weight (paper: 20)")
+    p.add_argument("--dice-weight", type=number_in(0), default=1.0, help="dice loss weight (paper: 1)")
     p.add_argument(
         "--all-candidates-weight",
-        type=float,
+        type=number_in(0),
         default=0.0,
         help="weight of the mask loss over every multimask candidate, added to the best one's (paper: 0)",
     )
     p.add_argument(
         "--loss-upsample",
-        type=int,
+        type=int_at_least(1),
         default=1,
         help="train on the low-res logits upsampled by this factor (1: the low-res grid, as the paper)",
     )
@@ -67,23 +117,31 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--remat", action="store_true", help="gradient checkpointing of encoder blocks")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="encoder compute dtype")
     p.add_argument("--checkpoint-dir", help="orbax run directory (saves, keeps the last --keep, resumes)")
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--keep", type=int, default=3)
-    p.add_argument("--no-resume", action="store_true", help="ignore a run already in --checkpoint-dir")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
-    p.add_argument("--eval-images", type=int, default=50, help="held-out images per periodic evaluation")
+    p.add_argument("--save-every", type=int_at_least(1), default=500, help="save a checkpoint every N steps")
+    p.add_argument("--keep", type=int_at_least(1), default=3, help="checkpoints kept (the newest)")
+    p.add_argument("--no-resume", action="store_true", help="refuse, rather than resume, a run in --checkpoint-dir")
+    p.add_argument("--eval-every", type=int_at_least(0), default=0, help="evaluate every N steps (0: only at the end)")
+    p.add_argument("--eval-images", type=int_at_least(1), default=50, help="held-out images per periodic evaluation")
     p.add_argument(
-        "--final-eval-images", type=int, default=0, help="held-out images for the final evaluation (0: all of them)"
+        "--final-eval-images",
+        type=int_at_least(0),
+        default=0,
+        help="held-out images for the final evaluation (0: all of them)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", help="also write the final model here with sam_jax.save")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--export", help="also write the final model here (a new or empty folder) with sam_jax.save")
+    p.add_argument("--overwrite", action="store_true", help="let --export replace an existing sam_jax checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
 def finetune(args: argparse.Namespace) -> int:
     import sam_jax
     from sam_jax import data, evaluate, train
+    from sam_jax.checkpoint import is_checkpoint_dir
+    from sam_jax.io import check_directory_target
 
+    if args.export:  # refused now, not after hours of training
+        check_directory_target(args.export, is_checkpoint_dir, args.overwrite, "a sam_jax checkpoint")
     params = sam_jax.load(args.init) if args.init else sam_jax.init(sam_jax.get_config(args.config), args.seed)
     lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else SCRATCH_LR)
     cfg = train.TrainConfig(
@@ -128,7 +186,7 @@ def finetune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.export:
-        sam_jax.save(args.export, params)
+        sam_jax.save(args.export, params, overwrite=args.overwrite)
         print(f"exported {args.export}")
     print(f"done in {time.perf_counter() - t0:.0f} s; checkpoints in {args.checkpoint_dir or '(none)'}")
     return 0
@@ -144,7 +202,9 @@ def _embed_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     _collection_arguments(p)
-    p.add_argument("--batch-size", type=int, default=8, help="images per step, rounded up to a multiple of devices")
+    p.add_argument(
+        "--batch-size", type=int_at_least(1), default=8, help="images per step, rounded up to a multiple of devices"
+    )
     _job_arguments(p)
 
 
@@ -194,7 +254,15 @@ def _collection_arguments(p: argparse.ArgumentParser) -> None:
 
 def _job_arguments(p: argparse.ArgumentParser) -> None:
     """How a batch job runs: host threads, multi-host, progress bar."""
-    p.add_argument("--threads", type=int, default=0, help="host threads decoding images (0: CPU count, at most 8)")
+    p.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="host threads decoding images (0: CPU count, at most 8)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int_at_least(1),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"images of more pixels are recorded as failures, not decoded (default {DEFAULT_MAX_PIXELS})",
+    )
     _distributed_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -206,9 +274,15 @@ def _distributed_arguments(p: argparse.ArgumentParser) -> None:
         "--distributed alone on a cluster JAX detects by itself (Cloud TPU, SLURM, Open MPI).",
     )
     g.add_argument("--coordinator-address", help="host:port of process 0")
-    g.add_argument("--num-processes", type=int)
-    g.add_argument("--process-id", type=int)
+    g.add_argument("--num-processes", type=int_at_least(1))
+    g.add_argument("--process-id", type=int_at_least(0))
     g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize()")
+    g.add_argument(
+        "--coordinator-timeout",
+        type=int_at_least(1),
+        default=120,
+        help="seconds to wait for all processes to reach the coordinator (default 120)",
+    )
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -230,20 +304,54 @@ def initialize_distributed(args: argparse.Namespace) -> None:
             raise ValueError("--num-processes and --process-id must be integers") from None
         if not 0 <= pid < count:
             raise ValueError(f"--process-id must be in [0, {count}), got {pid}")
-        jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=pid)
+        where = f"the coordinator at {address} (process {pid} of {count})"
+        kwargs: dict[str, Any] = {"coordinator_address": address, "num_processes": count, "process_id": pid}
     else:
-        jax.distributed.initialize()
+        where, kwargs = "the cluster's coordinator", {}
+    print(f"sam-jax: waiting up to {args.coordinator_timeout} s for {where}", file=sys.stderr, flush=True)
+    if kwargs and kwargs["process_id"] != 0:
+        # JAX aborts the process (no exception) when the coordinator never answers: a plain
+        # connection attempt first turns an unreachable address into a one-line error.
+        _wait_for_listener(address, args.coordinator_timeout, where)
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=args.coordinator_timeout)
+    except Exception as e:  # jax raises runtime errors of several types for an unreachable coordinator
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"could not reach {where} within {args.coordinator_timeout} s ({first})") from None
+
+
+def _wait_for_listener(address: str, timeout: float, where: str) -> None:
+    """Returns once something accepts connections at `address` (host:port), or raises."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator-address must be host:port, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(2.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"could not reach {where} within {timeout:g} s ({e.strerror or e})") from None
+            time.sleep(0.5)
 
 
 def embed(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     from sam_jax import batch
 
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
+        batch.check_batch_memory(params, args.batch_size, name="--batch-size")
         with progress_bar() as advance:
             return batch.embed_images(
-                params, items, args.output, args.batch_size, threads=args.threads or None, progress=advance
+                params,
+                items,
+                args.output,
+                args.batch_size,
+                threads=args.threads or None,
+                progress=advance,
+                max_pixels=args.max_pixels,
             )
 
     return _run_job(args, "embed", run)
@@ -273,7 +381,14 @@ def amg(args: argparse.Namespace) -> int:
                 raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
         with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
             return batch.generate_masks_for_images(
-                params, items, args.output, options, devices=devices, threads=args.threads or None, progress=advance
+                params,
+                items,
+                args.output,
+                options,
+                devices=devices,
+                threads=args.threads or None,
+                progress=advance,
+                max_pixels=args.max_pixels,
             )
 
     return _run_job(args, "amg", run, extra=lambda report: f", {report.masks} masks")
@@ -299,7 +414,7 @@ def _run_job(
     from sam_jax import batch
 
     params = sam_jax.load(args.checkpoint)
-    items = batch.discover_inputs(args.input)
+    items = batch.discover_inputs(args.input, exclude=args.output)
     share = batch.process_share(items, jax.process_index(), jax.process_count())
 
     t0 = time.perf_counter()
@@ -385,14 +500,48 @@ def export_decoder(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise ValueError(f"--output {args.output!r} exists; pass --overwrite to replace it")
     import sam_jax
-    from sam_jax.checkpoint import atomic_write_bytes
     from sam_jax.export import ExportOptions, export_decoder
+    from sam_jax.io import atomic_write_bytes
 
     options = ExportOptions(args.return_single_mask, args.use_stability_score, args.return_extra_metrics)
     data = export_decoder(sam_jax.load(args.checkpoint), args.format, options)
-    atomic_write_bytes(output, data)
+    atomic_write_bytes(output, data, overwrite=args.overwrite)
     print(f"wrote {output} ({args.format}, {len(data) / 1e6:.1f} MB, outputs: {', '.join(options.output_names())})")
     return 0
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="click-to-segment in the browser (HTTP server)",
+        description="Serves a page where you open an image and click to segment it; the model runs here, in JAX. "
+        "The HTTP API is documented in docs/serve.md. Needs the 'serve' extra.",
+    )
+    p.add_argument("--checkpoint", default="tiny-shapes", help="anything sam_jax.load takes (default: tiny-shapes)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (MiB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted (width x height)")
+    p.add_argument("--cache-mb", type=float, default=1024.0, help="memory for cached embeddings and uploads (MiB)")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sam_jax.serve.server import serve_checkpoint
+
+    if not 0 < args.max_upload_mb < float("inf"):
+        raise ValueError(f"--max-upload-mb must be a finite number > 0, got {args.max_upload_mb}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be an integer >= 1, got {args.max_pixels}")
+    if not 0 <= args.cache_mb < float("inf"):
+        raise ValueError(f"--cache-mb must be a finite number >= 0, got {args.cache_mb}")
+    return serve_checkpoint(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
+        max_pixels=args.max_pixels,
+        cache_bytes=int(args.cache_mb * 2**20),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -401,23 +550,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from convert.__main__ import main as convert_main
 
         return convert_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="sam-jax", description="Segment Anything in JAX.")
+    parser = OneLineParser(prog="sam-jax", description="Segment Anything in JAX.")
     parser.add_argument(
         "--compilation-cache",
         metavar="DIR",
         help="keep compiled programs in DIR for later runs (default: $SAM_JAX_COMPILATION_CACHE, else none)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
     _finetune_parser(sub)
     _embed_parser(sub)
     _amg_parser(sub)
+    _serve_parser(sub)
     _export_decoder_parser(sub)
     args = parser.parse_args(argv)
     from sam_jax.compilation_cache import enable_from_environment
     from sam_jax.data import DataError
 
-    commands = {"finetune": finetune, "embed": embed, "amg": amg, "export-decoder": export_decoder}
+    commands = {"finetune": finetune, "embed": embed, "amg": amg, "serve": serve, "export-decoder": export_decoder}
     try:
         enable_from_environment(args.compilation_cache)
         return commands[args.command](args)

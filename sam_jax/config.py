@@ -9,6 +9,7 @@ config can be a static argument of `jax.jit`. The registry mirrors
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, TypeVar
 
 _C = TypeVar("_C")
@@ -17,15 +18,60 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+# Bounds of every integer field: far beyond any published SAM (vit_h: 32 blocks of width
+# 1280), near enough that a crafted config cannot make building the model hang or blow up.
+_INT_FIELDS = (
+    ("encoder_embed_dim", 1, 16384),
+    ("encoder_depth", 1, 256),
+    ("encoder_num_heads", 1, 1024),
+    ("image_size", 8, 16384),
+    ("patch_size", 1, 1024),
+    ("encoder_window_size", 0, 1024),
+    ("prompt_embed_dim", 8, 16384),
+    ("mask_in_chans", 4, 4096),
+    ("decoder_depth", 0, 64),
+    ("decoder_num_heads", 1, 1024),
+    ("decoder_mlp_dim", 1, 65536),
+    ("attention_downsample_rate", 1, 1024),
+    ("num_multimask_outputs", 1, 64),
+    ("iou_head_depth", 1, 64),
+    ("iou_head_hidden_dim", 1, 65536),
+)
+MAX_PARAMETERS = 2**32
+
+
+def _check_int(config: Any, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list, got {value!r}")
+    return tuple(value)
+
+
 def config_to_json(config: Any) -> dict[str, Any]:
     """A frozen config dataclass -> JSON-ready dict (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
-def config_from_json(cls: type[_C], d: dict[str, Any]) -> _C:
+def config_from_json(cls: type[_C], d: Any) -> _C:
     """Inverse of `config_to_json`, tolerant of versions: unknown keys are ignored and
-    missing ones take their defaults (the dataclass turns lists back into tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    missing ones take their defaults (the dataclass turns lists back into tuples).
+
+    Raises:
+        ValueError: `d` is not an object, lacks a required field, or a value is invalid.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"a config must be a JSON object of fields, got {type(d).__name__}")
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in d]
+    if missing:
+        raise ValueError(f"the config lacks the field(s) {', '.join(missing)}")
+    names = {f.name for f in fields}
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -49,6 +95,9 @@ class SamConfig:
         attention_downsample_rate: cross attention runs at prompt_embed_dim // rate.
         num_multimask_outputs: masks returned with multimask_output=True.
         iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+        decoder_layer_norm_eps: epsilon of the LayerNorms inside the two-way attention blocks
+            (the reference's 1e-5; `transformers` checkpoints carry their own, usually 1e-6).
+            The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
     Pre-processing:
         pixel_mean, pixel_std: per-channel RGB normalisation.
     """
@@ -73,30 +122,68 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    decoder_layer_norm_eps: float = 1e-5
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
 
     def __post_init__(self) -> None:
-        # Normalise sequences to tuples so the config stays hashable whatever was passed.
-        object.__setattr__(self, "encoder_global_attn_indexes", tuple(int(i) for i in self.encoder_global_attn_indexes))
-        object.__setattr__(self, "pixel_mean", tuple(float(v) for v in self.pixel_mean))
-        object.__setattr__(self, "pixel_std", tuple(float(v) for v in self.pixel_std))
+        # Types and ranges first: a config read from a file is checked before anything is
+        # built from it (a depth of 1e8 would hang building the model, a zero divide).
+        for name, low, high in _INT_FIELDS:
+            _check_int(self, name, low, high)
+        for name in ("qkv_bias", "use_abs_pos", "use_rel_pos"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        ratio = self.encoder_mlp_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
+            raise ValueError(f"encoder_mlp_ratio must be a number in (0, 64], got {ratio!r}")
+        indexes = _as_tuple(self.encoder_global_attn_indexes, "encoder_global_attn_indexes")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.encoder_depth for i in indexes):
+            raise ValueError(f"encoder_global_attn_indexes must be block numbers in [0, encoder_depth), got {indexes}")
+        object.__setattr__(self, "encoder_global_attn_indexes", indexes)
+        for name, positive in (("pixel_mean", False), ("pixel_std", True)):
+            values = _as_tuple(getattr(self, name), name)
+            ok = len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                for v in values
+            )
+            if not ok:
+                raise ValueError(f"{name} must be 3 finite numbers{' > 0' if positive else ''} (R, G, B), got {values}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        eps = self.decoder_layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"decoder_layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        object.__setattr__(self, "decoder_layer_norm_eps", float(eps))
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.encoder_embed_dim % self.encoder_num_heads:
             problems.append("encoder_embed_dim must be divisible by encoder_num_heads")
-        if any(not 0 <= i < self.encoder_depth for i in self.encoder_global_attn_indexes):
-            problems.append("encoder_global_attn_indexes must lie in [0, encoder_depth)")
-        internal = self.prompt_embed_dim // max(self.attention_downsample_rate, 1)
-        if self.prompt_embed_dim % self.decoder_num_heads or internal % self.decoder_num_heads:
+        internal = self.prompt_embed_dim // self.attention_downsample_rate
+        if self.prompt_embed_dim % self.decoder_num_heads or internal % self.decoder_num_heads or internal < 1:
             problems.append("prompt_embed_dim (and its downsampled width) must be divisible by decoder_num_heads")
-        if self.prompt_embed_dim % 8 or self.prompt_embed_dim % 2:
+        if self.prompt_embed_dim % 8:
             problems.append("prompt_embed_dim must be a multiple of 8 (the upscaler ends at dim // 8)")
+        if not self.decoder_layer_norm_eps > 0:
+            problems.append("decoder_layer_norm_eps must be positive")
         if self.mask_in_chans % 4:
             problems.append("mask_in_chans must be a multiple of 4")
+        if not problems and self.parameter_count() > MAX_PARAMETERS:
+            problems.append(
+                f"about {self.parameter_count():.3g} parameters, more than the {MAX_PARAMETERS:.3g} allowed"
+            )
         if problems:
             raise ValueError("invalid SamConfig: " + "; ".join(problems))
+
+    def parameter_count(self) -> int:
+        """The number of weights, up to small terms (biases, norms): what a config costs."""
+        d, c, m = self.encoder_embed_dim, self.prompt_embed_dim, self.decoder_mlp_dim
+        grid = self.embedding_size
+        encoder = self.encoder_depth * int((4 + 2 * self.encoder_mlp_ratio) * d * d)
+        encoder += 3 * self.patch_size**2 * d + grid * grid * d + d * c + 9 * c * c
+        decoder = self.decoder_depth * (4 * c * c + 8 * c * c // self.attention_downsample_rate + 2 * c * m)
+        heads = (self.num_multimask_outputs + 1) * 2 * c * c + self.iou_head_depth * self.iou_head_hidden_dim**2
+        return encoder + decoder + heads
 
     @property
     def embedding_size(self) -> int:

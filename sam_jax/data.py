@@ -29,9 +29,10 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from sam_jax.io import IMAGE_EXTENSIONS, ImageError, image_header_size, read_image, read_image_bytes
+
 _log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SHAPE_KINDS = ("circle", "ellipse", "rectangle", "triangle", "polygon", "star")
 BACKGROUND_KINDS = ("gradient", "noise", "stripes", "checker")
 TEXTURE_KINDS = ("flat", "gradient", "stripes", "noise")
@@ -343,22 +344,20 @@ class SyntheticShapes:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header only."""
+    """(width, height) of an image as it is read (EXIF orientation applied), from its header."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+        h, w = image_header_size(read_image_bytes(path), str(path))
+    except ImageError as exc:
+        raise DataError(str(exc)) from None
+    return w, h
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    """The image at `path` as (H, W, 3) uint8 RGB."""
+    """The image at `path` as (H, W, 3) uint8 RGB, read as the reference reads images."""
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except _PIL_ERRORS as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
-    return np.array(rgb)
+        return read_image(path)
+    except ImageError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _load_mask(path: Path) -> np.ndarray:

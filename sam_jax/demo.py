@@ -28,6 +28,8 @@ ASSETS = Path(__file__).parent / "assets"
 # The reference's ViT-H thresholds (0.88 / 0.95) keep few of tiny-shapes' masks (its IoU
 # head is less sure of itself than ViT-H's); these keep its confident objects.
 AUTOMATIC_OPTIONS = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85, "output_mode": "coco_rle"}
+# What the demo writes into its output folder: the folder may hold these and nothing else.
+OUTPUT_FILES = ("points.png", "boxes.png", "masks.json", "automatic.png", "automatic.json")
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 
@@ -55,10 +57,24 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def run(output: Path, checkpoint: str = "tiny-shapes") -> dict[str, Any]:
+    """Runs the demo into `output`: a new or empty folder, or an earlier demo's output (replaced).
+
+    Raises:
+        FileExistsError: `output` holds anything else (before any work; it is left untouched).
+    """
+    from sam_jax.io import only_names, write_directory
+
+    def owns(folder: Path) -> bool:
+        return only_names(folder, lambda name: name in OUTPUT_FILES)
+
+    with write_directory(output, owns=owns, overwrite=True, what="the demo's output") as tmp:
+        return _run_into(tmp, checkpoint)
+
+
+def _run_into(tmp: Path, checkpoint: str) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     import sam_jax
-    from sam_jax.checkpoint import atomic_directory
     from sam_jax.evaluate import iou
 
     t0 = time.perf_counter()
@@ -98,19 +114,16 @@ def run(output: Path, checkpoint: str = "tiny-shapes") -> dict[str, Any]:
                     "segmentation": rle(m),
                 }
             )
-    with atomic_directory(output) as tmp:
-        point_prompts = [{"points": p.tolist()} for p in points]
-        overlay(image, list(point_masks), point_prompts).save(tmp / "points.png")
-        overlay(image, list(box_masks), [{"box": b.tolist()} for b in boxes]).save(tmp / "boxes.png")
-        prompts = [{"points": r["point_coords"]} for r in automatic]
-        overlay(image, automatic_masks, prompts).save(tmp / "automatic.png")
-        (tmp / "automatic.json").write_text(
-            json.dumps({"image": "sample.png", "model": checkpoint, "options": AUTOMATIC_OPTIONS, "masks": automatic})
-            + "\n"
-        )
-        (tmp / "masks.json").write_text(
-            json.dumps({"image": "sample.png", "model": checkpoint, "masks": records}) + "\n"
-        )
+    point_prompts = [{"points": p.tolist()} for p in points]
+    overlay(image, list(point_masks), point_prompts).save(tmp / "points.png")
+    overlay(image, list(box_masks), [{"box": b.tolist()} for b in boxes]).save(tmp / "boxes.png")
+    prompts = [{"points": r["point_coords"]} for r in automatic]
+    overlay(image, automatic_masks, prompts).save(tmp / "automatic.png")
+    (tmp / "automatic.json").write_text(
+        json.dumps({"image": "sample.png", "model": checkpoint, "options": AUTOMATIC_OPTIONS, "masks": automatic})
+        + "\n"
+    )
+    (tmp / "masks.json").write_text(json.dumps({"image": "sample.png", "model": checkpoint, "masks": records}) + "\n")
     summary = {
         "objects": len(spec["objects"]),
         "point_miou": float(np.mean([r["iou_with_truth"] for r in records if r["prompt"] == "point"])),

@@ -212,6 +212,7 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     keys = g.op("Transpose", g.op("Reshape", src, g.ints(1, c, e * e)), perm=[0, 2, 1])
     key_pe = g.const(_dense_pe(params)[None])
     queries, tw = tokens, dw["transformer"]
+    block_eps = cfg.decoder_layer_norm_eps  # the final norm keeps torch's default, as the reference
     for i in range(cfg.decoder_depth):
         p = tw[f"layers_{i}"]
         if i == 0:  # skip_first_layer_pe
@@ -219,18 +220,18 @@ def build_decoder(params: SamParams, options: Any) -> Any:
         else:
             q = g.op("Add", queries, tokens)
             queries = g.op("Add", queries, g.attention(q, q, queries, p["self_attn"], heads))
-        queries = g.layer_norm(queries, p["norm1"], DECODER_LN_EPS)
+        queries = g.layer_norm(queries, p["norm1"], block_eps)
         q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
         queries = g.op("Add", queries, g.attention(q, k, keys, p["cross_attn_token_to_image"], heads))
-        queries = g.layer_norm(queries, p["norm2"], DECODER_LN_EPS)
+        queries = g.layer_norm(queries, p["norm2"], block_eps)
         queries = g.layer_norm(
             g.op("Add", queries, g.mlp(queries, {"layers_0": p["mlp"]["lin1"], "layers_1": p["mlp"]["lin2"]}, 2)),
             p["norm3"],
-            DECODER_LN_EPS,
+            block_eps,
         )
         q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
         keys = g.op("Add", keys, g.attention(k, q, queries, p["cross_attn_image_to_token"], heads))
-        keys = g.layer_norm(keys, p["norm4"], DECODER_LN_EPS)
+        keys = g.layer_norm(keys, p["norm4"], block_eps)
     q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
     queries = g.op("Add", queries, g.attention(q, k, keys, tw["final_attn_token_to_image"], heads))
     queries = g.layer_norm(queries, tw["norm_final_attn"], DECODER_LN_EPS)

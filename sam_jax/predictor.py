@@ -18,7 +18,8 @@ Inputs are checked on the host before anything is traced, so a bad argument rais
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.struct
@@ -67,10 +68,21 @@ class ImageEmbedding:
         return int(self.image_embedding.shape[0])
 
     def __getitem__(self, i: int) -> ImageEmbedding:
-        """The i-th image of a batch, as a single-image embedding."""
+        """The i-th image of a batch, as a single-image embedding (negative i counts from the end)."""
         if not self.is_batch:
             raise TypeError("this ImageEmbedding holds one image; only batches can be indexed")
-        return ImageEmbedding(self.image_embedding[i], self.original_size, self.input_size)
+        try:
+            index = operator.index(i)
+        except TypeError:
+            raise TypeError(f"ImageEmbedding indices must be integers, got {type(i).__name__}") from None
+        n = len(self)
+        if not -n <= index < n:  # jax clamps out-of-range indices; a sequence raises
+            raise IndexError(f"image {index} is out of range for a batch of {n}")
+        return ImageEmbedding(self.image_embedding[index % n], self.original_size, self.input_size)
+
+    def __iter__(self) -> Iterator[ImageEmbedding]:
+        """The images of a batch, in order."""
+        return (self[i] for i in range(len(self)))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -85,12 +97,16 @@ def _check_params(params: Any) -> SamParams:
 def _as_numeric(value: Any, name: str, form: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
+    except ValueError:  # nested lists of unequal lengths
+        raise ValueError(f"{name} must be a rectangular array {form}; the nested lists differ in length") from None
     except Exception:
         raise TypeError(f"{name} must be an array of numbers {form}, got {type(value).__name__}") from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"{name} must be an array of numbers {form}, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite {form}; it contains NaN or infinite values")
+    # Checked as float32, the precision they are used in: 1e39 is finite in float64 only.
+    with np.errstate(over="ignore"):
+        if not np.all(np.isfinite(arr.astype(np.float32))):
+            raise ValueError(f"{name} must be finite float32 values {form}; it contains NaN, infinite or huge values")
     return arr
 
 
@@ -99,7 +115,12 @@ def check_image(image: Any, *, allow_batch: bool = False) -> np.ndarray:
     form = "(B, H, W, 3) or (H, W, 3)" if allow_batch else "(H, W, 3)"
     if not hasattr(image, "__array__") and not isinstance(image, (list, tuple)):
         raise TypeError(f"image must be a uint8 RGB array {form}, got {type(image).__name__}")
-    arr = np.asarray(image)
+    try:
+        arr = np.asarray(image)
+    except ValueError:
+        raise ValueError(
+            f"image must be one array {form}; images of different sizes cannot form a batch (encode them one at a time)"
+        ) from None
     if arr.dtype != np.uint8:
         raise TypeError(f"image must be a uint8 RGB array {form} with values 0..255, got dtype {arr.dtype}")
     if not (arr.ndim == 3 or (allow_batch and arr.ndim == 4)):
@@ -133,8 +154,8 @@ def check_prompts(
     pts = lab = bx = msk = None
     if points is not None:
         pts = _as_numeric(points, "points", "of shape (N, 2) or (B, N, 2)").astype(np.float64)
-        if pts.ndim not in (2, 3) or pts.shape[-1] != 2 or pts.shape[-2] < 1:
-            raise ValueError(f"points must have shape (N, 2) or (B, N, 2) with N >= 1, got {pts.shape}")
+        if pts.ndim not in (2, 3) or pts.shape[-1] != 2 or pts.shape[-2] < 1 or (pts.ndim == 3 and pts.shape[0] < 1):
+            raise ValueError(f"points must have shape (N, 2) or (B, N, 2) with B, N >= 1, got {pts.shape}")
         batched_by["points"] = pts.ndim == 3
         pts = pts if pts.ndim == 3 else pts[None]
         sizes["points"] = pts.shape[0]

@@ -25,7 +25,10 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import json
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.traverse_util
@@ -35,7 +38,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from sam_jax import transforms
+from sam_jax import checkpoint, transforms
 from sam_jax.config import SamConfig, config_from_json, config_to_json
 from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
 from sam_jax.modeling.sam import (
@@ -106,9 +109,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.correction_rounds < 0 or self.warmup_steps < 0:
             raise ValueError("correction_rounds and warmup_steps must be >= 0")
-        for name in ("focal_weight", "dice_weight", "iou_weight", "all_candidates_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("focal_weight", "dice_weight", "iou_weight", "all_candidates_weight", "weight_decay"):
+            if not getattr(self, name) >= 0 or not np.isfinite(getattr(self, name)):  # NaN fails every compare
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name in ("learning_rate", "grad_clip"):
+            if not getattr(self, name) > 0 or not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.box_probability <= 1:
+            raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_json(self)
@@ -261,13 +271,27 @@ def is_frozen(path: str, patterns: Sequence[str]) -> bool:
     A pattern is a module prefix (`image_encoder`, `mask_decoder/transformer`) or an
     fnmatch pattern over the whole path (`image_encoder/blocks_[0-5]/*`).
     """
-    patterns = (*patterns, *ALWAYS_FROZEN)
-    return any(path == p or path.startswith(p.rstrip("/") + "/") or fnmatch.fnmatchcase(path, p) for p in patterns)
+    return any(_matches(path, p) for p in (*patterns, *ALWAYS_FROZEN))
+
+
+def _matches(path: str, pattern: str) -> bool:
+    return path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern)
 
 
 def partition(weights: dict[str, Any], freeze: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Splits a weights tree into (trainable, frozen) trees of the same nesting."""
+    """Splits a weights tree into (trainable, frozen) trees of the same nesting.
+
+    Raises:
+        ValueError: a freeze pattern that matches no parameter (a typo would train everything).
+    """
     flat = flax.traverse_util.flatten_dict(weights)
+    paths = [_path_str(k) for k in flat]
+    for pattern in freeze:
+        if not any(_matches(path, pattern) for path in paths):
+            raise ValueError(
+                f"freeze pattern {pattern!r} matches no parameter; give a module ({', '.join(weights)}) "
+                "or a path pattern such as image_encoder/blocks_[0-5]/*"
+            )
     trainable = {k: v for k, v in flat.items() if not is_frozen(_path_str(k), freeze)}
     frozen = {k: v for k, v in flat.items() if k not in trainable}
     return flax.traverse_util.unflatten_dict(trainable), flax.traverse_util.unflatten_dict(frozen)
@@ -536,6 +560,8 @@ class CheckpointStore:
 
         import orbax.checkpoint as ocp
 
+        check_run_directory(directory)
+        self.directory = Path(directory)
         self.ocp = ocp
         self.manager = ocp.CheckpointManager(
             os.path.abspath(directory),
@@ -545,6 +571,21 @@ class CheckpointStore:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        """The saved steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """A step's metadata, read without restoring anything else."""
+        path = self.directory / str(step) / "meta" / "metadata"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable step metadata ({e})") from None
+        if not isinstance(meta, dict) or not {"config", "train", "data_cursor"} <= set(meta):
+            raise ValueError(f"{path}: not the metadata of a sam_jax training step")
+        return meta
 
     def save(self, step: int, weights: Any, opt_state: Any, meta: dict[str, Any]) -> None:
         ocp = self.ocp
@@ -560,21 +601,86 @@ class CheckpointStore:
         )
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, opt_state_template: Any) -> tuple[Any, Any, dict[str, Any]]:
+    def restore(self, step: int, opt_state_template: Any) -> tuple[Any, Any]:
+        """A step's weights and optimiser state, checked against the checksum in its metadata.
+
+        Raises:
+            ValueError: naming the step's folder when it cannot be read or was altered.
+        """
         ocp = self.ocp
+        meta = self.read_meta(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, opt_state_template)
-        r = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                weights=ocp.args.PyTreeRestore(),
-                opt_state=ocp.args.StandardRestore(abstract),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
-        return r["weights"], r["opt_state"], r["meta"]
+        where = self.directory / str(step)
+        composite = ocp.args.Composite(weights=ocp.args.PyTreeRestore(), opt_state=ocp.args.StandardRestore(abstract))
+        try:
+            with checkpoint.quiet_orbax():
+                r = self.manager.restore(step, args=composite)
+        except Exception as e:  # orbax raises many types for a damaged step
+            raise ValueError(f"{where}: unreadable step ({type(e).__name__}: {str(e)[:200]})") from None
+        weights = jax.tree.map(lambda x: np.asarray(x, np.float32), r["weights"])
+        expected = meta.get("weights_sha256")
+        if expected is not None and checkpoint.weights_digest(weights) != expected:
+            raise ValueError(f"{where}/weights: the weights do not match the checksum in its metadata")
+        checkpoint.check_finite(weights, f"{where}/weights")
+        return weights, r["opt_state"]
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _is_run_entry(entry: Path) -> bool:
+    if ".orbax-checkpoint-tmp" in entry.name:  # a save a kill interrupted; orbax ignores it
+        return True
+    return entry.name.isdigit() and entry.is_dir() and entry.joinpath(*checkpoint.RUN_META_FILE).is_file()
+
+
+def check_run_directory(directory: str | os.PathLike[str]) -> None:
+    """Refuses a `--checkpoint-dir` that holds anything but a training run's steps: the
+    checkpoint manager deletes old steps, and must never meet a folder of the user's."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint directory {directory}: exists and is not a folder")
+    if path.is_dir():
+        foreign = [e.name for e in path.iterdir() if not _is_run_entry(e)]
+        if foreign:
+            raise ValueError(
+                f"checkpoint directory {directory}: holds {foreign[0]!r}, which is not a step of a sam_jax training "
+                "run; choose a new or empty folder"
+            )
+
+
+def _resume(
+    store: CheckpointStore, config: SamConfig, cfg: TrainConfig, opt_state: Any, log: Any
+) -> tuple[int, int, Any, Any]:
+    """(step, data cursor, weights, optimiser state) of the newest intact step of a run.
+
+    The run's model is checked against `config` from the metadata first (restoring another
+    model's arrays would fail deep inside orbax); a damaged step is named and the previous
+    one tried.
+    """
+    latest = store.steps()[0]
+    run_config = SamConfig.from_dict(store.read_meta(latest)["config"])
+    if run_config != config:
+        raise ValueError(
+            f"checkpoint directory {store.directory}: the run there trains another model "
+            f"({_describe(run_config)}, not {_describe(config)}); resume with the same --config/--init or choose "
+            "a new folder"
+        )
+    for step in store.steps():
+        try:
+            meta = store.read_meta(step)
+            weights, restored = store.restore(step, opt_state)
+        except ValueError as e:
+            log(f"warning: {e}; trying the step before it")
+            continue
+        if TrainConfig.from_dict(meta["train"]) != cfg:
+            log(f"note: resuming {store.directory} with changed training options")
+        return step, int(meta["data_cursor"]), weights, restored
+    raise ValueError(f"checkpoint directory {store.directory}: no step of the run can be read (see the warnings)")
+
+
+def _describe(config: SamConfig) -> str:
+    return f"embed {config.encoder_embed_dim}, depth {config.encoder_depth}, image {config.image_size}"
 
 
 def train(
@@ -613,6 +719,9 @@ def train(
 
     log = log or functools.partial(print, flush=True)
     target_side(params.config, cfg)  # refuses a bad loss_upsample before any work
+    for name, value, low in (("save_every", save_every, 1), ("keep", keep, 1), ("eval_every", eval_every, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     devices = jax.devices()
     if cfg.batch_size % len(devices):
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the {len(devices)} devices")
@@ -625,24 +734,24 @@ def train(
     opt_state = optimizer.init(trainable)
     start, cursor = 0, 0
     store = CheckpointStore(checkpoint_dir, keep) if checkpoint_dir else None
-    if store is not None and resume and store.latest_step() is not None:
-        start = int(store.latest_step())
-        weights, opt_state, meta = store.restore(start, opt_state)
-        if SamConfig.from_dict(meta["config"]) != params.config:
-            raise ValueError(f"{checkpoint_dir}: the run there trains another model configuration")
-        if TrainConfig.from_dict(meta["train"]) != cfg:
-            log(f"note: resuming {checkpoint_dir} with changed training options")
+    if store is not None and store.steps() and not resume:
+        raise ValueError(
+            f"checkpoint directory {checkpoint_dir}: holds a run (latest step {store.steps()[0]}); resume it or "
+            "choose a new folder"
+        )
+    if store is not None and store.steps():
+        start, cursor, weights, opt_state = _resume(store, params.config, cfg, opt_state, log)
         trainable, frozen = partition(jax.tree.map(jnp.asarray, weights), cfg.freeze)
-        cursor = int(meta["data_cursor"])
         log(f"resumed from step {start} (data cursor {cursor})")
     trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), replicated)
     # The step donates its trainable buffers; never donate the caller's own arrays.
     trainable, opt_state = jax.tree.map(jnp.copy, (trainable, opt_state))
 
-    def meta_at(step: int, cur: int, figures: dict[str, float]) -> dict[str, Any]:
+    def meta_at(step: int, cur: int, figures: dict[str, float], weights: Any) -> dict[str, Any]:
         return {
-            "format": "sam_jax",
-            "version": 1,
+            "format": checkpoint.FORMAT,
+            "version": checkpoint.VERSION,
+            "weights_sha256": checkpoint.weights_digest(weights),
             "config": params.config.to_dict(),
             "train": cfg.to_dict(),
             "step": step,
@@ -691,7 +800,8 @@ def train(
                 figures = evaluate_fn(SamParams(params.config, merge(trainable, frozen)))
                 log(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
             if store is not None and (done % save_every == 0 or done == cfg.steps):
-                store.save(done, merge(trainable, frozen), opt_state, meta_at(done, cursor, {**running, **figures}))
+                weights = jax.tree.map(np.asarray, merge(trainable, frozen))
+                store.save(done, weights, opt_state, meta_at(done, cursor, {**running, **figures}, weights))
         else:
             step = cfg.steps
         batches.close()

@@ -16,9 +16,13 @@ from sam_jax.modeling.common import linear_resize_matrix
 
 
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    """Size (h, w) after scaling the longest side to `long_side`, rounded half up."""
+    """Size (h, w) after scaling the longest side to `long_side`, rounded half up.
+
+    At least one pixel per side: the reference rounds a side of an extreme aspect ratio
+    (5 x 3000 at 1024) to zero and fails; everywhere else this is its arithmetic.
+    """
     scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    return max(int(old_h * scale + 0.5), 1), max(int(old_w * scale + 0.5), 1)
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

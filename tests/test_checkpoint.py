@@ -20,8 +20,10 @@ def test_save_load_round_trip(small, tmp_path):
     assert loaded.config == small.params.config
     for a, b in zip(jax.tree.leaves(loaded.weights), jax.tree.leaves(small.params.weights), strict=True):
         np.testing.assert_array_equal(a, b)
-    # Saving again over an existing checkpoint replaces it whole.
-    sam_jax.save(tmp_path / "ck", sam_jax.init(small.params.config, seed=5))
+    # Saving again over an existing checkpoint needs overwrite=True, and replaces it whole.
+    with pytest.raises(FileExistsError, match="already holds a sam_jax checkpoint"):
+        sam_jax.save(tmp_path / "ck", sam_jax.init(small.params.config, seed=5))
+    sam_jax.save(tmp_path / "ck", sam_jax.init(small.params.config, seed=5), overwrite=True)
     assert not np.array_equal(
         jax.tree.leaves(sam_jax.load(tmp_path / "ck").weights)[0], jax.tree.leaves(small.params.weights)[0]
     )
@@ -35,7 +37,7 @@ def test_failed_save_leaves_previous_checkpoint(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "write_checkpoint", boom)
     with pytest.raises(OSError, match="disk full"):
-        sam_jax.save(tmp_path / "ck", small.params)
+        sam_jax.save(tmp_path / "ck", small.params, overwrite=True)
     monkeypatch.undo()
     assert sam_jax.load(tmp_path / "ck").config == small.params.config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

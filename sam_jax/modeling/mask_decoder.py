@@ -76,7 +76,11 @@ class MaskDecoder(nn.Module):
         self.iou_token = nn.Embed(1, dim)
         self.mask_tokens = nn.Embed(n_tokens, dim)
         self.transformer = TwoWayTransformer(
-            cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_mlp_dim, cfg.attention_downsample_rate
+            cfg.decoder_depth,
+            cfg.decoder_num_heads,
+            cfg.decoder_mlp_dim,
+            cfg.attention_downsample_rate,
+            layer_norm_eps=cfg.decoder_layer_norm_eps,
         )
         self.output_upscaling_0 = ConvTranspose2x2(dim // 4)
         self.output_upscaling_1 = layer_norm(LAYER_NORM_2D_EPS)

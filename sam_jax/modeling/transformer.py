@@ -204,6 +204,7 @@ class TwoWayAttentionBlock(nn.Module):
     mlp_dim: int
     attention_downsample_rate: int = 2
     skip_first_layer_pe: bool = False
+    layer_norm_eps: float = DECODER_LN_EPS
 
     @nn.compact
     def __call__(
@@ -224,18 +225,18 @@ class TwoWayAttentionBlock(nn.Module):
         else:
             q = queries + query_pe
             queries = queries + self_attn(q, q, queries, token_mask)
-        queries = layer_norm(DECODER_LN_EPS, "norm1")(queries)
+        queries = layer_norm(self.layer_norm_eps, "norm1")(queries)
 
         q, k = queries + query_pe, keys + key_pe
         queries = queries + Attention(self.num_heads, rate, name="cross_attn_token_to_image")(q, k, keys)
-        queries = layer_norm(DECODER_LN_EPS, "norm2")(queries)
+        queries = layer_norm(self.layer_norm_eps, "norm2")(queries)
 
         queries = queries + MLPBlock(self.mlp_dim, act=relu, name="mlp")(queries)
-        queries = layer_norm(DECODER_LN_EPS, "norm3")(queries)
+        queries = layer_norm(self.layer_norm_eps, "norm3")(queries)
 
         q, k = queries + query_pe, keys + key_pe
         keys = keys + Attention(self.num_heads, rate, name="cross_attn_image_to_token")(k, q, queries, token_mask)
-        keys = layer_norm(DECODER_LN_EPS, "norm4")(keys)
+        keys = layer_norm(self.layer_norm_eps, "norm4")(keys)
         return queries, keys
 
 
@@ -244,6 +245,8 @@ class TwoWayTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     attention_downsample_rate: int = 2
+    # The blocks' norms only: the final norm is torch's default in the reference and in transformers.
+    layer_norm_eps: float = DECODER_LN_EPS
 
     @nn.compact
     def __call__(
@@ -278,6 +281,7 @@ class TwoWayTransformer(nn.Module):
                 self.mlp_dim,
                 self.attention_downsample_rate,
                 skip_first_layer_pe=i == 0,
+                layer_norm_eps=self.layer_norm_eps,
                 name=f"layers_{i}",
             )(queries, keys, point_embedding, key_pe, token_mask)
         q, k = queries + point_embedding, keys + key_pe

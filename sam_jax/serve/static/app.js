@@ -1,0 +1,444 @@
+// The click-to-segment page: prompts go to the server, masks come back as COCO RLE and are
+// decoded and drawn here (the server sends no pixels, and redrawing needs no round trip).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const view = $("view");
+const ctx = view.getContext("2d");
+const PALETTE = [
+  [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+  [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40],
+];
+const MASK_COLOUR = [30, 144, 255];
+const DRAG_PIXELS = 4; // screen pixels a press must move to become a box
+
+const state = {
+  file: null, // kept to upload again if the server has evicted the image
+  name: "image",
+  imageId: null,
+  width: 0,
+  height: 0,
+  bitmap: null,
+  points: [], // [[x, y], ...] in image pixels
+  labels: [], // 1 foreground, 0 background
+  box: null, // [x0, y0, x1, y1]
+  history: [], // earlier {points, labels, box}, for undo
+  result: null, // {masks: [rle], scores: [s], chosen: i}
+  automatic: null, // records of "segment everything"
+  drag: null, // {x0, y0, x1, y1, sx, sy, moved, button} while the mouse is down
+  overlay: null, // the drawn masks as a canvas, with what they were drawn from
+  seq: 0, // the latest prediction request; older answers are dropped
+  maxUploadBytes: Infinity,
+};
+
+// ---------------------------------------------------------------- server
+
+async function api(path, { body, form } = {}, retry = true) {
+  const init = { method: "POST" };
+  if (form) init.body = form;
+  else {
+    init.headers = { "Content-Type": "application/json" };
+    init.body = JSON.stringify(body || {});
+  }
+  const response = await fetch(path, init);
+  if (response.status === 404 && retry && state.file && path.startsWith("/api/images/")) {
+    // Evicted from the server's cache: upload the same file again, then retry once.
+    await upload(state.file, false);
+    return api(path.replace(/\/api\/images\/[^/]+/, `/api/images/${state.imageId}`), { body, form }, false);
+  }
+  let data;
+  try {
+    data = await response.json();
+  } catch {
+    data = { error: `${response.status} ${response.statusText}` };
+  }
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+async function upload(file, resetPrompt = true) {
+  if (file.size > state.maxUploadBytes) {
+    throw new Error(`the file is larger than the server accepts (${state.maxUploadBytes} bytes)`);
+  }
+  const form = new FormData();
+  form.append("file", file, "upload");
+  const info = await api("/api/images", { form });
+  state.imageId = info.image_id;
+  if (resetPrompt) {
+    state.width = info.width;
+    state.height = info.height;
+  }
+  return info;
+}
+
+// ---------------------------------------------------------------- masks
+
+// COCO compressed RLE counts (pycocotools rleFrString): 5 bits a character, deltas after the second count.
+function rleCounts(s) {
+  const counts = [];
+  let p = 0;
+  while (p < s.length) {
+    let x = 0;
+    let k = 0;
+    let more = true;
+    while (more) {
+      const c = s.charCodeAt(p) - 48;
+      x += (c & 0x1f) * 2 ** (5 * k);
+      more = (c & 0x20) !== 0;
+      p += 1;
+      k += 1;
+      if (!more && (c & 0x10)) x -= 2 ** (5 * k);
+    }
+    if (counts.length > 2) x += counts[counts.length - 2];
+    counts.push(x);
+  }
+  return counts;
+}
+
+// An RLE mask (column-major runs, zeros first) as a row-major 0/1 array.
+function rleToMask(rle) {
+  const [h, w] = rle.size;
+  const mask = new Uint8Array(h * w);
+  const counts = rleCounts(rle.counts);
+  let i = 0;
+  for (let r = 0; r < counts.length; r += 1) {
+    const end = i + counts[r];
+    if (r % 2 === 1) for (let j = i; j < end; j += 1) mask[(j % h) * w + Math.floor(j / h)] = 1;
+    i = end;
+  }
+  return mask;
+}
+
+// Paints a mask into RGBA pixels: its inside in `fill` at `alpha`, and, when `edge` is given,
+// its inner border `thickness` pixels wide in `edge`, opaque (so the mask stays visible on any colour).
+function paintMask(mask, w, h, rgba, fill, alpha, edge = null, thickness = 0) {
+  const outside = (x, y) => x >= 0 && y >= 0 && x < w && y < h && !mask[y * w + x];
+  for (let y = 0; y < h; y += 1) {
+    for (let x = 0; x < w; x += 1) {
+      if (!mask[y * w + x]) continue;
+      let border = false;
+      for (let d = 1; d <= thickness && !border; d += 1) {
+        border = outside(x - d, y) || outside(x + d, y) || outside(x, y - d) || outside(x, y + d);
+      }
+      const [colour, a] = border ? [edge, 255] : [fill, alpha];
+      const o = (y * w + x) * 4;
+      rgba[o] = colour[0];
+      rgba[o + 1] = colour[1];
+      rgba[o + 2] = colour[2];
+      rgba[o + 3] = a;
+    }
+  }
+}
+
+// The current masks with their colours: the chosen candidate, or every automatic mask (largest first).
+function currentMasks() {
+  if (state.automatic) {
+    const order = state.automatic.map((r, i) => [r, i]).sort((a, b) => b[0].area - a[0].area);
+    return order.map(([r, i]) => {
+      const colour = PALETTE[i % PALETTE.length];
+      return { rle: r.segmentation, colour, edge: colour };
+    });
+  }
+  if (state.result && state.result.masks.length) {
+    return [{ rle: state.result.masks[state.result.chosen], colour: MASK_COLOUR, edge: [255, 255, 255] }];
+  }
+  return [];
+}
+
+// A canvas of the image's size with `masks` painted: translucent with borders for the view,
+// opaque on black without borders for the PNG download.
+function maskCanvas(masks, forDownload) {
+  const canvas = document.createElement("canvas");
+  canvas.width = state.width;
+  canvas.height = state.height;
+  const c = canvas.getContext("2d");
+  const pixels = c.createImageData(state.width, state.height);
+  if (forDownload) for (let o = 3; o < pixels.data.length; o += 4) pixels.data[o] = 255;
+  const thickness = Math.max(2, Math.round(Math.max(state.width, state.height) / 250));
+  for (const m of masks) {
+    const mask = rleToMask(m.rle);
+    if (forDownload) paintMask(mask, state.width, state.height, pixels.data, m.colour, 255);
+    else paintMask(mask, state.width, state.height, pixels.data, m.colour, 130, m.edge, thickness);
+  }
+  c.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+// ---------------------------------------------------------------- drawing
+
+function render() {
+  if (!state.bitmap) return;
+  ctx.clearRect(0, 0, view.width, view.height);
+  ctx.drawImage(state.bitmap, 0, 0, state.width, state.height);
+  // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
+  const key = [state.result, state.result && state.result.chosen, state.automatic];
+  if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
+    const masks = currentMasks();
+    state.overlay = { key, canvas: masks.length ? maskCanvas(masks, false) : null, count: masks.length };
+  }
+  if (state.overlay.canvas) ctx.drawImage(state.overlay.canvas, 0, 0);
+  view.dataset.masks = String(state.overlay.count);
+
+  const unit = Math.max(3, Math.round(Math.max(state.width, state.height) / 120));
+  const dragging = state.drag && state.drag.moved;
+  const box = dragging ? [state.drag.x0, state.drag.y0, state.drag.x1, state.drag.y1] : state.box;
+  if (box) {
+    ctx.lineWidth = Math.max(2, unit / 2);
+    ctx.strokeStyle = "#ffffff";
+    ctx.setLineDash(dragging ? [unit * 2, unit] : []);
+    ctx.strokeRect(box[0] + 0.5, box[1] + 0.5, box[2] - box[0], box[3] - box[1]);
+    ctx.setLineDash([]);
+  }
+  state.points.forEach(([x, y], i) => {
+    ctx.beginPath();
+    ctx.arc(x + 0.5, y + 0.5, unit * 1.5, 0, 2 * Math.PI);
+    ctx.fillStyle = state.labels[i] === 1 ? "#16a34a" : "#dc2626";
+    ctx.fill();
+    ctx.lineWidth = Math.max(1, unit / 2);
+    ctx.strokeStyle = "#ffffff";
+    ctx.stroke();
+  });
+}
+
+function showCandidates() {
+  const list = $("candidates");
+  list.replaceChildren();
+  list.hidden = !$("show-candidates").checked || !state.result;
+  if (list.hidden) return;
+  state.result.scores.forEach((score, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = `Mask ${i + 1}: score ${score.toFixed(3)}`;
+    b.className = i === state.result.chosen ? "chosen" : "";
+    b.addEventListener("click", () => {
+      state.result.chosen = i;
+      showCandidates();
+      render();
+    });
+    list.append(b);
+  });
+}
+
+function status(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+// ---------------------------------------------------------------- prompting
+
+async function predict() {
+  const seq = ++state.seq;
+  state.automatic = null;
+  if (!state.points.length && !state.box) {
+    state.result = null;
+    showCandidates();
+    render();
+    status("");
+    return;
+  }
+  const single = state.points.length === 1 && !state.box;
+  const body = {
+    points: state.points,
+    labels: state.labels,
+    box: state.box,
+    // As the reference demo: three candidates for one click, one mask once the prompt is clear.
+    multimask: $("show-candidates").checked || single,
+  };
+  const t0 = performance.now();
+  try {
+    const result = await api(`/api/images/${state.imageId}/predict`, { body });
+    if (seq !== state.seq) return; // a newer prompt is on its way
+    const best = result.scores.indexOf(Math.max(...result.scores));
+    state.result = { ...result, chosen: best };
+    status(`score ${result.scores[best].toFixed(3)} · ${Math.round(performance.now() - t0)} ms`);
+  } catch (e) {
+    if (seq === state.seq) status(e.message, true);
+  }
+  showCandidates();
+  render();
+}
+
+function pushHistory() {
+  state.history.push({ points: state.points.slice(), labels: state.labels.slice(), box: state.box });
+}
+
+// Image coordinates of a mouse event, as the model takes them: x = 0 is the centre of the first pixel.
+function imagePoint(event) {
+  const r = view.getBoundingClientRect();
+  const x = ((event.clientX - r.left) * state.width) / r.width - 0.5;
+  const y = ((event.clientY - r.top) * state.height) / r.height - 0.5;
+  return [Math.min(state.width - 1, Math.max(0, x)), Math.min(state.height - 1, Math.max(0, y))];
+}
+
+view.addEventListener("contextmenu", (e) => e.preventDefault());
+view.addEventListener("mousedown", (e) => {
+  if (!state.imageId || (e.button !== 0 && e.button !== 2)) return;
+  const [x, y] = imagePoint(e);
+  state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button };
+});
+window.addEventListener("mousemove", (e) => {
+  const d = state.drag;
+  if (!d || d.button !== 0) return;
+  if (Math.hypot(e.clientX - d.sx, e.clientY - d.sy) >= DRAG_PIXELS) d.moved = true;
+  [d.x1, d.y1] = imagePoint(e);
+  if (d.moved) render();
+});
+window.addEventListener("mouseup", (e) => {
+  const d = state.drag;
+  if (!d) return;
+  state.drag = null;
+  pushHistory();
+  if (d.moved) {
+    state.box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
+  } else if (e.target === view) {
+    state.points.push([d.x0, d.y0]);
+    state.labels.push(d.button === 0 ? 1 : 0);
+  } else {
+    state.history.pop();
+    return;
+  }
+  predict();
+});
+
+function undo() {
+  const last = state.history.pop();
+  if (!last) return;
+  Object.assign(state, last);
+  predict();
+}
+
+function clear() {
+  state.points = [];
+  state.labels = [];
+  state.box = null;
+  state.history = [];
+  state.automatic = null;
+  predict();
+}
+
+$("undo").addEventListener("click", undo);
+$("clear").addEventListener("click", clear);
+$("show-candidates").addEventListener("change", predict);
+window.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "z") {
+    e.preventDefault();
+    undo();
+  }
+});
+
+$("everything").addEventListener("click", async () => {
+  if (!state.imageId) return;
+  const options = {
+    pred_iou_thresh: Number($("pred-iou").value),
+    stability_score_thresh: Number($("stability").value),
+    points_per_side: Number($("points-per-side").value),
+  };
+  $("everything").disabled = true;
+  status("Segmenting everything…");
+  const t0 = performance.now();
+  try {
+    const records = await api(`/api/images/${state.imageId}/automatic`, { body: options });
+    state.seq += 1; // drop any prediction still on its way
+    state.points = [];
+    state.labels = [];
+    state.box = null;
+    state.result = null;
+    state.automatic = records;
+    status(`${records.length} masks · ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  } catch (e) {
+    status(e.message, true);
+  }
+  $("everything").disabled = false;
+  showCandidates();
+  render();
+});
+
+// ---------------------------------------------------------------- downloads
+
+function download(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+$("download-png").addEventListener("click", () => {
+  const masks = currentMasks();
+  if (!masks.length) return status("No masks to download yet.", true);
+  // One mask: white on black; automatic masks: each in its colour on black.
+  const coloured = state.automatic ? masks : masks.map((m) => ({ ...m, colour: [255, 255, 255] }));
+  maskCanvas(coloured, true).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
+});
+
+$("download-json").addEventListener("click", () => {
+  let records;
+  if (state.automatic) records = state.automatic;
+  else if (state.result) {
+    const i = state.result.chosen;
+    records = [{
+      segmentation: state.result.masks[i],
+      predicted_iou: state.result.scores[i],
+      point_coords: state.points,
+      point_labels: state.labels,
+      box: state.box,
+    }];
+  } else return status("No masks to download yet.", true);
+  download(new Blob([JSON.stringify(records)], { type: "application/json" }), `${state.name}-masks.json`);
+});
+
+// ---------------------------------------------------------------- opening images
+
+async function open(file) {
+  status("Uploading and encoding…");
+  try {
+    const info = await upload(file);
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch {
+      throw new Error("the server took the image, but this browser cannot display its format; try a PNG or JPEG");
+    }
+    Object.assign(state, {
+      file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
+      points: [], labels: [], box: null, history: [], result: null, automatic: null, overlay: null,
+    });
+    state.seq += 1;
+    view.width = info.width;
+    view.height = info.height;
+    view.hidden = false;
+    $("placeholder").hidden = true;
+    status(`${info.width} × ${info.height}: click the image`);
+    showCandidates();
+    render();
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+$("file").addEventListener("change", (e) => {
+  if (e.target.files.length) open(e.target.files[0]);
+  e.target.value = "";
+});
+window.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  document.body.classList.add("dragging");
+});
+window.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  document.body.classList.remove("dragging");
+  if (e.dataTransfer.files.length) open(e.dataTransfer.files[0]);
+});
+
+fetch("/healthz")
+  .then((r) => r.json())
+  .then((info) => {
+    $("model").textContent = `model: ${info.model}`;
+    state.maxUploadBytes = info.max_upload_bytes || Infinity;
+    const d = info.automatic_defaults || {};
+    if (d.pred_iou_thresh !== undefined) $("pred-iou").value = d.pred_iou_thresh;
+    if (d.stability_score_thresh !== undefined) $("stability").value = d.stability_score_thresh;
+    if (d.points_per_side !== undefined) $("points-per-side").value = d.points_per_side;
+  })
+  .catch(() => status("The server does not answer.", true));

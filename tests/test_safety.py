@@ -1,0 +1,507 @@
+"""Nothing of the user's is lost, valid images are read as the reference reads them,
+resources are bounded, and bad input gets one line: each case of the hostile-user review,
+asserting that the user's files survive byte for byte, the refusal line, and that nothing
+is left half-written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import jax
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from reference import TINY
+from test_train import CFG, DATA
+
+import convert
+import sam_jax
+from sam_jax import batch, checkpoint, io, train
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (hidden ones too) with its bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def user_folder(root: Path) -> dict[str, bytes]:
+    (root / "src").mkdir(parents=True)
+    (root / "README.md").write_text("my notes\n")
+    (root / "src" / "main.py").write_text("print('mine')\n")
+    return snapshot(root)
+
+
+def no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def run(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def one_line(result: subprocess.CompletedProcess, needle: str, prefix: str = "sam-jax: error:") -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout
+    assert len(lines) == 1 and lines[0].startswith(prefix) and needle in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny() -> sam_jax.SamParams:
+    return sam_jax.load("tiny-shapes")
+
+
+# ----------------------------------------------------------------------------- data loss
+
+
+def test_writing_a_model_never_replaces_a_users_folder(small, tmp_path):
+    work = tmp_path / "work"
+    before = user_folder(work)
+    ckpt = work / "tiny.pth"
+    ckpt.write_bytes(small.checkpoint.read_bytes())
+    before = snapshot(work)
+    # The converter into the folder holding its own input; the library save; --overwrite too.
+    for args in ((str(ckpt), str(work)), (str(ckpt), str(work), "--overwrite")):
+        one_line(run("-m", "convert", *args), "is a folder holding other files", prefix="convert: error:")
+    with pytest.raises(FileExistsError, match="holding other files"):
+        sam_jax.save(work, small.params, overwrite=True)
+    assert snapshot(work) == before and no_leftovers(tmp_path)
+
+
+def test_overwrite_replaces_only_a_checkpoint(small, tmp_path):
+    out = tmp_path / "ck"
+    assert run("-m", "convert", str(small.checkpoint), str(out)).returncode == 0
+    first = snapshot(out)
+    one_line(run("-m", "convert", str(small.checkpoint), str(out)), "--overwrite", prefix="convert: error:")
+    assert snapshot(out) == first
+    other = sam_jax.init(small.params.config, seed=9)
+    sam_jax.save(out, other, overwrite=True)
+    assert checkpoint.weights_digest(sam_jax.load(out).weights) == checkpoint.weights_digest(other.weights)
+    # --to-torch: an existing file is replaced only with --overwrite.
+    target = tmp_path / "sam_vit_b_01ec64.pth"
+    target.write_bytes(b"the official download")
+    one_line(run("-m", "convert", "--to-torch", str(out), str(target)), "--overwrite", prefix="convert: error:")
+    assert target.read_bytes() == b"the official download"
+    assert run("-m", "convert", "--to-torch", str(out), str(target), "--overwrite").returncode == 0
+    assert torch.load(target, weights_only=True).keys() == small.ref.state_dict().keys()
+    assert no_leftovers(tmp_path)
+
+
+def test_finetune_export_and_keep_are_refused_before_training(tmp_path):
+    work = tmp_path / "work"
+    before = user_folder(work)
+    common = ("-m", "sam_jax.cli", "finetune", "--config", "vit_t", "--data", "synthetic:size=64,length=4")
+    started = time.perf_counter()
+    result = run(*common, "--export", str(work), "--checkpoint-dir", str(tmp_path / "run"))
+    one_line(result, "is a folder holding other files")
+    for flag, needle in (
+        ("--keep=0", "--keep: must be an integer >= 1, got 0"),
+        ("--save-every=0", "--save-every: must be an integer >= 1"),
+        ("--lr=nan", "--lr: must be a finite number > 0"),
+        ("--lr=-1", "--lr: must be a finite number > 0"),
+        ("--box-probability=2", "--box-probability: must be a finite number >= 0 and <= 1"),
+    ):
+        one_line(run(*common, flag, "--checkpoint-dir", str(tmp_path / "run")), needle)
+    assert time.perf_counter() - started < 120  # refused up front, not after training
+    assert snapshot(work) == before and not (tmp_path / "run").exists()
+
+
+def test_a_run_directory_must_hold_only_a_run(tmp_path):
+    work = tmp_path / "work"
+    before = user_folder(work)
+    (work / "100").mkdir()  # a numbered folder of the user's looks like a step to the manager
+    before = snapshot(work)
+    with pytest.raises(ValueError, match="which is not a step of a sam_jax training run"):
+        train.train(sam_jax.init(TINY, 0), [DATA], CFG, str(work), **QUIET)
+    assert snapshot(work) == before
+
+
+def test_freeze_pattern_that_matches_nothing():
+    with pytest.raises(ValueError, match="freeze pattern 'image_encodr' matches no parameter"):
+        train.partition(sam_jax.init(TINY, 0).weights, ("image_encodr",))
+
+
+def _png(path: Path, size: tuple[int, int] = (40, 56), value: int = 90) -> None:
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+
+
+def test_amg_output_never_replaces_a_users_folder(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png(photos / "holiday.png")
+    _png(photos / "beach.png", value=200)
+    (photos / "holiday").mkdir()
+    (photos / "holiday" / "itinerary.txt").write_text("day 1: beach\n")
+    before = snapshot(photos)
+    # Output into the input folder: holiday.png's output would be the user's folder holiday/.
+    args = ("-m", "sam_jax.cli", "amg", "--checkpoint", "tiny-shapes", "--input", str(photos), "--output", str(photos))
+    result = run(*args, "--points-per-side", "4", "--no-progress")
+    assert result.returncode == 1 and "1 written" in result.stdout and "1 failed" in result.stdout, result.stdout
+    after = snapshot(photos)
+    assert {k: v for k, v in after.items() if k in before} == before  # every file of the user's, byte for byte
+    assert (photos / "beach" / "metadata.csv").is_file()
+    failures = (photos / "failures.tsv").read_text()
+    assert "holiday.png" in failures and "was not written by sam-jax; left untouched" in failures
+    # A re-run finds its own output complete, does not take its mask PNGs for new inputs,
+    # and still refuses the user's folder.
+    again = run(*args, "--points-per-side", "4", "--no-progress")
+    assert "0 written" in again.stdout and "1 already done, 1 failed of 2" in again.stdout, again.stdout
+    assert {k: v for k, v in snapshot(photos).items() if k in before} == before
+
+
+def test_embed_output_never_replaces_a_users_file(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png(photos / "a.png")
+    _png(photos / "b.png")
+    (photos / "a.npz").write_bytes(b"my own archive")
+    args = ("-m", "sam_jax.cli", "embed", "--checkpoint", "tiny-shapes", "--input", str(photos))
+    result = run(*args, "--output", str(photos), "--no-progress")
+    assert result.returncode == 1 and "1 written" in result.stdout, result.stdout + result.stderr
+    assert (photos / "a.npz").read_bytes() == b"my own archive"
+    assert sam_jax.load_embedding(photos / "b.npz").original_size == (40, 56)
+
+
+def test_outputs_follow_the_umask(small, tmp_path):
+    old = os.umask(0o027)
+    try:
+        sam_jax.save(tmp_path / "ck", small.params)
+        io.atomic_write_bytes(tmp_path / "f.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "ck" / "sam_jax.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_demo_output_is_a_folder_it_owns(tmp_path, monkeypatch):
+    from sam_jax import demo
+
+    work = tmp_path / "work"
+    before = user_folder(work)
+    with pytest.raises(FileExistsError, match="holding other files"):
+        demo.run(work)
+    assert snapshot(work) == before
+
+
+# ----------------------------------------------------------------------------- valid inputs
+
+
+def test_images_are_read_as_the_reference_reads_them(tmp_path):
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (24, 32, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    gray = rng.integers(0, 65536, (24, 32), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "gray16.png"), gray)
+    rotated = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    rotated.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    for name in ("deep.png", "gray16.png", "phone.jpg"):
+        ours = io.read_image(tmp_path / name)
+        theirs = cv2.cvtColor(cv2.imread(str(tmp_path / name)), cv2.COLOR_BGR2RGB)  # the reference's scripts/amg.py
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+    assert io.read_image(tmp_path / "phone.jpg").shape == (64, 48, 3)
+    assert io.read_image(tmp_path / "deep.png").max() > 200  # scaled, not clipped to 255 everywhere
+    Image.fromarray(np.linspace(0, 1, 24 * 32, dtype=np.float32).reshape(24, 32)).save(tmp_path / "float.tif")
+    with pytest.raises(io.ImageError, match=r"float\.tif: cannot be read as an 8- or 16-bit image"):
+        io.read_image(tmp_path / "float.tif")
+
+
+def test_extreme_aspect_ratio_works_and_a_job_finishes(tiny, tmp_path):
+    strip = np.full((5, 3000, 3), 120, np.uint8)
+    masks, _, _ = sam_jax.predict(tiny, strip, [[1500, 2]])
+    assert masks.shape == (3, 5, 3000)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray(strip).save(photos / "strip.png")
+    _png(photos / "plain.png")
+    report = batch.embed_images(tiny, photos, tmp_path / "out")
+    assert report.ok and report.written == 2
+    assert sam_jax.load_embedding(tmp_path / "out" / "strip.npz").input_size == (1, 128)
+
+
+def test_image_embedding_is_a_sequence(tiny):
+    emb = sam_jax.encode(tiny, np.zeros((2, 20, 30, 3), np.uint8))
+    assert len(emb) == 2 and len(list(emb)) == 2
+    np.testing.assert_array_equal(emb[-1].image_embedding, emb[1].image_embedding)
+    np.testing.assert_array_equal(emb[-2].image_embedding, emb[0].image_embedding)
+    for bad in (2, 5, -3):
+        with pytest.raises(IndexError, match="out of range for a batch of 2"):
+            emb[bad]
+    with pytest.raises(TypeError, match="indices must be integers"):
+        emb[0.5]
+
+
+# ----------------------------------------------------------------------------- bounded resources
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares a size and holds no pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_pixel_cap_is_checked_from_the_header(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header(13000, 13000))
+    with pytest.raises(
+        io.ImageError, match=r"bomb\.png: declares 13000x13000 pixels \(169000000\), over the cap of 100000000"
+    ):
+        io.read_image(tmp_path / "bomb.png")
+    (tmp_path / "huge.png").write_bytes(_png_header(100000, 100000))
+    with pytest.raises(io.ImageError, match=r"huge\.png"):
+        io.read_image(tmp_path / "huge.png")
+    photos = tmp_path / "in"
+    photos.mkdir()
+    _png(photos / "small.png")
+    (photos / "bomb.png").write_bytes(_png_header(13000, 13000))
+    result = run(
+        "-m", "sam_jax.cli", "embed", "--checkpoint", "tiny-shapes", "--input", str(photos), "--output",
+        str(tmp_path / "out"), "--max-pixels", "3000", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 1 and "1 written" in result.stdout and "1 failed" in result.stdout
+    assert (
+        "declares 13000x13000 pixels (169000000), over the cap of 3000"
+        in (tmp_path / "out" / "failures.tsv").read_text()
+    )
+
+
+def test_memory_budget_serves_in_order_and_bounds_what_is_held():
+    budget = io.MemoryBudget(100)
+    held, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    def item(ticket: int, size: int) -> None:
+        budget.acquire(ticket, size)
+        with lock:
+            held[0] += size
+            peak[0] = max(peak[0], held[0])
+            order.append(ticket)
+        time.sleep(0.01)
+        with lock:
+            held[0] -= size
+        budget.release(size)
+
+    sizes = [60, 60, 30, 150, 10, 90]  # 150: larger than the budget, served alone
+    threads = [threading.Thread(target=item, args=(t, s)) for t, s in reversed(list(enumerate(sizes)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert order == list(range(len(sizes)))
+    assert peak[0] <= 150
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("encoder_depth", 1e8, "encoder_depth must be an integer in [1, 256], got 100000000.0"),
+        ("encoder_embed_dim", 2**20, "encoder_embed_dim must be an integer in [1, 16384]"),
+        ("patch_size", 0, "patch_size must be an integer in [1, 1024], got 0"),
+        ("decoder_num_heads", 0, "decoder_num_heads must be an integer in [1, 1024], got 0"),
+        ("pixel_std", [58.4, 0, 57.4], "pixel_std must be 3 finite numbers > 0"),
+        ("encoder_global_attn_indexes", None, "encoder_global_attn_indexes must be a list"),
+        (None, [1, 2], "a config must be a JSON object of fields, got list"),
+        (None, None, "a config must be a JSON object of fields, got NoneType"),
+    ],
+)
+def test_crafted_configs_are_refused_in_one_line(small, tmp_path, field, value, needle):
+    out = tmp_path / "ck"
+    sam_jax.save(out, small.params)
+    meta = json.loads((out / "sam_jax.json").read_text())
+    if field is None:
+        meta["config"] = value
+    else:
+        meta["config"][field] = value
+    (out / "sam_jax.json").write_text(json.dumps(meta))
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        sam_jax.load(out)
+    assert str(info.value).startswith(f"{out / 'sam_jax.json'}: invalid config:") and needle in str(info.value)
+    assert time.perf_counter() - started < 5
+
+
+def test_widths_consistent_in_the_config_but_not_the_weights(small, tmp_path):
+    out = tmp_path / "ck"
+    sam_jax.save(out, small.params)
+    meta = json.loads((out / "sam_jax.json").read_text())
+    meta["config"]["encoder_embed_dim"] = 2048
+    (out / "sam_jax.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"parameter 'image_encoder/.*' has shape"):
+        sam_jax.load(out)
+
+
+def test_batch_size_and_coordinator_are_bounded(tmp_path):
+    _png(tmp_path / "a.png")
+    base = ("-m", "sam_jax.cli", "embed", "--checkpoint", "tiny-shapes", "--input", str(tmp_path / "a.png"))
+    result = run(*base, "--output", str(tmp_path / "o"), "--batch-size", "1000000000")
+    one_line(result, "--batch-size 1000000000 needs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing answers there
+    started = time.perf_counter()
+    result = run(
+        *base, "--output", str(tmp_path / "o"), "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", "1", "--coordinator-timeout", "3",
+    )  # fmt: skip
+    assert result.returncode == 1 and time.perf_counter() - started < 120
+    assert "waiting up to 3 s for the coordinator" in result.stderr
+    assert f"sam-jax: error: could not reach the coordinator at 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- one clear line
+
+
+def test_bad_arguments_are_refused_in_one_line(small, tmp_path):
+    one_line(run("-m", "convert", str(small.checkpoint), str(tmp_path / "o"), "--decoder-num-heads", "0"),
+             "--decoder-num-heads: must be an integer >= 1, got 0", prefix="convert: error:")  # fmt: skip
+    _png(tmp_path / "a.png")
+    amg = ("-m", "sam_jax.cli", "amg", "--checkpoint", "tiny-shapes", "--input", str(tmp_path / "a.png"))
+    one_line(run(*amg, "--output", str(tmp_path / "o"), "--crop-n-layers", "2", "--crop-n-points-downscale-factor",
+                 "8"), "leaves no points in crop layer 2")  # fmt: skip
+    one_line(run(*amg, "--output", str(tmp_path / "o"), "--threads", "-1"), "--threads: must be an integer >= 0")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,needle",
+    [
+        (dict(points=np.zeros((0, 1, 2))), ValueError, "B, N >= 1"),
+        (dict(points=[[1e300, 2.0]]), ValueError, "points must be finite float32 values"),
+        (dict(points=[[1e39, 2.0]]), ValueError, "points must be finite float32 values"),
+        (dict(box=[0, 0, 1e39, 5]), ValueError, "box must be finite float32 values"),
+        (dict(mask_input=np.full((1, 32, 32), 1e39)), ValueError, "mask_input must be finite float32 values"),
+        (dict(points=[[1, 2], [3]]), ValueError, "points must be a rectangular array"),
+    ],
+)
+def test_bad_prompts(tiny, kwargs, exc, needle):
+    with pytest.raises(exc, match=needle):
+        sam_jax.predict(tiny, np.zeros((20, 30, 3), np.uint8), **kwargs)
+
+
+def test_bad_images_and_options(tiny):
+    with pytest.raises(ValueError, match="images of different sizes cannot form a batch"):
+        sam_jax.encode(tiny, [np.zeros((20, 30, 3), np.uint8), np.zeros((21, 30, 3), np.uint8)])
+    with pytest.raises(TypeError, match="point_grids must be a list of"):
+        sam_jax.generate_masks(tiny, np.zeros((20, 30, 3), np.uint8), points_per_side=None, point_grids=5)
+    with pytest.raises(ValueError, match="2x2 pixels is too small for crop_n_layers=2"):
+        sam_jax.generate_masks(tiny, np.zeros((2, 2, 3), np.uint8), crop_n_layers=2)
+
+
+def test_crafted_embedding_files(tmp_path):
+    good = dict(image_embedding=np.zeros((4, 4, 8), np.float32), original_size=[5, 6], input_size=[4, 4])
+    cases = {
+        "zero.npz": {**good, "original_size": [0, 6]},
+        "negative.npz": {**good, "input_size": [-4, 4]},
+        "pickled.npz": {**good, "image_embedding": np.array([object()], dtype=object)},
+        "nan.npz": {**good, "image_embedding": np.full((4, 4, 8), np.nan, np.float32)},
+    }
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.save(tmp_path / "plain.npy", good["image_embedding"])
+    for name in [*cases, "plain.npy"]:
+        with pytest.raises(ValueError, match=rf"^{tmp_path / name}: "):
+            sam_jax.load_embedding(tmp_path / name)
+
+
+def test_resume_with_another_model_is_one_line(tmp_path):
+    run_dir = str(tmp_path / "run")
+    train.train(sam_jax.init(TINY, 0), [DATA], dataclasses.replace(CFG, steps=2), run_dir, save_every=1, **QUIET)
+    other = sam_jax.init(dataclasses.replace(TINY, encoder_depth=3, encoder_global_attn_indexes=(2,)), 0)
+    with pytest.raises(ValueError, match=r"the run there trains another model .*depth 2.*not .*depth 3"):
+        train.train(other, [DATA], dataclasses.replace(CFG, steps=3), run_dir, **QUIET)
+    with pytest.raises(ValueError, match=r"holds a run .*latest step 2"):
+        train.train(sam_jax.init(TINY, 0), [DATA], CFG, run_dir, resume=False, **QUIET)
+
+
+def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = dataclasses.replace(CFG, steps=4)
+    straight = train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(tmp_path / "straight"), **QUIET)
+    train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(run_dir), save_every=2, stop_after=3, **QUIET)
+    train.train(sam_jax.init(TINY, 0), [DATA], dataclasses.replace(cfg, steps=3), str(run_dir), **QUIET)
+    # Steps 2 and 3 exist; step 3's weights are damaged.
+    victim = max((run_dir / "3" / "weights").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
+    victim.write_bytes(bytes(data))
+    lines: list[str] = []
+    resumed = train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(run_dir), progress=False, log=lines.append)
+    assert any(f"{run_dir / '3'}" in line and "trying the step before it" in line for line in lines), lines
+    assert any("resumed from step 2" in line for line in lines), lines
+    for a, b in zip(jax.tree.leaves(resumed.weights), jax.tree.leaves(straight.weights), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_damaged_weights_give_one_line(small, tmp_path):
+    out = tmp_path / "ck"
+    sam_jax.save(out, small.params)
+    files = [p for p in (out / "weights").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+    code = (
+        "import sam_jax, time\n"
+        "try:\n"
+        f"    sam_jax.load({str(out)!r})\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+        "time.sleep(1)\n"
+    )
+    result = run("-c", code)
+    assert result.stdout.startswith("refused:") and "unreadable weights" in result.stdout, result.stdout
+    assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------- integrity
+
+
+def test_altered_or_non_finite_weights_are_refused(small, tmp_path):
+    out = tmp_path / "ck"
+    sam_jax.save(out, small.params)
+    victim = max((p for p in (out / "weights").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8  # NaNs, in the middle of some weight
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"weights: the weights do not match the checksum in .*sam_jax\.json"):
+        sam_jax.load(out)
+    # A checkpoint of an older version (no checksum) whose weights hold a NaN.
+    import orbax.checkpoint as ocp
+
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((out / "sam_jax.json").read_text())
+    del meta["weights_sha256"]
+    (old / "sam_jax.json").write_text(json.dumps(meta))
+    weights = jax.tree.map(np.array, small.params.weights)
+    weights["mask_decoder"]["iou_token"]["embedding"][0, 0] = np.nan
+    ocp.PyTreeCheckpointer().save(str(old / "weights"), weights)
+    with pytest.raises(ValueError, match="weight 'mask_decoder/iou_token/embedding' holds NaN or infinite values"):
+        sam_jax.load(old)
+    nan = {k: v.clone() for k, v in small.ref.state_dict().items()}
+    nan["mask_decoder.iou_token.weight"][0, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pth")
+    with pytest.raises(convert.ConversionError, match=r"nan\.pth: tensor 'mask_decoder.iou_token.weight' holds NaN"):
+        convert.convert_checkpoint(tmp_path / "nan.pth", tmp_path / "nan-out")
+    assert not (tmp_path / "nan-out").exists()

@@ -1,0 +1,217 @@
+"""The page in a real browser: Debian's chromium, headless, driven by playwright, against a
+real uvicorn server. Opens the sample image, clicks, and reads the canvas back.
+
+`make setup` installs chromium where it is missing; a missing browser fails this test.
+Screenshots of the page go to the test's temporary folder, or with SAM_JAX_SCREENSHOTS=docs to
+docs/serve-*.png (shown in the README and docs/serve.md): a test run leaves the tree as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import sync_playwright
+from pycocotools import mask as mask_utils
+
+import sam_jax
+from sam_jax.io import atomic_write_bytes
+from sam_jax.serve import create_app, serve_in_thread
+from sam_jax.serve.server import EMBEDDED_AUTOMATIC_DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sam_jax" / "assets" / "sample.png"
+SHOTS = os.environ.get("SAM_JAX_SCREENSHOTS")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def params() -> sam_jax.SamParams:
+    return sam_jax.load("tiny-shapes")
+
+
+@pytest.fixture(scope="module")
+def app(params):
+    return create_app(params, model_name="tiny-shapes", automatic_defaults=EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"])
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    with serve_in_thread(app) as base:
+        yield base
+
+
+def canvas(page) -> np.ndarray:
+    data = page.evaluate("document.getElementById('view').toDataURL('image/png')")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def wait_until(page, expression: str, timeout: float = 120.0) -> None:
+    """Polls a JS expression with page.evaluate (the page's CSP forbids wait_for_function's eval)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
+    box = page.locator("#view").bounding_box()
+    return box["x"] + (x + 0.5) * box["width"] / 512, box["y"] + (y + 0.5) * box["height"] / 512
+
+
+def test_click_to_segment_in_chromium(url, app, params, tmp_path):
+    shots = ROOT / SHOTS if SHOTS else tmp_path
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium"
+    sample = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1180, "height": 760}, accept_downloads=True)
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+            sent: list[dict] = []
+            page.on("request", lambda r: r.url.endswith("/predict") and sent.append(json.loads(r.post_data or "null")))
+            uploads: list[str] = []
+            page.on("request", lambda r: r.url.endswith("/api/images") and uploads.append(r.method))
+
+            page.goto(url)
+            wait_until(page, "document.getElementById('model').textContent.includes('tiny-shapes')")
+            assert page.input_value("#pred-iou") == "0.6"  # the server's page defaults for the embedded model
+            page.set_input_files("#file", str(SAMPLE))
+            wait_until(page, "!document.getElementById('view').hidden && document.getElementById('view').width")
+            before = canvas(page)
+            assert before.shape == sample.shape and np.abs(before - sample).max() <= 2  # the image, unscaled
+
+            # A left click: the best of three candidates is drawn over the image.
+            with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+                page.mouse.click(*image_to_screen(page, 150, 450))
+            wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+            body, result = sent[-1], answer.value.json()
+            assert body["labels"] == [1] and body["box"] is None and body["multimask"] is True
+            (x, y) = body["points"][0]
+            assert abs(x - 150) < 1 and abs(y - 450) < 1, body  # the centre of the pixel clicked
+            masks, scores, _ = sam_jax.predict(params, sample, body["points"], body["labels"])
+            best = int(np.argmax(scores))
+            want = np.asarray(masks)[best]
+            assert want.sum() > 1000
+            np.testing.assert_array_equal(decode_rle(result["masks"][best]), want)
+            after = canvas(page)
+            changed = np.abs(after - before).sum(-1) > 6
+            yy, xx = np.mgrid[: want.shape[0], : want.shape[1]]
+            away = (xx - x) ** 2 + (yy - y) ** 2 > 12**2  # outside the point marker
+            assert changed[want & away].mean() > 0.97, changed[want & away].mean()
+            assert changed[~want & away].mean() < 0.001, changed[~want & away].mean()
+
+            # The download is exactly the library's mask (decoded from RLE in the page).
+            with page.expect_download() as download:
+                page.click("#download-png")
+            png = np.asarray(Image.open(download.value.path()).convert("L"))
+            np.testing.assert_array_equal(png > 127, want)
+            with page.expect_download() as download:
+                page.click("#download-json")
+            records = json.loads(Path(download.value.path()).read_text())
+            assert len(records) == 1 and records[0]["segmentation"] == result["masks"][best]
+
+            # The three candidates on request, with their scores.
+            with page.expect_response(lambda r: r.url.endswith("/predict")):
+                page.check("#show-candidates")
+            wait_until(page, "document.querySelectorAll('#candidates button').length === 3")
+            labels = page.locator("#candidates button").all_inner_texts()
+            assert [float(t.rsplit(" ", 1)[1]) for t in labels] == pytest.approx(np.asarray(scores), abs=1e-3)
+            atomic_write_bytes(shots / "serve-click.png", page.screenshot())
+            with page.expect_response(lambda r: r.url.endswith("/predict")):
+                page.uncheck("#show-candidates")
+
+            # A right click adds a background point (no menu); a drag draws a box; undo steps back.
+            with page.expect_response(lambda r: r.url.endswith("/predict")):
+                page.mouse.click(*image_to_screen(page, 60, 60), button="right")
+            assert sent[-1]["labels"] == [1, 0] and sent[-1]["multimask"] is False
+            page.mouse.move(*image_to_screen(page, 40, 380))
+            page.mouse.down()
+            page.mouse.move(*image_to_screen(page, 200, 500), steps=8)
+            with page.expect_response(lambda r: r.url.endswith("/predict")):
+                page.mouse.up()
+            box = sent[-1]["box"]
+            assert box is not None and abs(box[0] - 40) < 1 and abs(box[3] - 500) < 1, sent[-1]
+            assert len(sent[-1]["points"]) == 2
+            page.click("#undo")
+            with page.expect_response(lambda r: r.url.endswith("/predict") and r.request.post_data_json["box"] is None):
+                page.click("#undo")  # back to the first click alone
+            assert sent[-1]["labels"] == [1] and sent[-1]["box"] is None
+            page.click("#clear")
+            wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+            assert np.abs(canvas(page) - before).max() <= 2
+
+            # The server forgot the image: the page uploads it again by itself, and the click works.
+            assert problems == []
+            app.state.server.cache.clear()
+            assert uploads == ["POST"]
+            with page.expect_response(lambda r: r.url.endswith("/predict") and r.ok):
+                page.mouse.click(*image_to_screen(page, 150, 450))
+            wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+            assert uploads == ["POST", "POST"]
+            assert len(problems) == 1 and "404" in problems[0]  # the browser logs the refused request
+            problems.clear()
+
+            # Segment everything: every automatic mask drawn, in colours.
+            with page.expect_response(lambda r: r.url.endswith("/automatic")) as answer:
+                page.click("#everything")
+            records = answer.value.json()
+            options = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85, "points_per_side": 32}
+            want_records = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
+            assert records == json.loads(json.dumps(want_records)) and len(records) >= 2
+            wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records)}'")
+            union = np.any([decode_rle(r["segmentation"]) for r in records], axis=0)
+            with page.expect_download() as download:
+                page.click("#download-png")
+            png = np.asarray(Image.open(download.value.path()).convert("RGB"))
+            np.testing.assert_array_equal(png.any(axis=-1), union)
+            atomic_write_bytes(shots / "serve-everything.png", page.screenshot())
+
+            # Dropping a file on the page opens it.
+            crop = png_bytes(sample[100:400, 50:450])
+            page.evaluate(
+                """(b64) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const drop = new DataTransfer();
+                    drop.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+                    document.getElementById("stage").dispatchEvent(
+                        new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+                }""",
+                base64.b64encode(crop).decode(),
+            )
+            wait_until(page, "document.getElementById('view').width === 400")
+            assert page.evaluate("document.getElementById('view').height") == 300
+            assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
+            assert np.abs(canvas(page) - sample[100:400, 50:450]).max() <= 2
+            assert problems == []
+        finally:
+            browser.close()
