@@ -199,6 +199,10 @@ def test_jax_program_runs_without_the_package(small, sessions, embedding, tmp_pa
         got = [outputs[f"{name}/{i}"] for i in range(3)]
         assert got[0].shape == (1, 4 if name == "all-masks" else 1, *SIZE)
         assert_parity(expected, got, f"jax program {name}")
+    got = [outputs[f"all-masks/{i}"] for i in range(3)]
+    for multimask, tokens in ((True, slice(1, None)), (False, slice(0, 1))):
+        decoded = [np.asarray(x)[None] for x in ours_decode(small, embedding, case, multimask)]
+        assert_parity(decoded, [x[:, tokens] for x in got], f"jax program vs decode multimask={multimask}")
 
 
 def test_export_decoder_command(small, sessions, embedding, tmp_path, capsys):
