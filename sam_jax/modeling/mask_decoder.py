@@ -136,7 +136,7 @@ class MaskDecoder(nn.Module):
         token_mask = None
         if prompt_mask is not None:  # the output tokens always take part
             token_mask = jnp.concatenate([jnp.ones((b, output_tokens.shape[1]), bool), prompt_mask], axis=1)
-        hs, src = self.transformer(src, image_pe, tokens, token_mask)
+        hs, src = self.transformer(src, image_pe, tokens, token_mask, output_tokens.shape[1])
         mask_tokens_out = hs[:, 1 : 1 + self.config.num_mask_tokens, :]
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return mask_tokens_out, src.reshape(b, *image_embedding.shape[1:3], src.shape[-1]), iou_pred

@@ -255,6 +255,7 @@ class TwoWayTransformer(nn.Module):
         image_pe: jax.Array,
         point_embedding: jax.Array,
         token_mask: jax.Array | None = None,
+        num_outputs: int | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Runs the two-way transformer.
 
@@ -267,8 +268,11 @@ class TwoWayTransformer(nn.Module):
             token_mask: (B, N) bool or None: False marks empty slots of a static prompt
                 layout, left out of every attention in which tokens are keys (their own
                 outputs are computed but meaningless).
+            num_outputs: only the first `num_outputs` tokens are read afterwards (the
+                decoder's IoU and mask tokens): the final attention runs for them alone
+                (each query row is independent), which halves its cost for 16 tokens.
         Returns:
-            queries: (B, N, C) processed tokens.
+            queries: (B, num_outputs or N, C) processed tokens.
             keys: (B, H * W, C) processed image tokens.
         """
         bi, h, w, c = image_embedding.shape
@@ -284,6 +288,8 @@ class TwoWayTransformer(nn.Module):
                 layer_norm_eps=self.layer_norm_eps,
                 name=f"layers_{i}",
             )(queries, keys, point_embedding, key_pe, token_mask)
+        if num_outputs is not None:
+            queries, point_embedding = queries[:, :num_outputs], point_embedding[:, :num_outputs]
         q, k = queries + point_embedding, keys + key_pe
         attn = Attention(self.num_heads, self.attention_downsample_rate, name="final_attn_token_to_image")
         queries = queries + attn(q, k, keys)
