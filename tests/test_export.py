@@ -299,6 +299,17 @@ def test_reference_notebook_runs_on_our_onnx_file(small, tmp_path, monkeypatch):
         if n in (42, 52, 59):
             seen[n] = np.array(namespace["masks"])
     assert namespace["onnx_model_path"] == str(onnx_path)
+    # Cell 20's quantization, less the argument onnxruntime dropped, works on our file too.
+    quantized = tmp_path / "sam_small_quantized.onnx"
+    namespace["quantize_dynamic"](
+        model_input=str(onnx_path),
+        model_output=str(quantized),
+        per_channel=False,
+        reduce_range=False,
+        weight_type=namespace["QuantType"].QUInt8,
+    )
+    masks_q, _, _ = onnxruntime.InferenceSession(str(quantized)).run(None, namespace["ort_inputs"])
+    assert masks_q.shape == seen[59].shape
 
     # The notebook's three prompts, through our decode: the single-mask choice of
     # `SamOnnxModel` is the best multimask output for one click, the single output from 3 points.
