@@ -13,6 +13,7 @@ import types
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import onnxruntime
 import pytest
@@ -23,7 +24,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 
 import sam_jax
 from sam_jax import cli, transforms
-from sam_jax.export import ExportOptions, export_decoder, reference_inputs
+from sam_jax.export import INPUT_NAMES, ExportOptions, export_decoder, reference_inputs
 
 SIZE = (300, 410)
 OPTIONS = {
@@ -331,3 +332,24 @@ def test_reference_notebook_runs_on_our_onnx_file(small, tmp_path, monkeypatch):
         assert seen[n].shape == (1, 1, h, w) and seen[n].dtype == bool
         agreement = float((seen[n][0, 0] == ours).mean())
         assert agreement >= 0.999, (n, agreement)
+
+
+def test_artifacts_on_a_64x64_grid():
+    """At the official models' 64 x 64 embedding the decoder's cross-attention takes its
+    block-diagonal path (the `small` model's 16 x 16 grid does not): the shape-polymorphic
+    program and the ONNX graph equal `decode` there too, for several point counts."""
+    params = sam_jax.init(dataclasses.replace(SMALL, image_size=1024), seed=3)
+    rng = np.random.default_rng(5)
+    embedding = rng.normal(size=(64, 64, SMALL.prompt_embed_dim)).astype(np.float32)
+    emb = sam_jax.ImageEmbedding(jax.device_put(embedding), SIZE, transforms.preprocess_shape(*SIZE, 1024))
+    program = jax.export.deserialize(bytearray(export_decoder(params, "jax")))
+    session = onnxruntime.InferenceSession(export_decoder(params, "onnx"))
+    for n in (4, 20):  # the largest layout's fast path and one of 32 tokens
+        pts, lab = rng.uniform(0, 300, (n, 2)), rng.integers(0, 2, n)
+        coords = transforms.apply_coords(np.concatenate([pts, [[0.0, 0.0]]]), SIZE, 1024)
+        inputs = reference_inputs(embedding, coords, np.concatenate([lab, [-1]]), None, SIZE)
+        from_program = program.call(*[inputs[k] for k in INPUT_NAMES[:5]], np.zeros(SIZE, np.uint8))
+        from_onnx = session.run(None, inputs)
+        decoded = [np.asarray(x)[None] for x in sam_jax.decode(params, emb, pts, lab, return_logits=True)]
+        for name, got in (("jax", from_program), ("onnx", from_onnx)):
+            assert_parity(decoded, [np.asarray(x)[:, 1:] for x in got], f"{name} {n} points on 64x64")
