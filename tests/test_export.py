@@ -344,7 +344,7 @@ def test_artifacts_on_a_64x64_grid():
     emb = sam_jax.ImageEmbedding(jax.device_put(embedding), SIZE, transforms.preprocess_shape(*SIZE, 1024))
     program = jax.export.deserialize(bytearray(export_decoder(params, "jax")))
     session = onnxruntime.InferenceSession(export_decoder(params, "onnx"))
-    for n in (4, 20):  # the largest layout's fast path and one of 32 tokens
+    for n in (4, 20):  # layouts of 16 and 32 tokens
         pts, lab = rng.uniform(0, 300, (n, 2)), rng.integers(0, 2, n)
         coords = transforms.apply_coords(np.concatenate([pts, [[0.0, 0.0]]]), SIZE, 1024)
         inputs = reference_inputs(embedding, coords, np.concatenate([lab, [-1]]), None, SIZE)
