@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -164,3 +166,20 @@ def test_labels_are_checked(small, session):
         sam_jax.decode(small.params, emb, [[1, 2]], [4])
     with pytest.raises(ValueError, match="labels must be 1"):
         sam_jax.decode(small.params, emb, [[1, 2]], [-2])  # the internal empty-slot label
+
+
+def test_compilation_cache(tmp_path):
+    """`enable_compilation_cache` makes a process store its programs (JAX decides once per
+    process, so in a fresh one); a path that is a file is refused before JAX is touched."""
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, jax, sam_jax; sam_jax.enable_compilation_cache(sys.argv[1]); "
+        "jax.jit(lambda x: x * 2 + 1)(1.0).block_until_ready()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(cache)], check=True, timeout=300)
+    assert any(cache.iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        sam_jax.enable_compilation_cache(tmp_path / "file")
+    with pytest.raises(TypeError, match="directory path"):
+        sam_jax.enable_compilation_cache(3)
