@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_jax.checkpoint import load_directory, save
+from sam_jax.compilation_cache import enable_compilation_cache
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.hf_format import is_hf_checkpoint, load_hf
 from sam_jax.io import load_embedding
@@ -90,6 +91,7 @@ __all__ = [
     "SamConfig",
     "SamParams",
     "decode",
+    "enable_compilation_cache",
     "encode",
     "generate_masks",
     "get_config",

@@ -1,4 +1,5 @@
-"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`, `sam-jax serve`.
+"""The `sam-jax` command line: `sam-jax finetune ...`, `sam-jax embed ...`, `sam-jax convert ...`, `sam-jax serve`,
+`sam-jax export-decoder ...`.
 
 Every failure the user can cause prints one line, `sam-jax: error: ...`, and exits 1.
 """
@@ -473,6 +474,43 @@ def _images_progress(total: int, enabled: bool, label: str) -> Any:
     return bar()
 
 
+def _export_decoder_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-decoder",
+        help="the prompt encoder and mask decoder as an ONNX model or a jax.export program",
+        description=(
+            "Writes the decoder with the reference SamOnnxModel's inputs and outputs (scripts/export_onnx_model.py): "
+            "an ONNX file onnxruntime runs, or a serialized jax.export program (see sam_jax.export)."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
+    p.add_argument("--output", required=True, help="the file to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--format", choices=("onnx", "jax"), default="onnx")
+    p.add_argument("--return-single-mask", action="store_true", help="only the best mask (reference rule)")
+    p.add_argument("--use-stability-score", action="store_true", help="stability scores instead of predicted IoU")
+    p.add_argument("--return-extra-metrics", action="store_true", help="also stability scores and areas")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+
+
+def export_decoder(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f"--output {args.output!r} is a directory; give a file path")
+    if output.exists() and not args.overwrite:
+        raise ValueError(f"--output {args.output!r} exists; pass --overwrite to replace it")
+    import sam_jax
+    from sam_jax.export import ExportOptions, export_decoder
+    from sam_jax.io import atomic_write_bytes
+
+    options = ExportOptions(args.return_single_mask, args.use_stability_score, args.return_extra_metrics)
+    data = export_decoder(sam_jax.load(args.checkpoint), args.format, options)
+    atomic_write_bytes(output, data, overwrite=args.overwrite)
+    print(f"wrote {output} ({args.format}, {len(data) / 1e6:.1f} MB, outputs: {', '.join(options.output_names())})")
+    return 0
+
+
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -514,17 +552,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return convert_main(argv[1:])
     parser = OneLineParser(prog="sam-jax", description="Segment Anything in JAX.")
+    parser.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="keep compiled programs in DIR for later runs (default: $SAM_JAX_COMPILATION_CACHE, else none)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
     _finetune_parser(sub)
     _embed_parser(sub)
     _amg_parser(sub)
     _serve_parser(sub)
+    _export_decoder_parser(sub)
     args = parser.parse_args(argv)
+    from sam_jax.compilation_cache import enable_from_environment
     from sam_jax.data import DataError
 
+    commands = {"finetune": finetune, "embed": embed, "amg": amg, "serve": serve, "export-decoder": export_decoder}
     try:
-        return {"finetune": finetune, "embed": embed, "amg": amg, "serve": serve}[args.command](args)
+        enable_from_environment(args.compilation_cache)
+        return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
         print(f"sam-jax: error: {e}", file=sys.stderr)
         return 1

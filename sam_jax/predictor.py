@@ -6,8 +6,13 @@ state: the image embedding is a value (`ImageEmbedding`) that the caller keeps.
 Inputs are checked on the host before anything is traced, so a bad argument raises a
 `ValueError`/`TypeError` naming it. Compiled programs are keyed so that:
 - the encoder sees fixed (B, S, S, 3) uint8 inputs: images of any size share one program;
-- the decoder is keyed by the prompt shapes only;
-- mask post-processing (cheap) is keyed by the image size.
+- the decoder sees prompts in a static layout (`prompt_layout`: up to 8 clicks and a box
+  in the smallest, a mask prompt always present with a flag for one prompt, every mask
+  token's output computed): one program per batch size and layout bucket, so a whole
+  interactive session (clicks, box, box and clicks, fed-back logits, multimask on and
+  off) runs on one compiled decoder;
+- mask post-processing (cheap), which also picks the single or multimask outputs, is
+  keyed by the image size and the output options.
 """
 
 from __future__ import annotations
@@ -23,8 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import transforms
-from sam_jax.modeling.prompt_encoder import LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_PADDING
-from sam_jax.modeling.sam import SamParams, image_encoder_forward, normalize_and_pad, predict_low_res
+from sam_jax.modeling.mask_decoder import select_outputs
+from sam_jax.modeling.prompt_encoder import (
+    LABEL_BACKGROUND,
+    LABEL_BOX_BOTTOM_RIGHT,
+    LABEL_BOX_TOP_LEFT,
+    LABEL_FOREGROUND,
+    LABEL_PADDING,
+)
+from sam_jax.modeling.sam import SamParams, image_encoder_forward, normalize_and_pad, predict_low_res_slots
+from sam_jax.prompt_layout import fast_slots, layout_prompts
+
+POINT_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
 
 MASK_THRESHOLD = 0.0
 
@@ -151,10 +166,11 @@ def check_prompts(
             lab_arr = _as_numeric(labels, "labels", f"of shape {want}")
             if lab_arr.shape != want:
                 raise ValueError(f"labels must have shape {want}, one per point, got {lab_arr.shape}")
-            if not np.all(lab_arr == np.round(lab_arr)) or not np.all(
-                np.isin(lab_arr, (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND))
-            ):
-                raise ValueError("labels must be 1 (foreground), 0 (background) or -1 (ignored padding point)")
+            if not np.all(lab_arr == np.round(lab_arr)) or not np.all(np.isin(lab_arr, POINT_LABELS)):
+                raise ValueError(
+                    "labels must be 1 (foreground), 0 (background), -1 (ignored padding point), "
+                    "or 2 / 3 (a box's top-left / bottom-right corner)"
+                )
             lab = lab_arr.astype(np.int32).reshape(pts.shape[:2])
     if box is not None:
         bx = _as_numeric(box, "box", "of 4 numbers XYXY, shape (4,) or (B, 4)").astype(np.float64)
@@ -201,35 +217,46 @@ def encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> 
     return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw))
 
 
-@functools.partial(jax.jit, static_argnames=("multimask_output", "squeeze"))
+@jax.jit
 def _decode_low_res(
     params: SamParams,
     image_embedding: jax.Array,
-    points: jax.Array | None,
-    labels: jax.Array | None,
-    boxes: jax.Array | None,
+    points: jax.Array,
+    labels: jax.Array,
     mask_input: jax.Array | None,
-    multimask_output: bool,
-    squeeze: bool = False,
+    has_mask: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array]:
-    """`squeeze` drops the axis of a single prompt here, inside the compiled call: indexing
-    the results afterwards costs a dispatch per array (~2 of a vit_b one-point decode's ms)."""
+    """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None
+    -> every mask token's (B, T, L, L) logits and (B, T) IoU predictions."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
-    low_res, scores = predict_low_res(params, image_embedding, points, labels, boxes, mask_input, multimask_output)
-    return (low_res[0], scores[0]) if squeeze else (low_res, scores)
+    fewer = fast_slots(params.config.num_mask_tokens + 1)
+    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask, fewer)
 
 
-@functools.partial(jax.jit, static_argnames=("input_size", "original_size", "image_size", "return_logits"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("input_size", "original_size", "image_size", "return_logits", "multimask_output", "squeeze"),
+)
 def _postprocess(
     low_res: jax.Array,
+    scores: jax.Array,
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     image_size: int,
     return_logits: bool,
-) -> jax.Array:
+    multimask_output: bool = True,
+    squeeze: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Every token's (B, T, L, L) logits and (B, T) scores -> the outputs asked for, and
+    their masks at the original size. `squeeze` drops the axis of a single prompt here,
+    inside the compiled call: indexing afterwards costs a dispatch per array (~2 of a vit_b
+    one-point decode's ms)."""
+    low_res, scores = select_outputs(low_res, multimask_output), select_outputs(scores, multimask_output)
+    if squeeze:
+        low_res, scores = low_res[0], scores[0]
     masks = transforms.postprocess_masks(low_res, input_size, original_size, image_size)
-    return masks if return_logits else masks > MASK_THRESHOLD
+    return (masks if return_logits else masks > MASK_THRESHOLD), scores, low_res
 
 
 # ----------------------------------------------------------------------------- API
@@ -281,7 +308,11 @@ def decode(
         params: model weights and config.
         embedding: from `encode` (one image; index a batch with `embedding[i]`).
         points: (N, 2) pixel (x, y) in the original image, or (B, N, 2) for B prompts.
-        labels: (N,) or (B, N): 1 foreground, 0 background; default all foreground.
+        labels: (N,) or (B, N): 1 foreground, 0 background; default all foreground. -1
+            marks a point to ignore (the reference's padding point, a token of its own);
+            2 and 3 a box's top-left and bottom-right corners, as the reference's ONNX
+            model takes a box: `points=[p, (x0, y0), (x1, y1)], labels=[l, 2, 3]` is
+            `points=[p], labels=[l], box=[x0, y0, x1, y1]`.
         box: (4,) XYXY in original pixels, or (B, 4).
         mask_input: (1, L, L) low-res logits from an earlier call, or (B, 1, L, L);
             L = 256 for the official models.
@@ -311,10 +342,30 @@ def decode(
         pts = transforms.apply_coords(pts, embedding.original_size, size).astype(np.float32)
     if bx is not None:
         bx = transforms.apply_boxes(bx, embedding.original_size, size).astype(np.float32)
-    squeeze = not batched
-    low_res, scores = _decode_low_res(params, embedding.image_embedding, pts, lab, bx, msk, multimask_output, squeeze)
-    masks = _postprocess(low_res, embedding.input_size, embedding.original_size, size, return_logits)
-    return masks, scores, low_res
+    b = next(a.shape[0] for a in (pts, bx, msk) if a is not None)
+    coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_mask_tokens + 1)
+    has_mask = None
+    if msk is not None:
+        has_mask = np.ones(b, np.float32)
+    elif b == 1:
+        # One prompt (interactive use): a zero mask with a zero flag, so that a call with
+        # fed-back logits runs the same program. Batches without masks keep the shared
+        # `no_mask` embedding, which lets the decoder's first layer be shared by the prompts.
+        msk, has_mask = (
+            np.zeros((1, 1, cfg.low_res_mask_size, cfg.low_res_mask_size), np.float32),
+            np.zeros(1, np.float32),
+        )
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask)
+    return _postprocess(
+        low_res,
+        scores,
+        embedding.input_size,
+        embedding.original_size,
+        size,
+        return_logits,
+        multimask_output,
+        not batched,
+    )
 
 
 def predict(

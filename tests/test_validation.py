@@ -55,7 +55,7 @@ BAD_PROMPTS = [
     (dict(points=[[np.inf, 1]]), ValueError, "points must be finite"),
     (dict(points=[["a", "b"]]), TypeError, "points must be an array of numbers"),
     (dict(points=[[1, 2]], labels=[1, 0]), ValueError, "labels must have shape"),
-    (dict(points=[[1, 2]], labels=[2]), ValueError, "labels must be 1"),
+    (dict(points=[[1, 2]], labels=[4]), ValueError, "labels must be 1"),
     (dict(points=[[1, 2]], labels=[0.5]), ValueError, "labels must be 1"),
     (dict(labels=[1]), ValueError, "labels were given without points"),
     (dict(box=[1, 2, 3]), ValueError, "box must be 4 numbers"),

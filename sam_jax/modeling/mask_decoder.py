@@ -119,8 +119,10 @@ class MaskDecoder(nn.Module):
         image_pe: jax.Array,
         sparse_prompt_embeddings: jax.Array,
         dense_prompt_embeddings: jax.Array,
+        prompt_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The first stage (arguments as `__call__`).
+        """The first stage (arguments as `__call__`); `prompt_mask` (B, N) bool marks the
+        sparse prompt tokens that take part (False: an empty slot, attended by nothing).
 
         Returns:
             mask_tokens_out: (B, num_mask_tokens, C); src: (B, E, E, C) the image tokens after
@@ -131,14 +133,17 @@ class MaskDecoder(nn.Module):
         output_tokens = jnp.broadcast_to(output_tokens, (b, *output_tokens.shape))
         tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings], axis=1)
         src = image_embedding + dense_prompt_embeddings  # (1, ...) when both are shared by the B prompts
-        hs, src = self.transformer(src, image_pe, tokens)
+        token_mask = None
+        if prompt_mask is not None:  # the output tokens always take part
+            token_mask = jnp.concatenate([jnp.ones((b, output_tokens.shape[1]), bool), prompt_mask], axis=1)
+        hs, src = self.transformer(src, image_pe, tokens, token_mask, output_tokens.shape[1])
         mask_tokens_out = hs[:, 1 : 1 + self.config.num_mask_tokens, :]
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return mask_tokens_out, src.reshape(b, *image_embedding.shape[1:3], src.shape[-1]), iou_pred
 
-    def predict_masks(self, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool) -> jax.Array:
+    def predict_masks(self, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool | None) -> jax.Array:
         """The second stage: (B, num_mask_tokens, C) tokens and (B, E, E, C) image tokens from
-        `decode_tokens` -> (B, M, 4E, 4E) low-res mask logits."""
+        `decode_tokens` -> (B, M, 4E, 4E) low-res mask logits (M: see `select_outputs`)."""
         x = self.output_upscaling_0(src)  # (B, H, W, 2, 2, C/4)
         x = gelu(self.output_upscaling_1(x))
         upscaled = gelu(self.output_upscaling_3(x))  # (B, H, W, 2, 2, 2, 2, C/8)
@@ -152,6 +157,9 @@ class MaskDecoder(nn.Module):
         return interleave_subpixels(jnp.einsum("bhwijxyc,bkc->bhwijxyk", upscaled, hyper_in))
 
 
-def select_outputs(x: jax.Array, multimask_output: bool) -> jax.Array:
-    """Axis 1 over the mask tokens -> the multimask outputs (tokens 1..) or the single one (0)."""
+def select_outputs(x: jax.Array, multimask_output: bool | None) -> jax.Array:
+    """Axis 1 over the mask tokens -> the multimask outputs (tokens 1..) or the single one (0);
+    None keeps every token's output (the choice is then made by the caller)."""
+    if multimask_output is None:
+        return x
     return x[:, 1:] if multimask_output else x[:, :1]

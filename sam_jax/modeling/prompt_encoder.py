@@ -18,10 +18,15 @@ from sam_jax.modeling.common import gelu, layer_norm
 
 LAYER_NORM_2D_EPS = 1e-6
 
-# Point labels (reference `_embed_points`).
+# Point labels (reference `_embed_points`; 2 and 3 as the reference `SamOnnxModel` takes
+# a box: its corners as points with their own embeddings).
 LABEL_PADDING = -1
 LABEL_BACKGROUND = 0
 LABEL_FOREGROUND = 1
+LABEL_BOX_TOP_LEFT = 2
+LABEL_BOX_BOTTOM_RIGHT = 3
+# An empty slot of a static prompt layout: no token at all (masked out of the decoder).
+LABEL_EMPTY_SLOT = -2
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -123,6 +128,31 @@ class PromptEncoder(nn.Module):
         corner_embed = jnp.stack([self.point_embeddings[2].embedding[0], self.point_embeddings[3].embedding[0]])
         return emb + corner_embed
 
+    def embed_slots(self, points: jax.Array, labels: jax.Array) -> jax.Array:
+        """Labelled points (the reference `SamOnnxModel._embed_points`), empty slots zero.
+
+        Args:
+            points: (B, S, 2) float (x, y) in the input frame; box corners are points too.
+            labels: (B, S) int: -1 not-a-point (the reference's padding point, a real token),
+                0 background, 1 foreground, 2 and 3 box corners, -2 an empty slot.
+        Returns:
+            (B, S, C) sparse tokens, zero in empty slots.
+        """
+        emb = self.pe_layer.with_coords(points + 0.5, self._input_image_size())
+        lab = labels[..., None]
+        emb = jnp.where(lab < 0, 0.0, emb)
+        emb = emb + jnp.where(lab == LABEL_PADDING, self.not_a_point_embed.embedding[0], 0.0)
+        for i, table in enumerate(self.point_embeddings):
+            emb = emb + jnp.where(lab == i, table.embedding[0], 0.0)
+        return emb
+
+    def embed_flagged_mask(self, masks: jax.Array, has_mask: jax.Array) -> jax.Array:
+        """`has_mask * mask embedding + (1 - has_mask) * no_mask` (reference `SamOnnxModel`):
+        a mask prompt that is always given, with a (B,) float flag saying whether it counts.
+        Exact for flags 0 and 1: the other term is multiplied by an exact zero."""
+        flag = has_mask[:, None, None, None]
+        return flag * self._embed_masks(masks) + (1 - flag) * self.no_mask_embed.embedding[0]
+
     def _embed_masks(self, masks: jax.Array) -> jax.Array:
         x = masks
         for i, layer in enumerate(self.mask_downscaling):
@@ -169,3 +199,28 @@ class PromptEncoder(nn.Module):
         else:
             dense = jnp.broadcast_to(no_mask, (1, e, e, dim))
         return jnp.concatenate(sparse, axis=1), dense, self.pe_layer.dense((e, e))
+
+    def encode_dense(self, masks: jax.Array | None, has_mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """The dense embedding of a flagged mask prompt and the grid's positional encoding.
+
+        Args:
+            masks: (B, 4E, 4E, 1) low-res logits (NHWC) with has_mask (B,) float (0 or 1 as
+                `SamOnnxModel`; any value is applied as a weight); or both None: no mask for
+                any prompt (`no_mask` shared by all, as `__call__`).
+        Returns:
+            dense (B or 1, E, E, C), dense_pe (E, E, C).
+        """
+        e, dim = self.config.embedding_size, self.config.prompt_embed_dim
+        no_mask = self.no_mask_embed.embedding[0]
+        pe = self.pe_layer.dense((e, e))
+        if masks is None or has_mask is None:
+            return jnp.broadcast_to(no_mask, (1, e, e, dim)), pe
+        b = masks.shape[0]
+        # Skip the mask convolutions when every flag is 0: the formula then gives no_mask
+        # exactly (0 times a finite embedding), and a click without fed-back logits saves them.
+        dense = jax.lax.cond(
+            jnp.any(has_mask != 0),
+            lambda: self.embed_flagged_mask(masks, has_mask),
+            lambda: jnp.broadcast_to(no_mask, (b, e, e, dim)),
+        )
+        return dense, pe

@@ -1,0 +1,306 @@
+"""The mask decoder written as an ONNX graph from our weights (opset 17), with the reference
+`SamOnnxModel`'s interface and options (see `sam_jax.export`).
+
+Why a graph of our own rather than a JAX-to-ONNX converter: the reference interface sizes
+its `masks` output from the *values* of `orig_im_size`, which no traced JAX function can
+express (JAX shapes are static or symbolic in input shapes), and the converter for JAX
+that is maintained today (jax2onnx 0.17) wrote graphs onnxruntime refused for this
+decoder (an `If` branch for the mask flag, mixed float/double types); it also pins an
+older orbax-checkpoint than the package uses. The graph is the reference decoder's
+arithmetic, op for op (plain per-head attention; the speed paths of
+`sam_jax.modeling.transformer` are for XLA), and the tests hold it to our decoder and to
+the reference's own ONNX export.
+
+Requires the `onnx` package (the `export` extra).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax.modeling.prompt_encoder import LAYER_NORM_2D_EPS
+from sam_jax.modeling.sam import SamParams
+from sam_jax.modeling.transformer import DECODER_LN_EPS
+
+OPSET = 17
+
+
+class GraphBuilder:
+    """Nodes and constants of an ONNX graph, each op's output named automatically."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._count = 0
+
+    def _name(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def const(self, value: Any, dtype: Any = np.float32) -> str:
+        """A constant tensor (an initializer)."""
+        from onnx import numpy_helper
+
+        name = self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def ints(self, *values: int) -> str:
+        return self.const(np.asarray(values, np.int64), np.int64)
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs: Any) -> Any:
+        """Adds a node; returns its output name (a list of names when `outputs` > 1)."""
+        from onnx import helper
+
+        outs = [name] if name is not None else [self._name(op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    # ------------------------------------------------------------------ layers
+
+    def linear(self, x: str, p: dict[str, Any]) -> str:
+        return self.op("Add", self.op("MatMul", x, self.const(p["kernel"])), self.const(p["bias"]))
+
+    def layer_norm(self, x: str, p: dict[str, Any], eps: float) -> str:
+        """LayerNorm over the last axis (torch `nn.LayerNorm`, exported as the reference's)."""
+        return self.op(
+            "LayerNormalization", x, self.const(p["scale"]), self.const(p["bias"]), axis=-1, epsilon=float(eps)
+        )
+
+    def layer_norm_2d(self, x: str, p: dict[str, Any], eps: float = LAYER_NORM_2D_EPS) -> str:
+        """The reference `LayerNorm2d` on NCHW, as it computes it: over the channel axis."""
+        u = self.op("ReduceMean", x, axes=[1], keepdims=1)
+        d = self.op("Sub", x, u)
+        s = self.op("ReduceMean", self.op("Mul", d, d), axes=[1], keepdims=1)
+        y = self.op("Div", d, self.op("Sqrt", self.op("Add", s, self.const(eps))))
+        scale, bias = (self.const(np.asarray(p[k]).reshape(-1, 1, 1)) for k in ("scale", "bias"))
+        return self.op("Add", self.op("Mul", scale, y), bias)
+
+    def gelu(self, x: str) -> str:
+        """Exact GELU: x/2 (1 + erf(x / sqrt 2))."""
+        erf = self.op("Erf", self.op("Mul", x, self.const(1 / math.sqrt(2))))
+        return self.op("Mul", self.op("Mul", x, self.const(0.5)), self.op("Add", erf, self.const(1.0)))
+
+    def mlp(self, x: str, p: dict[str, Any], layers: int) -> str:
+        """`layers` linear layers with ReLU between (reference `MLP`, `MLPBlock` with ReLU)."""
+        for i in range(layers):
+            x = self.linear(x, p[f"layers_{i}"])
+            x = x if i == layers - 1 else self.op("Relu", x)
+        return x
+
+    def attention(self, q: str, k: str, v: str, p: dict[str, Any], heads: int) -> str:
+        """The reference `Attention`: (1, Nq, C), (1, Nk, C) -> (1, Nq, C), heads as an axis."""
+        inner = np.asarray(p["q_proj"]["kernel"]).shape[1]
+        d = inner // heads
+        split = self.ints(1, -1, heads, d)
+        qh = self.op("Transpose", self.op("Reshape", self.linear(q, p["q_proj"]), split), perm=[0, 2, 1, 3])
+        kt = self.op("Transpose", self.op("Reshape", self.linear(k, p["k_proj"]), split), perm=[0, 2, 3, 1])
+        vh = self.op("Transpose", self.op("Reshape", self.linear(v, p["v_proj"]), split), perm=[0, 2, 1, 3])
+        logits = self.op("Div", self.op("MatMul", qh, kt), self.const(math.sqrt(d)))
+        out = self.op("MatMul", self.op("Softmax", logits, axis=-1), vh)
+        out = self.op("Reshape", self.op("Transpose", out, perm=[0, 2, 1, 3]), self.ints(1, -1, inner))
+        return self.linear(out, p["out_proj"])
+
+    def resize(self, x: str, leading: str, size: str) -> str:
+        """torch `F.interpolate(bilinear, align_corners=False)` of NCHW x to (N, C) `leading` +
+        (h, w) `size` (int64 tensors)."""
+        sizes = self.op("Concat", leading, size, axis=0)
+        return self.op(
+            "Resize",
+            x,
+            "",  # no roi
+            "",  # no scales: sizes
+            sizes,
+            mode="linear",
+            coordinate_transformation_mode="pytorch_half_pixel",
+        )
+
+    def stability_score(self, masks: str, threshold: float, offset: float) -> str:
+        """Reference `calculate_stability_score` over the last two axes."""
+        axes = self.ints(-2, -1)
+
+        def count(t: float) -> str:
+            above = self.op("Cast", self.op("Greater", masks, self.const(t)), to=1)  # float
+            return self.op("ReduceSum", above, axes, keepdims=0)
+
+        return self.op("Div", count(threshold + offset), count(threshold - offset))
+
+
+def _numpy_tree(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree, np.float32)
+
+
+def _dense_pe(params: SamParams) -> np.ndarray:
+    """(E * E, C) positional encoding of the embedding grid, from our prompt encoder."""
+    from sam_jax.modeling.sam import prompt_encoder_forward
+
+    e = params.config.embedding_size
+    _, _, pe = prompt_encoder_forward(params, jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32))
+    return np.asarray(pe, np.float32).reshape(e * e, -1)
+
+
+def build_decoder(params: SamParams, options: Any) -> Any:
+    """The decoder as an `onnx.ModelProto` (interface and options: `sam_jax.export`).
+
+    Args:
+        params: the model; only the prompt encoder and mask decoder weights are read.
+        options: `sam_jax.export.ExportOptions`.
+    Returns:
+        A checked `onnx.ModelProto`, opset 17.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sam_jax.export import (
+        INPUT_NAMES,
+        MASK_THRESHOLD,
+        SINGLE_MASK_POINTS,
+        SINGLE_MASK_REWEIGHT,
+        STABILITY_SCORE_OFFSET,
+    )
+
+    cfg = params.config
+    pw, dw = _numpy_tree(params.weights["prompt_encoder"]), _numpy_tree(params.weights["mask_decoder"])
+    c, e, s, low = cfg.prompt_embed_dim, cfg.embedding_size, cfg.image_size, cfg.low_res_mask_size
+    heads, t = cfg.decoder_num_heads, cfg.num_mask_tokens
+    g = GraphBuilder()
+    emb_in, coords_in, labels_in, mask_in, has_mask_in, size_in = INPUT_NAMES
+
+    # Prompt encoder (reference `SamOnnxModel._embed_points`, `_embed_masks`).
+    coords = g.op("Div", g.op("Add", coords_in, g.const(0.5)), g.const(float(s)))
+    coords = g.op("Sub", g.op("Mul", coords, g.const(2.0)), g.const(1.0))
+    phase = g.op(
+        "Mul",
+        g.op("MatMul", coords, g.const(pw["pe_layer"]["positional_encoding_gaussian_matrix"])),
+        g.const(2 * np.pi),
+    )
+    sparse = g.op("Concat", g.op("Sin", phase), g.op("Cos", phase), axis=-1)
+    labels = g.op("Unsqueeze", labels_in, g.ints(-1))
+
+    def where_label(value: float) -> str:
+        return g.op("Cast", g.op("Equal", labels, g.const(value)), to=1)
+
+    sparse = g.op("Mul", sparse, g.op("Sub", g.const(1.0), where_label(-1.0)))
+    sparse = g.op("Add", sparse, g.op("Mul", g.const(pw["not_a_point_embed"]["embedding"]), where_label(-1.0)))
+    for i in range(4):
+        table = g.const(pw[f"point_embeddings_{i}"]["embedding"])
+        sparse = g.op("Add", sparse, g.op("Mul", table, where_label(float(i))))
+
+    def conv(x: str, p: dict[str, Any], stride: int) -> str:
+        kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # (kh, kw, in, out) -> OIHW
+        return g.op("Conv", x, g.const(kernel), g.const(p["bias"]), strides=[stride, stride])
+
+    x = g.gelu(g.layer_norm_2d(conv(mask_in, pw["mask_downscaling_0"], 2), pw["mask_downscaling_1"]))
+    x = g.gelu(g.layer_norm_2d(conv(x, pw["mask_downscaling_3"], 2), pw["mask_downscaling_4"]))
+    mask_embedding = conv(x, pw["mask_downscaling_6"], 1)
+    no_mask = g.const(pw["no_mask_embed"]["embedding"].reshape(1, c, 1, 1))
+    dense = g.op(
+        "Add",
+        g.op("Mul", has_mask_in, mask_embedding),
+        g.op("Mul", g.op("Sub", g.const(1.0), has_mask_in), no_mask),
+    )
+
+    # Two-way transformer (reference `MaskDecoder.predict_masks`, `TwoWayTransformer`).
+    output_tokens = np.concatenate([dw["iou_token"]["embedding"], dw["mask_tokens"]["embedding"]])[None]
+    tokens = g.op("Concat", g.const(output_tokens), sparse, axis=1)
+    src = g.op("Add", emb_in, dense)
+    keys = g.op("Transpose", g.op("Reshape", src, g.ints(1, c, e * e)), perm=[0, 2, 1])
+    key_pe = g.const(_dense_pe(params)[None])
+    queries, tw = tokens, dw["transformer"]
+    block_eps = cfg.decoder_layer_norm_eps  # the final norm keeps torch's default, as the reference
+    for i in range(cfg.decoder_depth):
+        p = tw[f"layers_{i}"]
+        if i == 0:  # skip_first_layer_pe
+            queries = g.attention(queries, queries, queries, p["self_attn"], heads)
+        else:
+            q = g.op("Add", queries, tokens)
+            queries = g.op("Add", queries, g.attention(q, q, queries, p["self_attn"], heads))
+        queries = g.layer_norm(queries, p["norm1"], block_eps)
+        q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
+        queries = g.op("Add", queries, g.attention(q, k, keys, p["cross_attn_token_to_image"], heads))
+        queries = g.layer_norm(queries, p["norm2"], block_eps)
+        queries = g.layer_norm(
+            g.op("Add", queries, g.mlp(queries, {"layers_0": p["mlp"]["lin1"], "layers_1": p["mlp"]["lin2"]}, 2)),
+            p["norm3"],
+            block_eps,
+        )
+        q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
+        keys = g.op("Add", keys, g.attention(k, q, queries, p["cross_attn_image_to_token"], heads))
+        keys = g.layer_norm(keys, p["norm4"], block_eps)
+    q, k = g.op("Add", queries, tokens), g.op("Add", keys, key_pe)
+    queries = g.op("Add", queries, g.attention(q, k, keys, tw["final_attn_token_to_image"], heads))
+    queries = g.layer_norm(queries, tw["norm_final_attn"], DECODER_LN_EPS)
+
+    # Masks from the mask tokens and the upscaled image tokens; IoU from the IoU token.
+    iou_token = g.op("Gather", queries, g.const(0, np.int64), axis=1)
+    src = g.op("Reshape", g.op("Transpose", keys, perm=[0, 2, 1]), g.ints(1, c, e, e))
+
+    def conv_transpose(x: str, p: dict[str, Any]) -> str:
+        kernel = np.transpose(p["kernel"], (2, 3, 0, 1))  # (2, 2, in, out) -> (in, out, 2, 2)
+        return g.op("ConvTranspose", x, g.const(kernel), g.const(p["bias"]), strides=[2, 2], kernel_shape=[2, 2])
+
+    x = g.gelu(g.layer_norm_2d(conv_transpose(src, dw["output_upscaling_0"]), dw["output_upscaling_1"]))
+    upscaled = g.gelu(conv_transpose(x, dw["output_upscaling_3"]))
+    hyper = []
+    for i in range(t):
+        token = g.op("Gather", queries, g.const(1 + i, np.int64), axis=1)
+        hyper.append(g.op("Unsqueeze", g.mlp(token, dw[f"output_hypernetworks_mlps_{i}"], 3), g.ints(1)))
+    hyper_in = g.op("Concat", *hyper, axis=1)
+    masks = g.op("MatMul", hyper_in, g.op("Reshape", upscaled, g.ints(1, c // 8, low * low)))
+    masks = g.op("Reshape", masks, g.ints(1, t, low, low))
+    scores = g.mlp(iou_token, dw["iou_prediction_head"], cfg.iou_head_depth)
+
+    # Options and post-processing (reference `SamOnnxModel.forward`).
+    if options.use_stability_score:
+        scores = g.stability_score(masks, MASK_THRESHOLD, STABILITY_SCORE_OFFSET)
+    if options.return_single_mask:
+        n = g.op("Cast", g.op("Gather", g.op("Shape", coords_in), g.const(1, np.int64)), to=1)
+        reweight = np.zeros((1, t), np.float32)
+        reweight[0, 0] = SINGLE_MASK_REWEIGHT
+        bias = g.op("Mul", g.op("Sub", n, g.const(SINGLE_MASK_POINTS)), g.const(reweight))
+        best = g.op("ArgMax", g.op("Add", scores, bias), axis=1, keepdims=0)
+        masks, scores = g.op("Gather", masks, best, axis=1), g.op("Gather", scores, best, axis=1)
+    leading = g.op("Slice", g.op("Shape", masks), g.ints(0), g.ints(2))
+    up = g.resize(masks, leading, g.ints(s, s))
+    longest = g.op("ReduceMax", size_in, keepdims=1)
+    scaled = g.op("Mul", g.op("Div", g.const(float(s)), longest), size_in)
+    prepadded = g.op("Cast", g.op("Floor", g.op("Add", scaled, g.const(0.5))), to=7)  # int64
+    up = g.op("Slice", up, g.ints(0, 0), prepadded, g.ints(2, 3))
+    masks_out = g.resize(up, leading, g.op("Cast", size_in, to=7))
+    outputs: dict[str, str] = {"masks": masks_out, "iou_predictions": scores, "low_res_masks": masks}
+    if options.return_extra_metrics:
+        outputs["stability_scores"] = g.stability_score(masks_out, MASK_THRESHOLD, STABILITY_SCORE_OFFSET)
+        above = g.op("Cast", g.op("Greater", masks_out, g.const(MASK_THRESHOLD)), to=7)
+        outputs["areas"] = g.op("ReduceSum", above, g.ints(-2, -1), keepdims=0)
+    names = options.output_names()
+    for out_name in names:  # give the graph outputs their names
+        g.op("Identity", outputs[out_name], name=out_name)
+
+    m = "num_masks"
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = [
+        helper.make_tensor_value_info(emb_in, f32, [1, c, e, e]),
+        helper.make_tensor_value_info(coords_in, f32, [1, "num_points", 2]),
+        helper.make_tensor_value_info(labels_in, f32, [1, "num_points"]),
+        helper.make_tensor_value_info(mask_in, f32, [1, 1, low, low]),
+        helper.make_tensor_value_info(has_mask_in, f32, [1]),
+        helper.make_tensor_value_info(size_in, f32, [2]),
+    ]
+    shapes: dict[str, tuple[int, list[Any]]] = {
+        "masks": (f32, [1, m, "height", "width"]),
+        "iou_predictions": (f32, [1, m]),
+        "low_res_masks": (f32, [1, m, low, low]),
+        "stability_scores": (f32, [1, m]),
+        "areas": (i64, [1, m]),
+    }
+    outs = [helper.make_tensor_value_info(k, shapes[k][0], shapes[k][1]) for k in names]
+    graph = helper.make_graph(g.nodes, "sam_jax_decoder", inputs, outs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sam-jax")
+    onnx.checker.check_model(model)
+    return model
