@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.amg.scoring import pixel_count, stability_score
+from sam_jax.modeling.cross_attention import BLOCK_DIAGONAL_MIN_RATIO
 from sam_jax.modeling.sam import SamParams, predict_low_res_slots
-from sam_jax.modeling.transformer import BLOCK_DIAGONAL_MIN_RATIO
 
 INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 STABILITY_SCORE_OFFSET = 1.0  # the reference `SamOnnxModel.stability_score_offset`

@@ -21,7 +21,7 @@ from sam_jax.modeling.prompt_encoder import (
     LABEL_EMPTY_SLOT,
     LABEL_PADDING,
 )
-from sam_jax.modeling.transformer import TOKEN_MULTIPLE
+from sam_jax.modeling.cross_attention import TOKEN_MULTIPLE
 
 # The smallest layout has this many tokens in all (prompt and output tokens).
 MIN_TOKENS = 2 * TOKEN_MULTIPLE

@@ -157,11 +157,11 @@ def test_mask_decoder_on_a_large_grid(small, monkeypatch, shared_dense):
     """On vit_b's 64 x 64 grid the cross-attentions take the head-block-diagonal paths
     (few tokens vs many image tokens; folded projections where the image side is per
     prompt, shared projections where it is shared), which must equal the reference too."""
-    from sam_jax.modeling import transformer
+    from sam_jax.modeling import cross_attention
 
     calls = []
-    original = transformer.head_block_diagonal
-    monkeypatch.setattr(transformer, "head_block_diagonal", lambda *a: calls.append(1) or original(*a))
+    original = cross_attention.head_block_diagonal
+    monkeypatch.setattr(cross_attention, "head_block_diagonal", lambda *a: calls.append(1) or original(*a))
     g = torch.Generator().manual_seed(3)
     e, c, b = 64, SMALL.prompt_embed_dim, 4
     emb = torch.randn(1, c, e, e, generator=g)

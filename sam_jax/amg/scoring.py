@@ -43,8 +43,8 @@ def pixel_count(masks: jax.Array) -> jax.Array:
 
     Rows first, as float sums of 0/1 (exact: a row has far fewer than 2^24 pixels), then the
     rows in int32. XLA's CPU backend fuses the compare that makes `masks` into the row sums;
-    an int32 count over both axes at once materialised an int32 copy of every
-    full-resolution candidate first (a third of the upsample-and-score time).
+    an int32 count over both axes at once materialises an int32 copy of every
+    full-resolution candidate first.
     """
     rows = jnp.sum(jnp.where(masks, 1.0, 0.0), axis=-1)
     return jnp.sum(rows.astype(jnp.int32), axis=-1)

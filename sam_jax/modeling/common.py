@@ -35,7 +35,7 @@ class Dense(nn.Dense):
 
     Why: XLA's CPU backend lowers the weight gradient of a dense layer on a 4-D input
     through a transposed copy of the output gradient and a slow dot; flattened, both
-    gradients are plain matrix products (a dense layer's backward pass runs ~3x faster).
+    gradients are plain matrix products.
     """
 
     def __call__(self, x: jax.Array) -> jax.Array:

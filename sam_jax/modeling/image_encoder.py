@@ -169,8 +169,7 @@ def attention_rows(
     if rel_pos is not None:
         # The relative-position terms stay two small (rows, W, H) and (rows, W, W) tables,
         # broadcast inside the softmax's fusions: the biased logits are never written out
-        # (the reference materialises a (B * heads, HW, HW) bias; a third of our global
-        # attention time when we added it to the logits first).
+        # (the reference materialises a (B * heads, HW, HW) bias).
         rel_h, rel_w = decomposed_rel_pos_terms(q, *rel_pos, (h, w), (h, w), q_rows=(row0, rows))
         attn = attn + rel_h[..., :, None].astype(jnp.float32) + rel_w[..., None, :].astype(jnp.float32)
     # Softmax with the normalisation after the weighted sum: the division touches the

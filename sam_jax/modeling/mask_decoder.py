@@ -65,7 +65,7 @@ class MaskDecoder(nn.Module):
     """Two stages, callable apart (`apply(..., method=...)`): `decode_tokens` runs the
     two-way transformer and the IoU head, `predict_masks` turns mask tokens into masks.
     Automatic mask generation runs the second only for prompts whose predicted IoU passes
-    its threshold (a 64-point vit_b batch on this CPU: 1.5 s both, 1.07 s the first alone)."""
+    its threshold."""
 
     config: SamConfig
 
@@ -151,8 +151,8 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )
         # Masks last: the product reads `upscaled` in its own layout (channels minor); with the
-        # masks first XLA copied the whole (B, C/8, 16 E^2) tensor to transpose it (300 ms of
-        # a 2.5 s vit_b batch of 64 points on CPU), where now only the few mask logits move.
+        # masks first XLA copies the whole (B, C/8, 16 E^2) tensor to transpose it, where
+        # this way only the few mask logits move.
         hyper_in = select_outputs(hyper_in, multimask_output)
         return interleave_subpixels(jnp.einsum("bhwijxyc,bkc->bhwijxyk", upscaled, hyper_in))
 

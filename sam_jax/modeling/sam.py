@@ -113,10 +113,7 @@ def init_params(config: SamConfig, rng: jax.Array | int = 0) -> SamParams:
     """Randomly initialised weights: flax's default initialisers, with the reference's zeros
     for `pos_embed` and the relative-position tables.
 
-    (An earlier "fast start" for training from scratch, with sharper Fourier features,
-    sine-cosine `pos_embed` and equal decoder query/key projections, held the decoder at
-    the "union of all objects" plateau: one-point mIoU 0.24 after 1000 steps, against 0.52
-    with this plain initialisation, same recipe otherwise; README "The embedded default".)
+    (Deliberately plain: docs/embedded-model.md says what other choices did from scratch.)
 
     Args:
         config: the architecture.
@@ -272,8 +269,7 @@ def predict_low_res_slots(
         mask_input: (B, 4E, 4E, 1) float32 with has_mask (B,) float32 0 / 1, or both None.
         fewer_slots: increasing slot counts below S: the program also holds the decoder for
             the first k slots alone, for each k, and runs the smallest that every prompt's
-            used slots fit in: the cross-attention's cost grows with the token count (a
-            vit_b click's two-way transformer runs 1.7x faster on 8 tokens than on 16), so a
+            used slots fit in: the cross-attention's cost grows with the token count, so a
             short prompt does not pay for the layout's empty slots, and still no second
             program is compiled (each k adds a copy of the transformer to compile).
     Returns:
