@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from sam_jax.modeling.cross_attention import TOKEN_MULTIPLE
 from sam_jax.modeling.prompt_encoder import (
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
     LABEL_EMPTY_SLOT,
     LABEL_PADDING,
 )
-from sam_jax.modeling.cross_attention import TOKEN_MULTIPLE
 
 # The smallest layout has this many tokens in all (prompt and output tokens).
 MIN_TOKENS = 2 * TOKEN_MULTIPLE
