@@ -104,7 +104,8 @@ def check_image(image: Any, *, allow_batch: bool = False) -> np.ndarray:
         arr = np.asarray(image)
     except ValueError:
         raise ValueError(
-            f"image must be one array {form}; images of different sizes cannot form a batch (encode them one at a time)"
+            f"image must be one array {form}; images of different sizes cannot form a batch "
+            "(sam_jax.forward runs them together; or encode them one at a time)"
         ) from None
     if arr.dtype != np.uint8:
         raise TypeError(f"image must be a uint8 RGB array {form} with values 0..255, got dtype {arr.dtype}")
@@ -366,3 +367,45 @@ def decode_cache_size() -> int:
 
 
 __all__: Sequence[str] = ["ImageEmbedding", "decode", "encode", "predict"]
+
+
+def decode_input_frame(
+    params: SamParams,
+    embedding: ImageEmbedding,
+    points: Any = None,
+    labels: Any = None,
+    *,
+    box: Any = None,
+    mask_input: Any = None,
+    multimask_output: bool = True,
+    return_logits: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`decode` for prompts already in the model's input frame, the resized image's pixels
+    (reference `SamPredictor.predict_torch` and `Sam.forward` take them so).
+
+    Args:
+        points: (N, 2) or (B, N, 2) (x, y) in the resized image (`transforms.apply_coords`).
+        box: (4,) or (B, 4) XYXY in the resized image (`transforms.apply_boxes`).
+        See `decode` for the others.
+    Returns:
+        (masks, scores, low_res_logits) as `decode`: masks at `embedding.original_size`.
+    """
+    params = check_params(params)
+    if not isinstance(embedding, ImageEmbedding) or embedding.is_batch:
+        raise TypeError("embedding must be a one-image ImageEmbedding from sam_jax.encode")
+    cfg = params.config
+    e, c = cfg.embedding_size, cfg.prompt_embed_dim
+    if tuple(embedding.image_embedding.shape) != (e, e, c):
+        raise ValueError(
+            f"embedding has shape {tuple(embedding.image_embedding.shape)}, but this model expects ({e}, {e}, {c})"
+        )
+    multimask_output = _check_flag(multimask_output, "multimask_output")
+    return_logits = _check_flag(return_logits, "return_logits")
+    batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, cfg.low_res_mask_size)
+    pts = None if pts is None else pts.astype(np.float32)
+    bx = None if bx is None else bx.astype(np.float32)
+    low_res, scores = _decode_low_res(
+        params, embedding.image_embedding, pts, lab, bx, msk, multimask_output, not batched
+    )
+    masks = _postprocess(low_res, embedding.input_size, embedding.original_size, cfg.image_size, return_logits)
+    return masks, scores, low_res
