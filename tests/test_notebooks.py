@@ -63,7 +63,11 @@ PORT: dict[str, Replacements] = {
     "predictor_example": [
         (r"^import torch\n", "", 1),
         (r"^from segment_anything import ", "from sam_jax import ", 1),
-        (r"^from segment_anything\.utils\.transforms import ResizeLongestSide$", "from sam_jax import ResizeLongestSide", 1),
+        (
+            r"^from segment_anything\.utils\.transforms import ResizeLongestSide$",
+            "from sam_jax import ResizeLongestSide",
+            1,
+        ),
         (r"torch\.tensor\(", "np.array(", 3),
         (r"\], device=(predictor|sam)\.device\)", "])", 3),
         (r"torch\.as_tensor\(image, device=device\.device\)", "np.asarray(image)", 1),
