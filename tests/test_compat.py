@@ -104,7 +104,7 @@ def test_model_exposes_what_user_code_reads(small, sam):
 
 
 def test_registry_refuses_in_one_line(small, monkeypatch):
-    with pytest.raises(ValueError, match="holds a custom .* model, not vit_b") as e:
+    with pytest.raises(ValueError, match=r"holds a custom .* model, not vit_b") as e:
         sam_jax.sam_model_registry["vit_b"](checkpoint=small.checkpoint)
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="holds a vit_t model, not vit_h"):
@@ -431,7 +431,7 @@ def test_model_call_and_forward_refuse_bad_records_before_encoding(sam, small, e
             call()
         assert "\n" not in str(e.value), match
     assert encoder_calls == []
-    with pytest.raises(ValueError, match="sam_jax.forward runs them together"):
+    with pytest.raises(ValueError, match=r"sam_jax\.forward runs them together"):
         sam_jax.encode(small.params, [make_image(20, 30), make_image(30, 20)])
 
 
