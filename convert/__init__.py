@@ -25,11 +25,11 @@ from convert.mapping import (
     weights_to_state_dict,
 )
 from sam_jax.checkpoint import check_finite, checkpoint_directory, write_checkpoint
-from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.config import MODEL_ALIASES, MODEL_REGISTRY, SamConfig, get_config
 from sam_jax.io import atomic_write_bytes
 from sam_jax.modeling.sam import SamParams
 
-MODEL_TYPES = ("auto", *MODEL_REGISTRY)
+MODEL_TYPES = ("auto", *MODEL_ALIASES, *MODEL_REGISTRY)
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -74,7 +74,7 @@ def convert_state_dict(
     Args:
         state_dict: reference keys -> arrays.
         model_type: "auto" infers the architecture from shapes; "vit_b"/"vit_l"/"vit_h"
-            requires that architecture.
+            (or "default", the reference registry's name for vit_h) requires that architecture.
         decoder_num_heads: the decoder's head count (not visible in shapes); default 8.
         config: an explicit architecture, overriding `model_type`.
     """
@@ -109,6 +109,7 @@ def convert_checkpoint(
     A transformers folder, a .safetensors file or a state_dict with transformers' names goes
     to `convert.hf.read_hf_checked`; `notes` receives what it assumed rather than read.
     """
+    model_type = MODEL_ALIASES.get(model_type, model_type)
     with checkpoint_directory(output_dir, overwrite) as tmp:
         state_dict = None if hf.is_hf_source(checkpoint) else read_state_dict(checkpoint)
         if state_dict is None or hf.is_hf_state_dict(state_dict):

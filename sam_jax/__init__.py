@@ -5,6 +5,9 @@ masks, scores, low_res = sam_jax.predict(params, image, points=[[500, 375]])
 
 emb = sam_jax.encode(params, image)          # once per image
 masks, scores, low_res = sam_jax.decode(params, emb, box=[10, 20, 300, 400])
+
+Code written for `segment_anything` runs by changing its imports: `sam_model_registry`,
+`SamPredictor`, `ResizeLongestSide`, `SamAutomaticMaskGenerator` (docs/porting.md).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_jax.checkpoint import load_directory, save
+from sam_jax.compat import ResizeLongestSide, Sam, SamPredictor, sam_model_registry
 from sam_jax.compilation_cache import enable_compilation_cache
 from sam_jax.config import MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.end_to_end import forward
 from sam_jax.hf_format import is_hf_checkpoint, load_hf
 from sam_jax.io import load_embedding
 from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
@@ -87,17 +92,22 @@ __all__ = [
     "MODEL_REGISTRY",
     "AmgOptions",
     "ImageEmbedding",
+    "ResizeLongestSide",
+    "Sam",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamParams",
+    "SamPredictor",
     "decode",
     "enable_compilation_cache",
     "encode",
+    "forward",
     "generate_masks",
     "get_config",
     "init",
     "load",
     "load_embedding",
     "predict",
+    "sam_model_registry",
     "save",
 ]

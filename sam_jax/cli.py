@@ -237,7 +237,10 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     _collection_arguments(p)
-    p.add_argument("--model-type", help="optional check: the checkpoint must be this registry model (e.g. vit_h)")
+    p.add_argument(
+        "--model-type",
+        help="optional check: the checkpoint must be this registry model (vit_h, vit_l, vit_b, vit_t; default = vit_h)",
+    )
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
     p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
     g = p.add_argument_group("AMG settings (the reference's names; default: the reference's values)")

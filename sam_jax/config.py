@@ -250,11 +250,15 @@ MODEL_REGISTRY["vit_t"] = SamConfig(
 )
 
 
+# Other names of registered models, as the reference registry's "default" (its vit_h).
+MODEL_ALIASES = {"default": "vit_h"}
+
+
 def get_config(name: str, **overrides: Any) -> SamConfig:
     """Returns a registered configuration, optionally with fields replaced.
 
     Args:
-        name: a registry name (`vit_b`, `vit_l`, `vit_h`), optionally followed by
+        name: a registry name (`vit_b`, `vit_l`, `vit_h`, or an alias such as `default`), optionally followed by
             `/field=value` overrides, e.g. `"vit_b/image_size=512"`.
         **overrides: further field replacements.
     Returns:
@@ -263,8 +267,9 @@ def get_config(name: str, **overrides: Any) -> SamConfig:
     if not isinstance(name, str):
         raise TypeError(f"name must be a string such as 'vit_b', got {type(name).__name__}")
     base, *parts = name.split("/")
+    base = MODEL_ALIASES.get(base, base)
     if base not in MODEL_REGISTRY:
-        raise ValueError(f"unknown model type {base!r}; expected one of {sorted(MODEL_REGISTRY)}")
+        raise ValueError(f"unknown model type {base!r}; expected one of {sorted([*MODEL_REGISTRY, *MODEL_ALIASES])}")
     fields = {f.name: f for f in dataclasses.fields(SamConfig)}
     parsed: dict[str, Any] = {}
     for part in parts:

@@ -119,7 +119,8 @@ def check_image(image: Any, *, allow_batch: bool = False) -> np.ndarray:
         arr = np.asarray(image)
     except ValueError:
         raise ValueError(
-            f"image must be one array {form}; images of different sizes cannot form a batch (encode them one at a time)"
+            f"image must be one array {form}; images of different sizes cannot form a batch "
+            "(sam_jax.forward runs them together; or encode them one at a time)"
         ) from None
     if arr.dtype != np.uint8:
         raise TypeError(f"image must be a uint8 RGB array {form} with values 0..255, got dtype {arr.dtype}")
@@ -324,6 +325,19 @@ def decode(
         low_res_logits: (C, L, L) or (B, C, L, L) float32.
     """
     params = check_params(params)
+    _check_embedding(params, embedding)
+    multimask_output = _check_flag(multimask_output, "multimask_output")
+    return_logits = _check_flag(return_logits, "return_logits")
+    batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    size = params.config.image_size
+    if pts is not None:
+        pts = transforms.apply_coords(pts, embedding.original_size, size)
+    if bx is not None:
+        bx = transforms.apply_boxes(bx, embedding.original_size, size)
+    return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
+
+
+def _check_embedding(params: SamParams, embedding: Any) -> None:
     if not isinstance(embedding, ImageEmbedding):
         raise TypeError(f"embedding must be an ImageEmbedding from sam_jax.encode, got {type(embedding).__name__}")
     cfg = params.config
@@ -334,14 +348,23 @@ def decode(
         raise ValueError(
             f"embedding has shape {tuple(embedding.image_embedding.shape)}, but this model expects ({e}, {e}, {c})"
         )
-    multimask_output = _check_flag(multimask_output, "multimask_output")
-    return_logits = _check_flag(return_logits, "return_logits")
-    batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, cfg.low_res_mask_size)
-    size = cfg.image_size
-    if pts is not None:
-        pts = transforms.apply_coords(pts, embedding.original_size, size).astype(np.float32)
-    if bx is not None:
-        bx = transforms.apply_boxes(bx, embedding.original_size, size).astype(np.float32)
+
+
+def _decode_in_input_frame(
+    params: SamParams,
+    embedding: ImageEmbedding,
+    batched: bool,
+    pts: np.ndarray | None,
+    lab: np.ndarray | None,
+    bx: np.ndarray | None,
+    msk: np.ndarray | None,
+    multimask_output: bool,
+    return_logits: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Checked, batched prompts in the model's input frame -> `decode`'s outputs."""
+    cfg = params.config
+    pts = None if pts is None else pts.astype(np.float32)
+    bx = None if bx is None else bx.astype(np.float32)
     b = next(a.shape[0] for a in (pts, bx, msk) if a is not None)
     coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_mask_tokens + 1)
     has_mask = None
@@ -361,7 +384,7 @@ def decode(
         scores,
         embedding.input_size,
         embedding.original_size,
-        size,
+        cfg.image_size,
         return_logits,
         multimask_output,
         not batched,
@@ -417,3 +440,32 @@ def decode_cache_size() -> int:
 
 
 __all__: Sequence[str] = ["ImageEmbedding", "decode", "encode", "predict"]
+
+
+def decode_input_frame(
+    params: SamParams,
+    embedding: ImageEmbedding,
+    points: Any = None,
+    labels: Any = None,
+    *,
+    box: Any = None,
+    mask_input: Any = None,
+    multimask_output: bool = True,
+    return_logits: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`decode` for prompts already in the model's input frame, the resized image's pixels
+    (reference `SamPredictor.predict_torch` and `Sam.forward` take them so).
+
+    Args:
+        points: (N, 2) or (B, N, 2) (x, y) in the resized image (`transforms.apply_coords`).
+        box: (4,) or (B, 4) XYXY in the resized image (`transforms.apply_boxes`).
+        See `decode` for the others.
+    Returns:
+        (masks, scores, low_res_logits) as `decode`: masks at `embedding.original_size`.
+    """
+    params = check_params(params)
+    _check_embedding(params, embedding)
+    multimask_output = _check_flag(multimask_output, "multimask_output")
+    return_logits = _check_flag(return_logits, "return_logits")
+    batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)

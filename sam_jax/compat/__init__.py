@@ -1,0 +1,27 @@
+"""The reference `segment_anything` API over the functional core, for code being ported by
+changing its imports (docs/porting.md).
+
+- `registry`: `sam_model_registry`, `build_sam` (a `Sam` from a checkpoint);
+- `model`: `Sam`, the model object (`sam(batched_input, multimask_output)`, `image_encoder.img_size`, ...);
+- `predictor`: `SamPredictor` (`set_image`, `predict`, `predict_torch`, `get_image_embedding`, ...);
+- `transforms`: `ResizeLongestSide`.
+
+`SamAutomaticMaskGenerator` takes a `Sam` as it takes `SamParams` (`sam_jax.amg`).
+"""
+
+from sam_jax.compat.model import ImageEncoderInfo, Sam
+from sam_jax.compat.predictor import SamPredictor
+from sam_jax.compat.registry import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, sam_model_registry
+from sam_jax.compat.transforms import ResizeLongestSide
+
+__all__ = [
+    "ImageEncoderInfo",
+    "ResizeLongestSide",
+    "Sam",
+    "SamPredictor",
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "sam_model_registry",
+]

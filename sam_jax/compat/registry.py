@@ -1,0 +1,121 @@
+"""`sam_model_registry`: the reference's `build_sam` registry, returning `Sam` model objects.
+
+`sam_model_registry["vit_b"](checkpoint=...)` takes what users point it at: an official
+`.pth` (converted in memory; needs torch), a sam_jax checkpoint folder, a Hugging Face SAM
+folder or `.safetensors` file, or an embedded model's name. Without a checkpoint the model
+has the reference's initialisation (`sam_jax.init`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+import sam_jax
+from sam_jax.compat.model import Sam
+from sam_jax.config import SamConfig, get_config
+from sam_jax.modeling.sam import SamParams
+
+
+def read_official_checkpoint(path: Path) -> SamParams:
+    """Converts a reference (`.pth`) or transformers (`pytorch_model.bin`) state_dict file in
+    memory, as `python -m convert` does (needs torch to unpickle it)."""
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError(
+            f"checkpoint {str(path)!r} is a PyTorch file and torch is not installed: "
+            f"convert it once with `python -m convert {path} OUT_DIR` and pass OUT_DIR"
+        )
+    from convert import convert_state_dict, hf, read_state_dict
+
+    state_dict = read_state_dict(path)
+    if hf.is_hf_state_dict(state_dict):
+        params, _ = hf.read_hf_checked(path, state_dict=state_dict)
+    else:
+        params = convert_state_dict(state_dict)
+    return dataclasses.replace(params, weights=jax.tree.map(jnp.asarray, params.weights))
+
+
+def load_checkpoint(checkpoint: str | os.PathLike[str]) -> SamParams:
+    """`SamParams` from anything `sam_model_registry` takes as `checkpoint` (see the module)."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file or folder path, got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_file() and path.suffix != ".safetensors":
+        return read_official_checkpoint(path)
+    return sam_jax.load(checkpoint)
+
+
+def same_architecture(config: SamConfig, expected: SamConfig) -> bool:
+    """Whether `config` is `expected`, the decoder LayerNorm epsilon aside (transformers
+    checkpoints carry their own; it is not part of what a registry name picks)."""
+    return dataclasses.replace(config, decoder_layer_norm_eps=expected.decoder_layer_norm_eps) == expected
+
+
+def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None = None) -> Sam:
+    """A `Sam` of architecture `config`, with the weights of `checkpoint`.
+
+    Args:
+        config: a `SamConfig` or a registry name ("vit_b", "vit_l", "vit_h", "default").
+        checkpoint: see the module; None gives randomly initialised weights (`sam_jax.init`).
+    Returns:
+        The model object; its weights are `sam.params`.
+    Raises:
+        ValueError: the checkpoint holds another architecture than `config`.
+        ImportError: `checkpoint` is a PyTorch file and torch is not installed.
+    """
+    name = config if isinstance(config, str) else None
+    expected = get_config(config) if isinstance(config, str) else config
+    if not isinstance(expected, SamConfig):
+        raise TypeError(f"config must be a SamConfig or a registry name, got {type(config).__name__}")
+    if checkpoint is None:
+        return Sam(sam_jax.init(expected))
+    params = load_checkpoint(checkpoint)
+    if not same_architecture(params.config, expected):
+        from convert.mapping import describe
+
+        want = name or describe(expected)
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} holds a {describe(params.config)} model, not {want}: "
+            "pick the registry entry of its type"
+        )
+    return Sam(params)
+
+
+def registry_entry(name: str) -> Callable[..., Sam]:
+    """The builder of one registry name: `builder(checkpoint=None) -> Sam`."""
+
+    def build(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
+        return build_sam(name, checkpoint)
+
+    build.__name__ = build.__qualname__ = f"build_sam_{name}"
+    build.__doc__ = f"`build_sam({name!r}, checkpoint)`: a {name} `Sam`, see `build_sam`."
+    return build
+
+
+build_sam_vit_h = registry_entry("vit_h")
+build_sam_vit_l = registry_entry("vit_l")
+build_sam_vit_b = registry_entry("vit_b")
+
+# The reference's names; "default" is its vit_h. A dict of builders, so a project can add
+# its own entry (`sam_model_registry["mine"] = functools.partial(build_sam, my_config)`).
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": build_sam_vit_h,
+    "vit_h": build_sam_vit_h,
+    "vit_l": build_sam_vit_l,
+    "vit_b": build_sam_vit_b,
+}
+
+__all__ = [
+    "build_sam",
+    "build_sam_vit_b",
+    "build_sam_vit_h",
+    "build_sam_vit_l",
+    "load_checkpoint",
+    "sam_model_registry",
+]
