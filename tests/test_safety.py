@@ -123,19 +123,19 @@ def test_finetune_export_and_keep_are_refused_before_training(tmp_path):
     assert snapshot(work) == before and not (tmp_path / "run").exists()
 
 
-def test_a_run_directory_must_hold_only_a_run(tmp_path):
+def test_a_run_directory_must_hold_only_a_run(tmp_path, tiny_params):
     work = tmp_path / "work"
     before = user_folder(work)
     (work / "100").mkdir()  # a numbered folder of the user's looks like a step to the manager
     before = snapshot(work)
     with pytest.raises(ValueError, match="which is not a step of a sam_jax training run"):
-        train.train(sam_jax.init(TINY, 0), [DATA], CFG, str(work), **QUIET)
+        train.train(tiny_params, [DATA], CFG, str(work), **QUIET)
     assert snapshot(work) == before
 
 
-def test_freeze_pattern_that_matches_nothing():
+def test_freeze_pattern_that_matches_nothing(tiny_params):
     with pytest.raises(ValueError, match="freeze pattern 'image_encodr' matches no parameter"):
-        train.partition(sam_jax.init(TINY, 0).weights, ("image_encodr",))
+        train.partition(tiny_params.weights, ("image_encodr",))
 
 
 def _png(path: Path, size: tuple[int, int] = (40, 56), value: int = 90) -> None:
@@ -426,32 +426,50 @@ def test_crafted_embedding_files(tmp_path):
             sam_jax.load_embedding(tmp_path / name)
 
 
-def test_resume_with_another_model_is_one_line(tmp_path):
-    run_dir = str(tmp_path / "run")
-    train.train(sam_jax.init(TINY, 0), [DATA], dataclasses.replace(CFG, steps=2), run_dir, save_every=1, **QUIET)
+def run_with_steps(run_dir: Path, steps: list[int], params: sam_jax.SamParams, cfg: train.TrainConfig) -> list:
+    """A run folder holding `steps`, saved directly (no training, nothing compiled); step k
+    holds the weights plus k, so each is told apart."""
+    store = train.CheckpointStore(str(run_dir), keep=5)
+    trainable, _ = train.partition(params.weights, cfg.freeze)
+    opt_state = train.make_optimizer(cfg).init(trainable)
+    saved = []
+    for step in steps:
+        weights = jax.tree.map(lambda x, k=step: np.asarray(x) + np.float32(k), params.weights)
+        store.save(step, weights, opt_state, train.step_metadata(params.config, cfg, step, step * 4, {}, weights))
+        saved.append(weights)
+    store.close()
+    return saved
+
+
+@pytest.fixture(scope="module")
+def tiny_params() -> sam_jax.SamParams:
+    return sam_jax.init(TINY, 0)
+
+
+def test_resume_with_another_model_is_one_line(tmp_path, tiny_params):
+    run_with_steps(tmp_path / "run", [1, 2], tiny_params, CFG)
     other = sam_jax.init(dataclasses.replace(TINY, encoder_depth=3, encoder_global_attn_indexes=(2,)), 0)
     with pytest.raises(ValueError, match=r"the run there trains another model .*depth 2.*not .*depth 3"):
-        train.train(other, [DATA], dataclasses.replace(CFG, steps=3), run_dir, **QUIET)
+        train.train(other, [DATA], CFG, str(tmp_path / "run"), **QUIET)
     with pytest.raises(ValueError, match=r"holds a run .*latest step 2"):
-        train.train(sam_jax.init(TINY, 0), [DATA], CFG, run_dir, resume=False, **QUIET)
+        train.train(tiny_params, [DATA], CFG, str(tmp_path / "run"), resume=False, **QUIET)
 
 
-def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path):
+def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, tiny_params):
     run_dir = tmp_path / "run"
-    cfg = dataclasses.replace(CFG, steps=4)
-    straight = train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(tmp_path / "straight"), **QUIET)
-    train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(run_dir), save_every=2, stop_after=3, **QUIET)
-    train.train(sam_jax.init(TINY, 0), [DATA], dataclasses.replace(cfg, steps=3), str(run_dir), **QUIET)
-    # Steps 2 and 3 exist; step 3's weights are damaged.
-    victim = max((run_dir / "3" / "weights").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    first, _ = run_with_steps(run_dir, [1, 2], tiny_params, CFG)
+    victim = max((run_dir / "2" / "weights").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
     victim.write_bytes(bytes(data))
     lines: list[str] = []
-    resumed = train.train(sam_jax.init(TINY, 0), [DATA], cfg, str(run_dir), progress=False, log=lines.append)
-    assert any(f"{run_dir / '3'}" in line and "trying the step before it" in line for line in lines), lines
-    assert any("resumed from step 2" in line for line in lines), lines
-    for a, b in zip(jax.tree.leaves(resumed.weights), jax.tree.leaves(straight.weights), strict=True):
+    # A run of one step: resumed from step 1, nothing is left to train.
+    resumed = train.train(
+        tiny_params, [DATA], dataclasses.replace(CFG, steps=1), str(run_dir), progress=False, log=lines.append
+    )
+    assert any(f"{run_dir / '2'}" in line and "trying the step before it" in line for line in lines), lines
+    assert any("resumed from step 1" in line for line in lines), lines
+    for a, b in zip(jax.tree.leaves(resumed.weights), jax.tree.leaves(first), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

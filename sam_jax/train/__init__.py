@@ -40,7 +40,7 @@ from sam_jax.train.step import (
     partition,
     train_step,
 )
-from sam_jax.train.store import CheckpointStore, check_run_directory
+from sam_jax.train.store import CheckpointStore, check_run_directory, step_metadata
 
 __all__ = [
     "ALWAYS_FROZEN",
@@ -64,6 +64,7 @@ __all__ = [
     "sam_loss",
     "sample_points_from",
     "sigmoid_focal_loss",
+    "step_metadata",
     "target_side",
     "tight_box",
     "train",

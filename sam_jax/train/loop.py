@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax import checkpoint
 from sam_jax.config import SamConfig
 from sam_jax.modeling.sam import (
     SamParams,
@@ -19,7 +18,7 @@ from sam_jax.modeling.sam import (
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.data import BatchStream, prefetch, target_side
 from sam_jax.train.step import make_optimizer, merge, partition, step_uses_box, train_step
-from sam_jax.train.store import CheckpointStore
+from sam_jax.train.store import CheckpointStore, step_metadata
 
 
 def _resume(
@@ -120,20 +119,6 @@ def train(
     # The step donates its trainable buffers; never donate the caller's own arrays.
     trainable, opt_state = jax.tree.map(jnp.copy, (trainable, opt_state))
 
-    def meta_at(step: int, cur: int, figures: dict[str, float], weights: Any) -> dict[str, Any]:
-        return {
-            "format": checkpoint.FORMAT,
-            "version": checkpoint.VERSION,
-            "weights_sha256": checkpoint.weights_digest(weights),
-            "config": params.config.to_dict(),
-            "train": cfg.to_dict(),
-            "step": step,
-            "data_cursor": cur,
-            "seed": cfg.seed,
-            "rng": f"fold_in(key({cfg.seed}), step)",
-            "metrics": figures,
-        }
-
     stream = BatchStream(datasets, params.config, cfg, cursor)
     figures: dict[str, float] = {}
     running: dict[str, float] = {}
@@ -174,7 +159,12 @@ def train(
                 log(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
             if store is not None and (done % save_every == 0 or done == cfg.steps):
                 weights = jax.tree.map(np.asarray, merge(trainable, frozen))
-                store.save(done, weights, opt_state, meta_at(done, cursor, {**running, **figures}, weights))
+                store.save(
+                    done,
+                    weights,
+                    opt_state,
+                    step_metadata(params.config, cfg, done, cursor, {**running, **figures}, weights),
+                )
         else:
             step = cfg.steps
         batches.close()

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 
 from sam_jax import checkpoint
+from sam_jax.config import SamConfig
+from sam_jax.train.config import TrainConfig
 
 
 class CheckpointStore:
@@ -114,3 +116,22 @@ def check_run_directory(directory: str | os.PathLike[str]) -> None:
                 f"checkpoint directory {directory}: holds {foreign[0]!r}, which is not a step of a sam_jax training "
                 "run; choose a new or empty folder"
             )
+
+
+def step_metadata(
+    config: SamConfig, cfg: TrainConfig, step: int, cursor: int, figures: dict[str, float], weights: Any
+) -> dict[str, Any]:
+    """A step's `meta` item: what `sam_jax.load` and a resume read (the model, the options,
+    the data cursor, the weights' checksum), and the run's figures at that step."""
+    return {
+        "format": checkpoint.FORMAT,
+        "version": checkpoint.VERSION,
+        "weights_sha256": checkpoint.weights_digest(weights),
+        "config": config.to_dict(),
+        "train": cfg.to_dict(),
+        "step": step,
+        "data_cursor": cursor,
+        "seed": cfg.seed,
+        "rng": f"fold_in(key({cfg.seed}), step)",
+        "metrics": figures,
+    }
