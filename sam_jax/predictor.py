@@ -439,9 +439,6 @@ def decode_cache_size() -> int:
     return int(_decode_low_res._cache_size())  # type: ignore[attr-defined]
 
 
-__all__: Sequence[str] = ["ImageEmbedding", "decode", "encode", "predict"]
-
-
 def decode_input_frame(
     params: SamParams,
     embedding: ImageEmbedding,
@@ -469,3 +466,6 @@ def decode_input_frame(
     return_logits = _check_flag(return_logits, "return_logits")
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
     return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
+
+
+__all__: Sequence[str] = ["ImageEmbedding", "decode", "decode_input_frame", "encode", "predict"]

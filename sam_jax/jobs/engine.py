@@ -1,14 +1,6 @@
-"""The engine of batch jobs over image collections on every local device, one host or many.
-
-The engine is JAX's own SPMD machinery: a batch is a `jax.Array` sharded over a 1-D mesh of
-this process's devices (`jax.sharding`), the weights are replicated, and with
-`jax.distributed` each process takes a disjoint, deterministic share of the inputs. There is
-no scheduler: the share is `sorted inputs[process_index::process_count]`.
-
-Safety: every output is written atomically (temporary name, then rename), so an output that
-exists is complete; a re-run skips those and a killed run loses only the batches in flight.
-Unreadable images are recorded in `failures*.tsv` in the output folder and the rest go on.
-"""
+"""The engine of the batch jobs (see the package docstring): inputs and this process's share
+of them, decoding on host threads within a pixel cap and a memory budget, and a job's plan
+(what is left to do, what is in the way) with its failures file."""
 
 from __future__ import annotations
 
