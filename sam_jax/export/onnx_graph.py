@@ -1,5 +1,5 @@
 """The mask decoder written as an ONNX graph from our weights (opset 17), with the reference
-`SamOnnxModel`'s interface and options (see `sam_jax.export`).
+`SamOnnxModel`'s interface and options (`sam_jax.export.interface`).
 
 Why a graph of our own rather than a JAX-to-ONNX converter: the reference interface sizes
 its `masks` output from the *values* of `orig_im_size`, which no traced JAX function can
@@ -8,7 +8,7 @@ that is maintained today (jax2onnx 0.17) wrote graphs onnxruntime refused for th
 decoder (an `If` branch for the mask flag, mixed float/double types); it also pins an
 older orbax-checkpoint than the package uses. The graph is the reference decoder's
 arithmetic, op for op (plain per-head attention; the speed paths of
-`sam_jax.modeling.transformer` are for XLA), and the tests hold it to our decoder and to
+`sam_jax.modeling.cross_attention` are for XLA), and the tests hold it to our decoder and to
 the reference's own ONNX export.
 
 Requires the `onnx` package (the `export` extra).
@@ -22,6 +22,15 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.export.interface import (
+    DEFAULT_OPTIONS,
+    INPUT_NAMES,
+    MASK_THRESHOLD,
+    SINGLE_MASK_POINTS,
+    SINGLE_MASK_REWEIGHT,
+    STABILITY_SCORE_OFFSET,
+    ExportOptions,
+)
 from sam_jax.modeling.prompt_encoder import LAYER_NORM_2D_EPS
 from sam_jax.modeling.sam import SamParams
 from sam_jax.modeling.transformer import DECODER_LN_EPS
@@ -156,14 +165,6 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     """
     import onnx
     from onnx import TensorProto, helper
-
-    from sam_jax.export import (
-        INPUT_NAMES,
-        MASK_THRESHOLD,
-        SINGLE_MASK_POINTS,
-        SINGLE_MASK_REWEIGHT,
-        STABILITY_SCORE_OFFSET,
-    )
 
     cfg = params.config
     pw, dw = _numpy_tree(params.weights["prompt_encoder"]), _numpy_tree(params.weights["mask_decoder"])
@@ -304,3 +305,8 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sam-jax")
     onnx.checker.check_model(model)
     return model
+
+
+def export_onnx(params: SamParams, options: ExportOptions = DEFAULT_OPTIONS) -> bytes:
+    """The decoder as a serialized ONNX model."""
+    return build_decoder(params, options).SerializeToString()

@@ -1,70 +1,27 @@
-"""The mask decoder as a portable artifact, with the reference `SamOnnxModel`'s interface.
-
-Inputs (names, shapes and dtypes of the reference's ONNX export):
-    image_embeddings (1, C, E, E) float32 NCHW, point_coords (1, N, 2) float32 in the model
-    input frame (after `ResizeLongestSide`), point_labels (1, N) float32 (-1 not-a-point,
-    0 background, 1 foreground, 2 / 3 box corners; the caller appends the padding point
-    when there is no box, as the reference's notebook does), mask_input (1, 1, 4E, 4E)
-    float32, has_mask_input (1,) float32 (1: use mask_input), orig_im_size (2,) float32 (H, W).
-Outputs:
-    masks (1, M, H, W) float32 logits at the original size, iou_predictions (1, M),
-    low_res_masks (1, M, 4E, 4E); with `return_extra_metrics`: masks, iou_predictions,
-    stability_scores (1, M), areas (1, M) int, low_res_masks. M is 4 (every mask token),
-    or 1 with `return_single_mask`.
-
-Two artifacts:
-- `export_jax`: a serialized `jax.export` program (StableHLO with the weights inside) that
-  any JAX can deserialize and call without this package. JAX arrays cannot take a shape
-  from an input's values, so where the ONNX model reads the original size from the values
-  of `orig_im_size`, the JAX program reads it from its *shape*: pass any (H, W) array, e.g.
-  `np.zeros(image.shape[:2], np.uint8)`. N is symbolic (at most `max_points`).
-- `export_onnx`: an ONNX graph (opset 17) written from the weights by `sam_jax.onnx_graph`,
-  that onnxruntime runs with the reference's inputs as they are.
-"""
+"""The decoder as a serialized `jax.export` program: StableHLO with the weights inside, that
+any JAX can deserialize and call without this package. JAX arrays cannot take a shape from
+an input's values, so where the ONNX model reads the original size from the values of
+`orig_im_size`, the JAX program reads it from its *shape*: pass any (H, W) array, e.g.
+`np.zeros(image.shape[:2], np.uint8)`. N is symbolic (at most `max_points`)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sam_jax.amg.scoring import pixel_count, stability_score
+from sam_jax.export.interface import (
+    DEFAULT_OPTIONS,
+    MASK_THRESHOLD,
+    SINGLE_MASK_POINTS,
+    SINGLE_MASK_REWEIGHT,
+    STABILITY_SCORE_OFFSET,
+    ExportOptions,
+)
 from sam_jax.modeling.cross_attention import BLOCK_DIAGONAL_MIN_RATIO
 from sam_jax.modeling.sam import SamParams, predict_low_res_slots
-
-INPUT_NAMES = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
-STABILITY_SCORE_OFFSET = 1.0  # the reference `SamOnnxModel.stability_score_offset`
-MASK_THRESHOLD = 0.0
-# `SamOnnxModel.select_masks`: the single-mask output wins from 3 points on (the padding
-# point counts), through a large score added to it rather than control flow.
-SINGLE_MASK_REWEIGHT = 1000.0
-SINGLE_MASK_POINTS = 2.5
-FORMATS = ("onnx", "jax")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportOptions:
-    """The reference `SamOnnxModel` options.
-
-    Attributes:
-        return_single_mask: return only the best mask (the reference's rule: the single-mask
-            output for 3 or more points, else the multimask output with the best score).
-        use_stability_score: replace the predicted IoU by the low-res masks' stability score.
-        return_extra_metrics: also return the masks' stability scores and areas.
-    """
-
-    return_single_mask: bool = False
-    use_stability_score: bool = False
-    return_extra_metrics: bool = False
-
-    def output_names(self) -> tuple[str, ...]:
-        if self.return_extra_metrics:
-            return ("masks", "iou_predictions", "stability_scores", "areas", "low_res_masks")
-        return ("masks", "iou_predictions", "low_res_masks")
 
 
 def select_masks(masks: jax.Array, scores: jax.Array, num_points: Any) -> tuple[jax.Array, jax.Array]:
@@ -149,7 +106,7 @@ def max_points_default(params: SamParams) -> int:
     return limit if limit >= 1 else min(64, tokens - out - 1)
 
 
-def export_jax(params: SamParams, options: ExportOptions = ExportOptions(), max_points: int | None = None) -> bytes:
+def export_jax(params: SamParams, options: ExportOptions = DEFAULT_OPTIONS, max_points: int | None = None) -> bytes:
     """Serializes the decoder as a `jax.export` program (see the module docstring).
 
     Args:
@@ -196,50 +153,3 @@ def export_jax(params: SamParams, options: ExportOptions = ExportOptions(), max_
         )
 
     return bytes(jax.export.export(jax.jit(program))(*specs).serialize())
-
-
-def export_onnx(params: SamParams, options: ExportOptions = ExportOptions()) -> bytes:
-    """The decoder as a serialized ONNX model (see the module docstring and `sam_jax.onnx_graph`)."""
-    from sam_jax import onnx_graph
-
-    return onnx_graph.build_decoder(params, options).SerializeToString()
-
-
-EXPORTERS: dict[str, Callable[[SamParams, ExportOptions], bytes]] = {"onnx": export_onnx, "jax": export_jax}
-
-
-def export_decoder(params: SamParams, fmt: str = "onnx", options: ExportOptions = ExportOptions()) -> bytes:
-    """The decoder artifact's bytes in `fmt` ("onnx" or "jax")."""
-    if not isinstance(params, SamParams):
-        raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
-    if fmt not in EXPORTERS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return EXPORTERS[fmt](params, options)
-
-
-def reference_inputs(
-    embedding: np.ndarray,
-    points: np.ndarray,
-    labels: np.ndarray,
-    mask_input: np.ndarray | None,
-    orig_hw: tuple[int, int],
-) -> dict[str, np.ndarray]:
-    """The ONNX model's inputs as the reference notebook builds them, for tests and demos.
-
-    Args:
-        embedding: (E, E, C) our NHWC image embedding.
-        points: (N, 2) coordinates already in the model input frame; labels (N,).
-        mask_input: (1, 4E, 4E) or None.
-        orig_hw: the original image size.
-    """
-    low = embedding.shape[0] * 4
-    return {
-        "image_embeddings": np.ascontiguousarray(np.transpose(np.asarray(embedding, np.float32), (2, 0, 1))[None]),
-        "point_coords": np.asarray(points, np.float32)[None],
-        "point_labels": np.asarray(labels, np.float32)[None],
-        "mask_input": np.zeros((1, 1, low, low), np.float32)
-        if mask_input is None
-        else np.asarray(mask_input, np.float32).reshape(1, 1, low, low),
-        "has_mask_input": np.asarray([0.0 if mask_input is None else 1.0], np.float32),
-        "orig_im_size": np.asarray(orig_hw, np.float32),
-    }
