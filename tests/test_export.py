@@ -227,12 +227,8 @@ def test_export_decoder_command(small, sessions, embedding, tmp_path, capsys):
 
 
 def reference_notebook() -> Path:
-    """`shared/reference-notebooks/onnx_model_example.py`, beside the repository or above it."""
-    for parent in Path(__file__).resolve().parents:
-        path = parent / "shared" / "reference-notebooks" / "onnx_model_example.py"
-        if path.exists():
-            return path
-    raise FileNotFoundError("shared/reference-notebooks/onnx_model_example.py not found beside the repository")
+    """The reference's onnx_model_example code cells (tests/reference-notebooks/README.md)."""
+    return Path(__file__).parent / "reference-notebooks" / "onnx_model_example.py"
 
 
 # Cells not run: 7 installs packages in Colab (shell syntax), 18 is the reference's own

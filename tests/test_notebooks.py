@@ -31,9 +31,8 @@ import sam_jax
 from sam_jax.compat import build_sam
 from sam_jax.testing import PARITY_LIMITS, SMALL, build_reference
 
-# Not in the repository: the reference notebooks' code cells and photos, in this machine's
-# shared folder (CI runs on this machine too). A missing folder is a failure, not a skip.
-NOTEBOOKS = Path(os.environ.get("SAM_JAX_REFERENCE_NOTEBOOKS", "/work/shared/reference-notebooks"))
+# The reference notebooks' code cells and photos (tests/reference-notebooks/README.md).
+NOTEBOOKS = Path(os.environ.get("SAM_JAX_REFERENCE_NOTEBOOKS", Path(__file__).parent / "reference-notebooks"))
 
 Replacements = list[tuple[str, str, int]]  # (regular expression, replacement, matches expected)
 
