@@ -115,6 +115,11 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="module or path pattern to keep fixed, repeatable (image_encoder, prompt_encoder, mask_decoder, ...)",
     )
+    p.add_argument(
+        "--patch-size",
+        type=int_at_least(1),
+        help="with --init: re-cut the model to patches of this side first (sam_jax.train.resize_patches)",
+    )
     p.add_argument("--remat", action="store_true", help="gradient checkpointing of encoder blocks")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="encoder compute dtype")
     p.add_argument("--checkpoint-dir", help="orbax run directory (saves, keeps the last --keep, resumes)")
@@ -143,7 +148,11 @@ def finetune(args: argparse.Namespace) -> int:
 
     if args.export:  # refused now, not after hours of training
         check_directory_target(args.export, is_checkpoint_dir, args.overwrite, "a sam_jax checkpoint")
+    if args.patch_size is not None and not args.init:
+        raise ValueError("--patch-size re-cuts an --init model; with --config give it in the name (vit_t/patch_size=8)")
     params = sam_jax.load(args.init) if args.init else sam_jax.init(sam_jax.get_config(args.config), args.seed)
+    if args.patch_size is not None:
+        params = train.resize_patches(params, args.patch_size)
     lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else SCRATCH_LR)
     cfg = train.TrainConfig(
         steps=args.steps,

@@ -4,6 +4,7 @@ Every dataset has the same small interface: `len(ds)` and `ds[i] -> Sample`, whe
 is a pure function of `i` (the trainer's resumable data order relies on it). Sources:
 
 - `SyntheticShapes`: procedural scenes of textured, overlapping shapes; no files needed.
+  Families (`FAMILIES`): `classic`, `broad` and the held-out `heldout-family`.
 - `FolderDataset`: an image folder with one PNG per object instance, laid out as::
 
       root/images/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp>
@@ -17,6 +18,7 @@ inconsistent raises `DataError` (a `ValueError`) whose message names the file.
 
 from sam_jax.data.base import DataError, Dataset, Sample
 from sam_jax.data.coco import CocoDataset
+from sam_jax.data.families import BROAD_SHAPES, FAMILIES, HELDOUT_SHAPES, SceneFamily
 from sam_jax.data.folder import FolderDataset
 from sam_jax.data.spec import open_dataset
 from sam_jax.data.synthetic import (
@@ -30,7 +32,10 @@ from sam_jax.data.synthetic import (
 from sam_jax.io import IMAGE_EXTENSIONS
 
 __all__ = [
+    "BROAD_SHAPES",
+    "FAMILIES",
     "HELDOUT_SEED",
+    "HELDOUT_SHAPES",
     "IMAGE_EXTENSIONS",
     "MIN_VISIBLE_PIXELS",
     "SHAPE_KINDS",
@@ -39,6 +44,7 @@ __all__ = [
     "Dataset",
     "FolderDataset",
     "Sample",
+    "SceneFamily",
     "SyntheticShapes",
     "heldout_synthetic",
     "make_scene",

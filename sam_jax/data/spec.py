@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sam_jax.data.base import DataError, Dataset
 from sam_jax.data.coco import CocoDataset
 from sam_jax.data.folder import FolderDataset
 from sam_jax.data.synthetic import SyntheticShapes
 
-_SYNTHETIC_KEYS = ("seed", "length", "size", "max_objects")
+_SYNTHETIC_KEYS = ("seed", "length", "size", "max_objects", "family")
 _SPEC_FORMS = (
     "'synthetic[:key=value,...]', a folder holding images/ and masks/, 'ann.json' (images in the json's "
     "sibling folder images/) or 'ann.json::image_dir'"
 )
 
 
-def _parse_synthetic(spec: str) -> dict[str, int]:
-    """'synthetic:seed=3,length=500' -> {'seed': 3, 'length': 500}."""
+def _parse_synthetic(spec: str) -> dict[str, Any]:
+    """'synthetic:seed=3,length=500,family=broad' -> {'seed': 3, 'length': 500, 'family': 'broad'}."""
     _, _, options = spec.partition(":")
-    kwargs: dict[str, int] = {}
+    kwargs: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in options.split(","))):
         key, eq, value = (part.strip() for part in item.partition("="))
         if key not in _SYNTHETIC_KEYS or not eq:
             raise ValueError(f"bad synthetic option {item!r} in {spec!r}; valid keys: {', '.join(_SYNTHETIC_KEYS)}")
         if key in kwargs:
             raise ValueError(f"synthetic option {key!r} given twice in {spec!r}")
+        if key == "family":
+            kwargs[key] = value
+            continue
         try:
             kwargs[key] = int(value)
         except ValueError:
@@ -38,8 +42,8 @@ def open_dataset(spec: str) -> Dataset:
 
     Args:
         spec: one of
-            - "synthetic" or "synthetic:seed=3,length=500,size=256,max_objects=5" (any subset of
-              the keys): `SyntheticShapes`;
+            - "synthetic" or "synthetic:seed=3,length=500,size=256,max_objects=5,family=broad" (any
+              subset of the keys): `SyntheticShapes`;
             - a folder holding images/ (and masks/): `FolderDataset`;
             - "path/ann.json": `CocoDataset` with the images in "path/images";
             - "path/ann.json::image_dir": `CocoDataset` with the images in "image_dir".

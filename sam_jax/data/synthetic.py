@@ -23,13 +23,13 @@ MIN_VISIBLE_PIXELS = 30
 RADIUS_RANGE = (0.1, 0.3)
 
 
-class _Scene(NamedTuple):
+class Scene(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8
     masks: np.ndarray  # (K, H, W) bool, visible parts
     kinds: tuple[str, ...]  # K shape kinds
 
 
-def _colour_offset(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+def colour_offset(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
     """A random RGB direction with Euclidean length in [low, high]; shape (3,)."""
     d = rng.normal(size=3)
     return d / (np.linalg.norm(d) + 1e-9) * rng.uniform(low, high)
@@ -46,7 +46,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def _unit_field(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray, scale: float) -> np.ndarray:
+def unit_field(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray, scale: float) -> np.ndarray:
     """A pattern in about [-0.5, 0.5] over the pixel grid `ys` (h, 1) x `xs` (1, w); shape (h, w).
 
     `scale` is the extent of the region in pixels; it sets the stripe/checker/noise periods.
@@ -78,10 +78,10 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         (image, base): image (size, size, 3) float32 in about [0, 255], and its mean colour (3,).
     """
     base = rng.uniform(40.0, 215.0, 3)
-    offset = _colour_offset(rng, 12.0, 45.0)
+    offset = colour_offset(rng, 12.0, 45.0)
     coords = np.arange(size, dtype=np.float32) + 0.5
     kind = BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))]
-    field = _unit_field(rng, kind, coords[:, None], coords[None, :], float(size))
+    field = unit_field(rng, kind, coords[:, None], coords[None, :], float(size))
     image = base.astype(np.float32) + field[..., None] * offset.astype(np.float32)
     # Sensor-like grain so that no region is perfectly flat.
     image += 3.0 * rng.standard_normal((size, size, 1), dtype=np.float32)
@@ -106,7 +106,7 @@ def _pick_colour(rng: np.random.Generator, background: np.ndarray, others: Seque
     return best
 
 
-def _inside_polygon(ys: np.ndarray, xs: np.ndarray, vy: np.ndarray, vx: np.ndarray) -> np.ndarray:
+def inside_polygon(ys: np.ndarray, xs: np.ndarray, vy: np.ndarray, vx: np.ndarray) -> np.ndarray:
     """Even-odd point-in-polygon test of pixel centres; ys (h, 1), xs (1, w) -> (h, w) bool.
 
     The crossing position of each edge depends only on the row, so per edge this is one
@@ -123,7 +123,7 @@ def _inside_polygon(ys: np.ndarray, xs: np.ndarray, vy: np.ndarray, vx: np.ndarr
     return inside
 
 
-def _shape_mask(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray, r: float) -> np.ndarray:
+def shape_mask(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray, r: float) -> np.ndarray:
     """One shape of bounding radius `r` centred at the origin, over offsets ys (h, 1), xs (1, w).
 
     Returns:
@@ -151,7 +151,7 @@ def _shape_mask(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndar
         n = int(rng.integers(5, 9))
         angles = theta + np.pi / n * np.arange(2 * n)
         radii = np.where(np.arange(2 * n) % 2 == 0, r, r * rng.uniform(0.38, 0.6))
-    return _inside_polygon(ys, xs, radii * np.sin(angles), radii * np.cos(angles))
+    return inside_polygon(ys, xs, radii * np.sin(angles), radii * np.cos(angles))
 
 
 def _paint(
@@ -164,12 +164,12 @@ def _paint(
         return
     # Texture amplitude stays well below the colour distance to the background (>= 100).
     high = 35.0 if kind == "noise" else 50.0
-    offset = _colour_offset(rng, 15.0, high).astype(np.float32)
-    field = _unit_field(rng, kind, ys, xs, float(max(ys.shape[0], xs.shape[1])))
+    offset = colour_offset(rng, 15.0, high).astype(np.float32)
+    field = unit_field(rng, kind, ys, xs, float(max(ys.shape[0], xs.shape[1])))
     region[mask] = colour.astype(np.float32) + field[mask][:, None] * offset
 
 
-def _render_scene(rng: np.random.Generator, size: int, max_objects: int) -> _Scene:
+def render_scene(rng: np.random.Generator, size: int, max_objects: int) -> Scene:
     """Draws 1..max_objects shapes in order onto a background; later shapes occlude earlier ones."""
     image, background = _background(rng, size)
     owner = np.full((size, size), -1, np.int32)  # index of the shape visible at each pixel
@@ -189,14 +189,14 @@ def _render_scene(rng: np.random.Generator, size: int, max_objects: int) -> _Sce
             continue
         ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
         xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
-        mask = _shape_mask(rng, kind, ys, xs, r)
+        mask = shape_mask(rng, kind, ys, xs, r)
         _paint(rng, image[y0:y1, x0:x1], mask, colour, ys, xs)
         owner[y0:y1, x0:x1][mask] = k
     area = np.bincount(owner[owner >= 0], minlength=len(kinds))
     keep = np.flatnonzero(area >= MIN_VISIBLE_PIXELS)
     masks = owner[None] == keep[:, None, None]
     pixels = np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8)
-    return _Scene(pixels, masks, tuple(kinds[i] for i in keep))
+    return Scene(pixels, masks, tuple(kinds[i] for i in keep))
 
 
 def make_scene(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,45 +212,72 @@ def make_scene(rng: np.random.Generator, size: int, max_objects: int) -> tuple[n
         visible part of each shape that shows at least `MIN_VISIBLE_PIXELS` pixels, in drawing
         order. Masks are mutually disjoint.
     """
-    scene = _render_scene(rng, size, max_objects)
+    scene = render_scene(rng, size, max_objects)
     return scene.image, scene.masks
 
 
 class SyntheticShapes:
-    """Procedural scenes: 1..max_objects occluding shapes (see `SHAPE_KINDS`) over a background.
+    """Procedural scenes: 1..max_objects occluding shapes over a textured background.
 
-    Sample i is a pure function of (seed, i), independent of the order of access. Background:
-    a smooth gradient, value noise, stripes or a checkerboard, of low-to-moderate contrast.
-    Shapes: diameter 20%..60% of the side, random position (possibly partly outside), each with
-    its own colour, far from the background's, and texture (flat, gradient, stripes, noise).
-    Masks are the visible parts; shapes with fewer than `MIN_VISIBLE_PIXELS` visible pixels
-    are dropped (so K may be less than the number drawn, rarely 0).
+    Sample i is a pure function of (seed, i, family), independent of the order of access.
+
+    The `classic` family (the embedded model's first generator): square images, shapes of
+    `SHAPE_KINDS` with a diameter of 20%..60% of the side at a random position (possibly
+    partly outside), each with its own colour, far from the background's, and texture
+    (flat, gradient, stripes, noise) over a gradient, value-noise, stripes or checker
+    background of low-to-moderate contrast. The other families (`sam_jax.data.FAMILIES`):
+    `broad` (objects of 5%..60% of the long side, rings, holes, concave and thin shapes,
+    palettes, lighting, blur, noise, aspect ratios down to 1:2) and `heldout-family`
+    (shape kinds and a texture that `broad` never draws).
+    Masks are the visible parts; too small ones are dropped (so K may be less than the
+    number drawn, rarely 0).
 
     Args:
-        size: side of the square images in pixels, >= 32.
+        size: side of the square images (the long side for other families) in pixels, >= 32.
         length: number of samples, >= 1.
         seed: >= 0; datasets with different seeds hold different scenes.
         max_objects: most shapes drawn per scene, >= 1.
+        family: "classic" or a name in `sam_jax.data.FAMILIES`.
     """
 
-    def __init__(self, size: int = 256, length: int = 10_000, seed: int = 0, max_objects: int = 5) -> None:
+    def __init__(
+        self, size: int = 256, length: int = 10_000, seed: int = 0, max_objects: int = 5, family: str = "classic"
+    ) -> None:
+        from sam_jax.data.families import FAMILIES  # families.py draws with this module's helpers
+
         self.size = check_int(size, "size", 32)
         self.length = check_int(length, "length", 1)
         self.seed = check_int(seed, "seed", 0)
         self.max_objects = check_int(max_objects, "max_objects", 1)
+        if family != "classic" and family not in FAMILIES:
+            raise ValueError(f"family must be 'classic' or one of {', '.join(FAMILIES)}, got {family!r}")
+        self.family = family
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> Sample:
+        from sam_jax.data.families import FAMILIES, render_family_scene
+
         i = check_index(index, self.length)
-        scene = _render_scene(np.random.default_rng([self.seed, i]), self.size, self.max_objects)
-        return Sample(scene.image, scene.masks, f"synthetic:{self.seed}:{i}", scene.kinds)
+        if self.family == "classic":
+            scene = render_scene(np.random.default_rng([self.seed, i]), self.size, self.max_objects)
+            return Sample(scene.image, scene.masks, f"synthetic:{self.seed}:{i}", scene.kinds)
+        rng = np.random.default_rng([self.seed, i, FAMILY_STREAMS[self.family]])
+        scene = render_family_scene(rng, self.size, self.max_objects, FAMILIES[self.family])
+        return Sample(scene.image, scene.masks, f"synthetic:{self.family}:{self.seed}:{i}", scene.kinds)
 
     def __repr__(self) -> str:
+        family = "" if self.family == "classic" else f", family={self.family!r}"
         return (
-            f"SyntheticShapes(size={self.size}, length={self.length}, seed={self.seed}, max_objects={self.max_objects})"
+            f"SyntheticShapes(size={self.size}, length={self.length}, seed={self.seed}, "
+            f"max_objects={self.max_objects}{family})"
         )
+
+
+# A third seed word per family, so that a family's scenes never share a random stream with
+# another's of the same (seed, index).
+FAMILY_STREAMS = {"broad": 1, "heldout-family": 2}
 
 
 # Synthetic scenes drawn with this seed are never used for training by default: the
@@ -258,6 +285,6 @@ class SyntheticShapes:
 HELDOUT_SEED = 1_000_003
 
 
-def heldout_synthetic(size: int, length: int = 200) -> SyntheticShapes:
-    """The held-out synthetic split: `length` scenes of side `size` with `HELDOUT_SEED`."""
-    return SyntheticShapes(size=size, length=length, seed=HELDOUT_SEED)
+def heldout_synthetic(size: int, length: int = 200, family: str = "classic") -> SyntheticShapes:
+    """The held-out synthetic split: `length` scenes of side `size` of `family` with `HELDOUT_SEED`."""
+    return SyntheticShapes(size=size, length=length, seed=HELDOUT_SEED, family=family)

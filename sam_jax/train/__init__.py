@@ -21,7 +21,7 @@ full resolution; the upsampled loss lets the model place the boundary between ce
 
 Modules: `config` (TrainConfig), `losses`, `prompts` (simulation), `step` (freezing, the
 optimiser, the jitted step), `data` (batches), `store` (run checkpoints), `loop` (`train`),
-`evaluation` (interactive-segmentation mIoU).
+`evaluation` (interactive-segmentation mIoU), `resize` (a model re-cut to other patches).
 """
 
 from sam_jax.train.config import TrainConfig
@@ -30,6 +30,7 @@ from sam_jax.train.evaluation import evaluate, interior_point, tight_box
 from sam_jax.train.loop import train
 from sam_jax.train.losses import dice_loss, sam_loss, sigmoid_focal_loss
 from sam_jax.train.prompts import correction_click, noisy_boxes, sample_points_from, upsample_logits
+from sam_jax.train.resize import resize_patches
 from sam_jax.train.step import (
     ALWAYS_FROZEN,
     Batch,
@@ -61,6 +62,7 @@ __all__ = [
     "partition",
     "prepare_sample",
     "resize_mask",
+    "resize_patches",
     "sam_loss",
     "sample_points_from",
     "sigmoid_focal_loss",

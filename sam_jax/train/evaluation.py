@@ -21,6 +21,10 @@ from sam_jax.masks import iou, mask_to_box
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import decode, encode
 
+# Instances covering less than this fraction of their image are "small" (at 128 x 128: under
+# 164 pixels, a disc of at most 14 pixels across), reported on their own.
+SMALL_AREA = 0.01
+
 
 def interior_point(region: np.ndarray) -> tuple[float, float]:
     """(x, y) of the pixel farthest from the region's boundary (image edges count as boundary)."""
@@ -43,17 +47,21 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         num_images: how many samples (from the start) to use.
         clicks: numbers of correction clicks after the first point to report.
     Returns:
-        {"point_miou", "box_miou", "click{k}_miou" for each k, "instances"}.
+        {"point_miou", "box_miou", "click{k}_miou" for each k, "instances", and over the
+        instances covering less than `SMALL_AREA` of their image: "small_point_miou",
+        "small_box_miou", "small_instances" (NaN figures when there are none)}.
     """
     point: list[float] = []
     box: list[float] = []
     after: dict[int, list[float]] = {k: [] for k in clicks}
+    small: list[bool] = []
     rounds = max(clicks, default=0)
     for i in range(min(num_images, len(dataset))):
         sample = dataset[i]
         gt = np.asarray(sample.masks, bool)
         if len(gt) == 0:
             continue
+        small.extend(gt.sum(axis=(1, 2)) < SMALL_AREA * gt[0].size)
         emb = encode(params, sample.image)
         pts = np.array([[interior_point(m)] for m in gt])  # (K, 1, 2)
         labels = np.ones(pts.shape[:2], np.int32)
@@ -86,4 +94,8 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
     out = {"point_miou": float(np.mean(point)), "box_miou": float(np.mean(box))}
     out |= {f"click{k}_miou": float(np.mean(v)) for k, v in after.items()}
     out["instances"] = float(len(point))
+    is_small = np.asarray(small, bool)
+    for name, values in (("small_point_miou", point), ("small_box_miou", box)):
+        out[name] = float(np.mean(np.asarray(values)[is_small])) if is_small.any() else float("nan")
+    out["small_instances"] = float(is_small.sum())
     return out
