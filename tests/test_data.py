@@ -12,6 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam_jax.data import (
+    BROAD_SHAPES,
+    FAMILIES,
+    HELDOUT_SHAPES,
     MIN_VISIBLE_PIXELS,
     SHAPE_KINDS,
     CocoDataset,
@@ -314,6 +317,54 @@ def test_coco_refuses_malformed_annotation(tmp_path):
         CocoDataset(_coco_json(tmp_path, [bad]), tmp_path / "images")
 
 
+# ----------------------------------------------------------------------------- families
+
+
+@pytest.mark.parametrize("family", ["broad", "heldout-family"])
+def test_family_scenes_are_well_formed_and_varied(family):
+    ds = SyntheticShapes(size=128, length=60, seed=0, max_objects=10, family=family)
+    assert ds[5].image.tobytes() == ds[5].image.tobytes() and ds[5].name == f"synthetic:{family}:0:5"
+    shapes, kinds, fractions = set(), set(), []
+    for i in range(60):
+        s = ds[i]
+        h, w = s.image.shape[:2]
+        assert max(h, w) == 128 and min(h, w) >= 64 and s.image.dtype == np.uint8
+        assert s.masks.shape == (len(s.kinds), h, w) and s.masks.sum(axis=0).max(initial=0) <= 1  # disjoint
+        assert (s.masks.sum(axis=(1, 2)) >= FAMILIES[family].min_visible).all()
+        shapes.add((h, w))
+        kinds.update(s.kinds)
+        fractions.extend(s.masks.sum(axis=(1, 2)) / (h * w))
+    assert kinds == set(FAMILIES[family].shapes) and len(shapes) > 20
+    assert min(fractions) < 0.005 and max(fractions) > 0.2  # tiny objects and large ones
+
+
+def test_heldout_family_shares_no_shape_kind_with_training():
+    assert not set(HELDOUT_SHAPES) & set(BROAD_SHAPES)
+    assert set(SHAPE_KINDS) < set(BROAD_SHAPES)
+    assert "dots" not in FAMILIES["broad"].textures and "dots" in FAMILIES["heldout-family"].textures
+
+
+@pytest.mark.parametrize("kind", [*BROAD_SHAPES[len(SHAPE_KINDS) :], *HELDOUT_SHAPES])
+def test_family_shape_kinds_are_what_they_say(kind):
+    from scipy import ndimage
+
+    from sam_jax.data.families import family_shape_mask
+
+    r = 40.0
+    ys = np.arange(-48, 48, dtype=np.float32)[:, None] + 0.5
+    xs = np.arange(-48, 48, dtype=np.float32)[None, :] + 0.5
+    mask = family_shape_mask(np.random.default_rng(1), kind, ys, xs, r)
+    assert mask.any() and not (mask & (ys * ys + xs * xs > (r + 1) ** 2)).any()  # within its radius
+    holes = ndimage.binary_fill_holes(mask).sum() - mask.sum()
+    assert (holes > 50) == (kind in ("ring", "holed"))
+    if kind in ("crescent", "lshape", "arrow", "cshape", "cross"):  # concave: well short of its convex hull
+        from scipy.spatial import ConvexHull
+
+        assert mask.sum() < 0.93 * ConvexHull(np.argwhere(mask)).volume
+    if kind in ("bar", "cross", "lshape"):  # thin: no pixel lies farther than 0.3 r from the edge
+        assert ndimage.distance_transform_edt(mask).max() <= 0.3 * r
+
+
 # ----------------------------------------------------------------------------- open_dataset
 
 
@@ -332,7 +383,14 @@ def test_open_synthetic_refuses_bad_options(spec):
     with pytest.raises(ValueError, match="seed") as info:
         open_dataset(spec)
     if "colour" in spec:
-        assert "seed, length, size, max_objects" in str(info.value)
+        assert "seed, length, size, max_objects, family" in str(info.value)
+
+
+def test_open_synthetic_family():
+    ds = open_dataset("synthetic:family=broad,size=96")
+    assert ds.family == "broad" and ds.size == 96 and ds[0].name == "synthetic:broad:0:0"
+    with pytest.raises(ValueError, match="family must be 'classic' or one of broad, heldout-family, got 'wild'"):
+        open_dataset("synthetic:family=wild")
 
 
 def test_open_folder(folder):

@@ -114,15 +114,15 @@ def family_shape_mask(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: n
         return ((np.abs(u) <= a) & (v >= -a) & (v <= -a + 2 * thin)) | (
             (np.abs(v) <= a) & (u >= -a) & (u <= -a + 2 * thin)
         )
-    if kind == "blob":  # a radius that varies with the angle: smooth and concave
+    if kind == "blob":  # a radius that varies smoothly with the angle: an irregular outline
         k = np.arange(2, 6)
         amp, phase = rng.uniform(0.0, 1.0, 4) / k, rng.uniform(0.0, 2.0 * np.pi, 4)
         phi = np.arctan2(v, u)[..., None]
         wave = (amp * np.cos(k * phi + phase)).sum(-1) / amp.sum()  # in [-1, 1]
         depth = rng.uniform(0.25, 0.55)
         return np.sqrt(d2) <= r * (1.0 - depth * (0.5 - 0.5 * wave))
-    if kind == "heart":  # (x^2 + y^2 - 1)^3 <= x^2 y^3, which spans about 1.25 from its centre
-        x, y = u * (1.25 / r), -v * (1.25 / r) + 0.15
+    if kind == "heart":  # (x^2 + y^2 - 1)^3 <= x^2 y^3, within 1.33 of (0, 0.15)
+        x, y = u * (1.35 / r), -v * (1.35 / r) + 0.15
         return (x * x + y * y - 1.0) ** 3 <= x * x * y**3
     if kind == "arrow":
         w, head, tip = rng.uniform(0.15, 0.3), rng.uniform(0.5, 0.8), rng.uniform(0.0, 0.4)
