@@ -279,3 +279,39 @@ np.savez({out!r} + os.environ["N"], np.asarray(loss), *leaves)
     norm = lambda xs: float(np.sqrt(sum(float((x**2).sum()) for x in xs)))  # noqa: E731
     assert norm(trained) > 0.5 and all(np.isfinite(four[f"arr_{1 + i}"]).all() for i in range(n))
     assert norm(apart) < 0.4 * norm(trained)
+
+
+def test_resize_patches_recuts_the_grid_and_sees_a_k_times_larger_image():
+    params = sam_jax.init(TINY, 3)  # 64 px, patch 8: an 8x8 grid; block 0 windowed (4), block 1 global
+    finer = train.resize_patches(params, 4)
+    enc, new = params.weights["image_encoder"], finer.weights["image_encoder"]
+    assert finer.config == dataclasses.replace(TINY, patch_size=4) and finer.config.embedding_size == 16
+    # A 4-pixel patch of x embeds as the old 8-pixel kernel did the patch of x enlarged twice.
+    x = np.random.default_rng(0).random((4, 4, 3))
+    old_view = np.einsum(
+        "abc,abcd->d", np.repeat(np.repeat(x, 2, 0), 2, 1), np.asarray(enc["patch_embed"]["proj"]["kernel"])
+    )
+    new_view = np.einsum("abc,abcd->d", x, np.asarray(new["patch_embed"]["proj"]["kernel"]))
+    np.testing.assert_allclose(new_view, old_view, rtol=1e-5)
+    # Tables interpolated to the new grid with their ends in place; the window's tables kept.
+    assert new["pos_embed"].shape == (1, 16, 16, 32)
+    np.testing.assert_allclose(
+        new["pos_embed"][0, [0, -1]][:, [0, -1]], np.asarray(enc["pos_embed"])[0, [0, -1]][:, [0, -1]]
+    )
+    assert new["blocks_1"]["attn"]["rel_pos_h"].shape == (31, 16)
+    np.testing.assert_allclose(
+        new["blocks_1"]["attn"]["rel_pos_w"][[0, -1]], np.asarray(enc["blocks_1"]["attn"]["rel_pos_w"])[[0, -1]]
+    )
+    assert leaves_equal(new["blocks_0"], enc["blocks_0"]) and leaves_equal(
+        finer.weights["mask_decoder"], params.weights["mask_decoder"]
+    )
+    masks, _, low = sam_jax.predict(finer, np.zeros((48, 64, 3), np.uint8), [[10, 10]])
+    assert masks.shape == (3, 48, 64) and low.shape == (3, 64, 64)  # 4x the 16x16 grid
+    with pytest.raises(ValueError, match="image_size 64 is not a multiple of patch_size 3"):
+        train.resize_patches(params, 3)
+
+
+def test_cli_patch_size_needs_init():
+    result = run_cli("finetune", "--config", "vit_t", "--patch-size", "8", "--data", "synthetic", "--steps", "1")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--patch-size re-cuts an --init model" in result.stderr
