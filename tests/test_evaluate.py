@@ -45,5 +45,24 @@ def test_evaluate_counts_every_instance(small):
     assert figures["instances"] == sum(len(data[i].masks) for i in range(4))
     for key in ("point_miou", "box_miou", "click1_miou", "click2_miou"):
         assert 0.0 <= figures[key] <= 1.0
-    assert set(figures) == {"point_miou", "box_miou", "click1_miou", "click2_miou", "instances"}
+    assert set(figures) == {"point_miou", "box_miou", "click1_miou", "click2_miou", "instances"} | {
+        "small_point_miou",
+        "small_box_miou",
+        "small_instances",
+    }
+    areas = np.concatenate([data[i].masks.sum(axis=(1, 2)) for i in range(4)])
+    assert figures["small_instances"] == (areas < 0.01 * 96 * 96).sum()
     assert sam_jax.get_config("vit_t").decoder_num_heads == 8  # the reference's fixed choice
+
+
+def test_evaluate_automatic_matches_generated_masks_to_instances():
+    tiny = sam_jax.load("tiny-shapes")
+    data = SyntheticShapes(size=128, length=3, seed=11)
+    loose = evaluation.evaluate_automatic(tiny, data, 3, pred_iou_thresh=0.6, stability_score_thresh=0.85)
+    assert loose["instances_per_image"] == sum(len(data[i].masks) for i in range(3)) / 3
+    assert loose["recall"] >= 0.5 and loose["precision"] >= 0.5 and loose["found_miou"] >= 0.5, loose
+    none = evaluation.evaluate_automatic(
+        tiny, data, 3, pred_iou_thresh=0.6, stability_score_thresh=0.85, box_nms_thresh=0.0
+    )
+    # NMS at IoU 0 keeps only masks whose boxes do not overlap: fewer masks, fewer found
+    assert none["masks_per_image"] < loose["masks_per_image"] and none["recall"] < loose["recall"], (none, loose)

@@ -99,3 +99,52 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         out[name] = float(np.mean(np.asarray(values)[is_small])) if is_small.any() else float("nan")
     out["small_instances"] = float(is_small.sum())
     return out
+
+
+def evaluate_automatic(
+    params: SamParams, dataset: Any, num_images: int = 50, match_iou: float = 0.5, **options: Any
+) -> dict[str, float]:
+    """How well "segment everything" finds the instances of labelled scenes.
+
+    Each ground-truth instance is matched to its best-overlapping generated mask; it is
+    found when that IoU is at least `match_iou`.
+
+    Args:
+        params: the model.
+        dataset: as for `evaluate`.
+        num_images: how many samples (from the start) to use.
+        match_iou: least IoU for an instance to count as found.
+        **options: `sam_jax.AmgOptions` fields (the reference's defaults otherwise).
+    Returns:
+        {"masks_per_image", "instances_per_image", "recall" (instances found), "precision"
+        (generated masks that match some instance at `match_iou`), "found_miou" (mean
+        best IoU over every instance, 0 where nothing overlaps)}.
+    """
+    from sam_jax.amg import generate_masks  # the AMG stack only when asked for
+
+    masks_made = instances = found = matched = 0
+    best_ious: list[float] = []
+    for i in range(min(num_images, len(dataset))):
+        sample = dataset[i]
+        gt = np.asarray(sample.masks, bool)
+        records = generate_masks(params, sample.image, **options)
+        pred = np.array([r["segmentation"] for r in records], bool).reshape(len(records), *gt.shape[1:])
+        masks_made += len(pred)
+        instances += len(gt)
+        if len(gt) == 0 or len(pred) == 0:
+            best_ious.extend([0.0] * len(gt))
+            continue
+        inter = np.einsum("khw,mhw->km", gt.astype(np.float32), pred.astype(np.float32))
+        union = gt.sum(axis=(1, 2))[:, None] + pred.sum(axis=(1, 2))[None, :] - inter
+        pair_iou = inter / np.maximum(union, 1.0)
+        best_ious.extend(pair_iou.max(axis=1))
+        found += int((pair_iou.max(axis=1) >= match_iou).sum())
+        matched += int((pair_iou.max(axis=0) >= match_iou).sum())
+    n = max(min(num_images, len(dataset)), 1)
+    return {
+        "masks_per_image": masks_made / n,
+        "instances_per_image": instances / n,
+        "recall": found / max(instances, 1),
+        "precision": matched / max(masks_made, 1),
+        "found_miou": float(np.mean(best_ious)) if best_ious else float("nan"),
+    }
