@@ -17,8 +17,10 @@ from sam_jax.data.synthetic import (
     SHAPE_KINDS,
     Scene,
     colour_offset,
+    finish_scene,
     inside_polygon,
     shape_mask,
+    shape_window,
     unit_field,
 )
 
@@ -200,30 +202,24 @@ def render_family_scene(rng: np.random.Generator, size: int, max_objects: int, f
         colour = _pick_colour(rng, palette, background, colours, family.min_contrast)
         kinds.append(kind)
         colours.append(colour)
-        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, h)
-        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, w)
-        if y0 >= y1 or x0 >= x1:
+        window = shape_window((h, w), cy, cx, r)
+        if window is None:
             continue
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
-        xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+        ys, xs = window.ys, window.xs
         mask = family_shape_mask(rng, kind, ys, xs, r)
         texture = family.textures[int(rng.integers(len(family.textures)))]
-        region = image[y0:y1, x0:x1]
+        region = image[window.rows, window.cols]
         if texture == "flat":
             region[mask] = colour
         else:  # amplitude well below the contrast, so the object stays one object
             amplitude = colour_offset(rng, 0.15, 0.45).astype(np.float32) * np.float32(family.min_contrast)
-            tex = _field(rng, texture, ys, xs, float(max(y1 - y0, x1 - x0)))
+            tex = _field(rng, texture, ys, xs, float(max(mask.shape)))
             region[mask] = colour.astype(np.float32) + tex[mask][:, None] * amplitude
-        owner[y0:y1, x0:x1][mask] = k
+        owner[window.rows, window.cols][mask] = k
     # Lighting: a smooth brightness ramp over the whole scene.
     ramp = unit_field(rng, "gradient", ys_all, xs_all, float(size))
     image *= (1.0 + rng.uniform(0.0, 0.35) * ramp)[..., None]
     if rng.uniform() < 0.5:
         image = cv2.GaussianBlur(image, (0, 0), sigmaX=float(rng.uniform(0.4, 1.2)))
     image += rng.uniform(0.0, 8.0) * rng.standard_normal((h, w, 1), dtype=np.float32)
-    area = np.bincount(owner[owner >= 0], minlength=len(kinds))
-    keep = np.flatnonzero(area >= family.min_visible)
-    masks = owner[None] == keep[:, None, None]
-    pixels = np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8)
-    return Scene(pixels, masks, tuple(kinds[i] for i in keep))
+    return finish_scene(image, owner, kinds, family.min_visible)

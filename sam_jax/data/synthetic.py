@@ -169,6 +169,35 @@ def _paint(
     region[mask] = colour.astype(np.float32) + field[mask][:, None] * offset
 
 
+class ShapeWindow(NamedTuple):
+    rows: slice  # the shape's bounding box within the image
+    cols: slice
+    ys: np.ndarray  # (h, 1) float32 offsets of the box's pixel centres from the shape's centre
+    xs: np.ndarray  # (1, w)
+
+
+def shape_window(hw: tuple[int, int], cy: float, cx: float, r: float) -> ShapeWindow | None:
+    """Where a shape of bounding radius `r` centred at (cy, cx) lies in an image of size `hw`;
+    None when it lies outside. Drawing in this box only is what keeps a scene cheap."""
+    y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, hw[0])
+    x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, hw[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
+    return ShapeWindow(slice(y0, y1), slice(x0, x1), ys, xs)
+
+
+def finish_scene(image: np.ndarray, owner: np.ndarray, kinds: Sequence[str], min_visible: int) -> Scene:
+    """The scene from a float image and the index of the shape visible at each pixel (-1: none):
+    one mask per shape showing at least `min_visible` pixels."""
+    area = np.bincount(owner[owner >= 0], minlength=len(kinds))
+    keep = np.flatnonzero(area >= min_visible)
+    masks = owner[None] == keep[:, None, None]
+    pixels = np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8)
+    return Scene(pixels, masks, tuple(kinds[i] for i in keep))
+
+
 def render_scene(rng: np.random.Generator, size: int, max_objects: int) -> Scene:
     """Draws 1..max_objects shapes in order onto a background; later shapes occlude earlier ones."""
     image, background = _background(rng, size)
@@ -182,21 +211,13 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int) -> Scene
         colour = _pick_colour(rng, background, colours)
         kinds.append(kind)
         colours.append(colour)
-        # Work in the shape's bounding box only: that is what keeps a scene cheap.
-        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, size)
-        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, size)
-        if y0 >= y1 or x0 >= x1:
+        window = shape_window((size, size), cy, cx, r)
+        if window is None:
             continue
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None] + np.float32(0.5 - cy)
-        xs = np.arange(x0, x1, dtype=np.float32)[None, :] + np.float32(0.5 - cx)
-        mask = shape_mask(rng, kind, ys, xs, r)
-        _paint(rng, image[y0:y1, x0:x1], mask, colour, ys, xs)
-        owner[y0:y1, x0:x1][mask] = k
-    area = np.bincount(owner[owner >= 0], minlength=len(kinds))
-    keep = np.flatnonzero(area >= MIN_VISIBLE_PIXELS)
-    masks = owner[None] == keep[:, None, None]
-    pixels = np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8)
-    return Scene(pixels, masks, tuple(kinds[i] for i in keep))
+        mask = shape_mask(rng, kind, window.ys, window.xs, r)
+        _paint(rng, image[window.rows, window.cols], mask, colour, window.ys, window.xs)
+        owner[window.rows, window.cols][mask] = k
+    return finish_scene(image, owner, kinds, MIN_VISIBLE_PIXELS)
 
 
 def make_scene(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray]:
