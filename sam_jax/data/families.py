@@ -138,7 +138,7 @@ def _palette_colour(rng: np.random.Generator, palette: str) -> np.ndarray:
     if palette == "muted":
         return np.clip(rng.uniform(40.0, 215.0) + colour_offset(rng, 10.0, 70.0), 0.0, 255.0)
     if palette == "vivid":
-        hsv = np.uint8([[[rng.integers(180), rng.integers(150, 256), rng.integers(150, 256)]]])
+        hsv = np.array([[[rng.integers(180), rng.integers(150, 256), rng.integers(150, 256)]]], np.uint8)
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
     if palette == "dark":
         return rng.uniform(5.0, 110.0, 3)

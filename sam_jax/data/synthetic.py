@@ -195,7 +195,7 @@ def finish_scene(image: np.ndarray, owner: np.ndarray, kinds: Sequence[str], min
     keep = np.flatnonzero(area >= min_visible)
     masks = owner[None] == keep[:, None, None]
     pixels = np.clip(image + 0.5, 0.0, 255.0).astype(np.uint8)
-    return Scene(pixels, masks, tuple(kinds[i] for i in keep))
+    return Scene(pixels, masks, tuple(kinds[int(i)] for i in keep))
 
 
 def render_scene(rng: np.random.Generator, size: int, max_objects: int) -> Scene:
