@@ -134,11 +134,13 @@ def evaluate_automatic(
         if len(gt) == 0 or len(pred) == 0:
             best_ious.extend([0.0] * len(gt))
             continue
+        # Every (instance, mask) pair as one product: no (K, M, H, W) array, whatever the image size.
         inter = np.einsum("khw,mhw->km", gt.astype(np.float32), pred.astype(np.float32))
         union = gt.sum(axis=(1, 2))[:, None] + pred.sum(axis=(1, 2))[None, :] - inter
         pair_iou = inter / np.maximum(union, 1.0)
-        best_ious.extend(pair_iou.max(axis=1))
-        found += int((pair_iou.max(axis=1) >= match_iou).sum())
+        best = pair_iou.max(axis=1)
+        best_ious.extend(best)
+        found += int((best >= match_iou).sum())
         matched += int((pair_iou.max(axis=0) >= match_iou).sum())
     n = max(min(num_images, len(dataset)), 1)
     return {
