@@ -149,7 +149,7 @@ def finetune(args: argparse.Namespace) -> int:
     if args.export:  # refused now, not after hours of training
         check_directory_target(args.export, is_checkpoint_dir, args.overwrite, "a sam_jax checkpoint")
     if args.patch_size is not None and not args.init:
-        raise ValueError("--patch-size re-cuts an --init model; with --config give it in the name (vit_t/patch_size=8)")
+        raise ValueError("--patch-size re-cuts an --init model; with --config give it in the name (vit_b/patch_size=8)")
     params = sam_jax.load(args.init) if args.init else sam_jax.init(sam_jax.get_config(args.config), args.seed)
     if args.patch_size is not None:
         params = train.resize_patches(params, args.patch_size)

@@ -231,17 +231,19 @@ MODEL_REGISTRY: dict[str, SamConfig] = {
 }
 
 
-# Not in the reference registry: the small model this project trains from scratch and ships
-# as "tiny-shapes" (README, "The embedded default"). Built from the same classes, with the
-# decoder's 8 heads and every fixed choice of the reference, so its exported state_dict
-# rebuilds in the reference from tensor shapes alone. Its 8 x 8 token grid needs no
-# windows: every block attends globally (window_size is then unused; the reference default).
+# Not in the reference registry: the small model this project trains and ships as
+# "tiny-shapes" (docs/embedded-model.md). Built from the same classes, with the decoder's 8
+# heads and every fixed choice of the reference, so its exported state_dict rebuilds in the
+# reference from tensor shapes alone. Its 16 x 16 token grid needs no windows: every block
+# attends globally (window_size is then unused; the reference default). Its recipe starts
+# from `vit_t/patch_size=16`, four times cheaper a step, and re-cuts the patches later.
 MODEL_REGISTRY["vit_t"] = SamConfig(
     encoder_embed_dim=128,
     encoder_depth=6,
     encoder_num_heads=4,
     encoder_global_attn_indexes=(0, 1, 2, 3, 4, 5),
     image_size=128,
+    patch_size=8,
     encoder_window_size=14,
     prompt_embed_dim=128,
     mask_in_chans=16,

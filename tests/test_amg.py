@@ -230,12 +230,13 @@ def test_explicit_point_grids(tiny, scenes):
 
 def test_nothing_survives_returns_empty_list_even_with_crops(tiny, scenes):
     params, ref_model = tiny
-    options = {"pred_iou_thresh": 0.99, "crop_n_layers": 1, "points_per_side": 4}
+    # A stability score is an IoU, never above 1: the filter (> 1) keeps nothing, whatever the weights.
+    options = {"stability_score_thresh": 1.0, "crop_n_layers": 1, "points_per_side": 4}
     assert sam_jax.generate_masks(params, scenes[0], **options) == []
     # The reference fails here (indexing an empty tensor in its crop NMS); we do not.
     with pytest.raises(IndexError):
         ReferenceGenerator(ref_model, **options).generate(scenes[0])
-    assert sam_jax.generate_masks(params, scenes[0], pred_iou_thresh=0.99) == []
+    assert sam_jax.generate_masks(params, scenes[0], stability_score_thresh=1.0) == []
 
 
 @pytest.mark.parametrize(

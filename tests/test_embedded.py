@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_parity
+from convert.mapping import infer_config
 from segment_anything import SamPredictor
 
 import sam_jax
@@ -23,12 +24,12 @@ from sam_jax.train import evaluation
 REPO = Path(__file__).resolve().parents[1]
 # Scenes of a seed used neither by training (0) nor by the held-out split: fresh to the model.
 FRESH_SEED = 777_001
-# Floors under the figures the README reports for the 200 held-out scenes (0.72 / 0.77;
-# 0.77 / 0.80 measured on these 40), far above a randomly initialised vit_t (0.06 / 0.06
-# here) and above the "union of all shapes" plateau of from-scratch training (~0.3). They
-# guard the shipped weights, loading and inference; they are not the quality target (README).
-POINT_FLOOR = 0.6
-BOX_FLOOR = 0.65
+# Floors under what the shipped weights score on these 40 fresh scenes (classic 0.83 / 0.87,
+# broad 0.69 / 0.74 one point / box; docs/embedded-model.md has the 200-scene figures). The
+# broad floor is far above the earlier 8x8-grid model (0.39 / 0.48 on broad) and a randomly
+# initialised vit_t (~0.06); they guard the shipped weights, loading and inference, not the
+# quality target.
+FLOORS = {"classic": (0.75, 0.8), "broad": (0.6, 0.65)}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +45,15 @@ def test_shipped_inside_the_package_and_small(tiny):
     assert tiny.config == sam_jax.get_config("vit_t")
 
 
-def test_quality_floor_on_fresh_scenes(tiny):
+@pytest.mark.parametrize("family", sorted(FLOORS))
+def test_quality_floor_on_fresh_scenes(tiny, family):
     assert FRESH_SEED != HELDOUT_SEED
-    scenes = SyntheticShapes(size=tiny.config.image_size, length=40, seed=FRESH_SEED)
+    scenes = SyntheticShapes(size=tiny.config.image_size, length=40, seed=FRESH_SEED, family=family)
     figures = evaluation.evaluate(tiny, scenes, num_images=40, clicks=())
     assert figures["instances"] >= 40
-    assert figures["point_miou"] >= POINT_FLOOR, figures
-    assert figures["box_miou"] >= BOX_FLOOR, figures
+    point_floor, box_floor = FLOORS[family]
+    assert figures["point_miou"] >= point_floor, figures
+    assert figures["box_miou"] >= box_floor, figures
 
 
 def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny, tmp_path):
@@ -63,8 +66,11 @@ def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny, tmp_path):
         timeout=600,
     )
     assert run.returncode == 0, run.stderr
-    ref = build_reference(tiny.config)  # from tensor shapes alone: the config is vit_t's
-    ref.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    state_dict = torch.load(out, weights_only=True)
+    rebuilt = infer_config({k: v.numpy() for k, v in state_dict.items()})  # from tensor shapes alone
+    assert rebuilt == tiny.config
+    ref = build_reference(rebuilt)
+    ref.load_state_dict(state_dict, strict=True)
     predictor = SamPredictor(ref.eval())
     scene = SyntheticShapes(size=320, length=1, seed=FRESH_SEED)[0]
     image = np.ascontiguousarray(scene.image[:240])  # not square: exercises the padding

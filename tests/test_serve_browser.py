@@ -104,7 +104,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
 
             page.goto(url)
             wait_until(page, "document.getElementById('model').textContent.includes('tiny-shapes')")
-            assert page.input_value("#pred-iou") == "0.6"  # the server's page defaults for the embedded model
+            assert page.input_value("#pred-iou") == "0.7"  # the server's page defaults for the embedded model
             page.set_input_files("#file", str(SAMPLE))
             wait_until(page, "!document.getElementById('view').hidden && document.getElementById('view').width")
             before = canvas(page)
@@ -185,7 +185,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             with page.expect_response(lambda r: r.url.endswith("/automatic")) as answer:
                 page.click("#everything")
             records = answer.value.json()
-            options = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85, "points_per_side": 32}
+            options = {**EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"], "points_per_side": 32}
             want_records = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
             assert records == json.loads(json.dumps(want_records)) and len(records) >= 2
             wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records)}'")

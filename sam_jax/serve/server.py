@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 # The page's first "segment everything" thresholds for the embedded model (the API's stay the
-# reference's): the reference ViT-H values keep none of tiny-shapes' masks on the sample.
-EMBEDDED_AUTOMATIC_DEFAULTS = {"tiny-shapes": {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}}
+# reference's): the reference ViT-H values keep only tiny-shapes' surest masks (sam_jax/demo.py).
+EMBEDDED_AUTOMATIC_DEFAULTS = {"tiny-shapes": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}}
 # Import names of the `serve` extra; python-multipart is `python_multipart` since 0.0.13, `multipart` before.
 _EXTRA_MODULES = {
     "starlette": ("starlette",),
