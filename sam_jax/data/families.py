@@ -19,6 +19,7 @@ from sam_jax.data.synthetic import (
     colour_offset,
     finish_scene,
     inside_polygon,
+    pick_colour,
     shape_mask,
     shape_window,
     unit_field,
@@ -145,27 +146,6 @@ def _palette_colour(rng: np.random.Generator, palette: str) -> np.ndarray:
     return rng.uniform(15.0, 240.0, 3)
 
 
-def _pick_colour(
-    rng: np.random.Generator, palette: str, background: np.ndarray, others: list[np.ndarray], contrast: float
-) -> np.ndarray:
-    """A colour at least `contrast` from the background and 0.6 x that from earlier objects.
-
-    Rejection sampling from the palette, then from any colour; after 30 tries the best
-    candidate is taken, so this always returns.
-    """
-    best, best_margin = background, -np.inf
-    for attempt in range(30):
-        colour = _palette_colour(rng, palette if attempt < 15 else "any")
-        margin = float(np.linalg.norm(colour - background)) - contrast
-        for other in others:
-            margin = min(margin, float(np.linalg.norm(colour - other)) - 0.6 * contrast)
-        if margin >= 0:
-            return colour
-        if margin > best_margin:
-            best, best_margin = colour, margin
-    return best
-
-
 def _field(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray, scale: float) -> np.ndarray:
     """`unit_field`, plus "dots": a grid of round spots (the held-out family's pattern)."""
     if kind != "dots":
@@ -199,7 +179,15 @@ def render_family_scene(rng: np.random.Generator, size: int, max_objects: int, f
         kind = family.shapes[int(rng.integers(len(family.shapes)))]
         r = size * float(np.exp(rng.uniform(log_lo, log_hi)))
         cy, cx = rng.uniform(-0.05, 1.05) * h, rng.uniform(-0.05, 1.05) * w
-        colour = _pick_colour(rng, palette, background, colours, family.min_contrast)
+        colour = pick_colour(
+            # From the palette, then from any colour when the palette cannot give the contrast.
+            lambda attempt: _palette_colour(rng, palette if attempt < 15 else "any"),
+            background,
+            colours,
+            family.min_contrast,
+            0.6 * family.min_contrast,
+            30,
+        )
         kinds.append(kind)
         colours.append(colour)
         window = shape_window((h, w), cy, cx, r)

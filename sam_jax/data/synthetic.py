@@ -4,7 +4,7 @@ evaluated on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -88,17 +88,25 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return image, base
 
 
-def _pick_colour(rng: np.random.Generator, background: np.ndarray, others: Sequence[np.ndarray]) -> np.ndarray:
-    """A colour far from the background (>= 100 RGB units) and from earlier objects (>= 60).
+def pick_colour(
+    draw: Callable[[int], np.ndarray],
+    background: np.ndarray,
+    others: Sequence[np.ndarray],
+    contrast: float,
+    spacing: float,
+    tries: int,
+) -> np.ndarray:
+    """A colour at least `contrast` RGB units from the background and `spacing` from `others`.
 
-    Rejection sampling; after 20 tries the best candidate is taken, so this always returns.
+    Rejection sampling over `draw(attempt)`; after `tries` draws the best candidate is taken,
+    so this always returns. Every draw is made in order, so scenes stay reproducible.
     """
     best, best_margin = background, -np.inf
-    for _ in range(20):
-        colour = rng.uniform(15.0, 240.0, 3)
-        margin = float(np.linalg.norm(colour - background)) - 100.0
+    for attempt in range(tries):
+        colour = draw(attempt)
+        margin = float(np.linalg.norm(colour - background)) - contrast
         for other in others:
-            margin = min(margin, float(np.linalg.norm(colour - other)) - 60.0)
+            margin = min(margin, float(np.linalg.norm(colour - other)) - spacing)
         if margin >= 0:
             return colour
         if margin > best_margin:
@@ -208,7 +216,7 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int) -> Scene
         kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
         r = size * rng.uniform(*RADIUS_RANGE)
         cy, cx = size * rng.uniform(-0.05, 1.05, 2)  # may lie partly outside the image
-        colour = _pick_colour(rng, background, colours)
+        colour = pick_colour(lambda _: rng.uniform(15.0, 240.0, 3), background, colours, 100.0, 60.0, 20)
         kinds.append(kind)
         colours.append(colour)
         window = shape_window((size, size), cy, cx, r)
