@@ -2,13 +2,15 @@
 
 Layout of a checkpoint directory::
 
-    DIR/sam_jax.json   {"format": "sam_jax", "version": 1, "config": {...}, "weights_sha256": "..."}
+    DIR/sam_jax.json   {"format": "sam_jax", "version": 1, "config": {...}, "weights_sha256": "...",
+                        "weights_files": {"<file under weights/>": <bytes>, ...}}
     DIR/weights/       orbax PyTree checkpoint of `SamParams.weights`
 
 Writes are atomic (a complete temporary sibling is renamed into place) and never touch
 what is not a checkpoint: a folder holding anything else is refused, an existing checkpoint
-is replaced only when asked. Loading checks the config's fields, then the stored shapes,
-then the weights' checksum and that every weight is finite, and names the file at fault.
+is replaced only when asked. Loading checks the config's fields, the recorded weight files'
+sizes, the stored shapes, then the weights' checksum and that every weight is finite, and
+names the file at fault.
 """
 
 from __future__ import annotations
@@ -80,15 +82,47 @@ def write_checkpoint(directory: Path, params: SamParams, extra: dict[str, Any] |
 
     weights = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params.weights)
     check_finite(weights, "the weights to save")
+    ocp.PyTreeCheckpointer().save(str(directory / WEIGHTS_DIR), weights)
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "config": params.config.to_dict(),
         "weights_sha256": weights_digest(weights),
+        "weights_files": weights_file_sizes(directory / WEIGHTS_DIR),
         **(extra or {}),
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    ocp.PyTreeCheckpointer().save(str(directory / WEIGHTS_DIR), weights)
+
+
+def weights_file_sizes(weights_path: Path) -> dict[str, int]:
+    """Every file under `weights_path` (POSIX path relative to it) and its size in bytes."""
+    files = (p for p in weights_path.rglob("*") if p.is_file())
+    return {p.relative_to(weights_path).as_posix(): p.stat().st_size for p in sorted(files)}
+
+
+def check_weights_files(weights_path: Path, meta_path: Path, recorded: Any) -> None:
+    """Checks the files `save` recorded before orbax reads any of them.
+
+    A truncated or missing file then fails here, in one line, instead of inside orbax's
+    concurrent reads (whose late failures print tracebacks from storage threads).
+
+    Raises:
+        ValueError naming the file at fault (or the malformed record in `meta_path`).
+    """
+    if not isinstance(recorded, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in recorded.items()
+    ):
+        raise ValueError(f"{meta_path}: weights_files must map file names to sizes in bytes")
+    for name, size in recorded.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{meta_path}: weights_files names {name!r}, not a file inside {WEIGHTS_DIR}/")
+        file = weights_path / name
+        found = file.stat().st_size if file.is_file() else None
+        if found != size:
+            what = "is missing" if found is None else f"is {found} bytes"
+            raise ValueError(
+                f"{file}: unreadable weights ({what}, {meta_path} records {size}; an incomplete or damaged copy)"
+            )
 
 
 def save(path: str | os.PathLike[str], params: SamParams, *, overwrite: bool = False) -> None:
@@ -258,6 +292,8 @@ def load_directory(path: str | os.PathLike[str]) -> SamParams:
     weights_path = (resolve(path)[0] / WEIGHTS_DIR).absolute()
     if not weights_path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint has no {WEIGHTS_DIR}/ directory")
+    if "weights_files" in meta:  # checkpoints saved before this record load without it
+        check_weights_files(weights_path, meta_path, meta["weights_files"])
     with quiet_orbax():
         try:
             check_weights(config, _stored_shapes(weights_path), str(path))

@@ -488,8 +488,18 @@ def test_damaged_weights_give_one_line(small, tmp_path):
         "time.sleep(1)\n"
     )
     result = run("-c", code)
-    assert result.stdout.startswith("refused:") and "unreadable weights" in result.stdout, result.stdout
+    assert result.stdout.startswith("refused:") and "unreadable weights (is 100 bytes" in result.stdout, result.stdout
+    assert str(largest) in result.stdout  # the file at fault, found before orbax reads anything
     assert "Event loop is closed" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    largest.unlink()
+    with pytest.raises(ValueError, match=r"unreadable weights \(is missing, .*sam_jax\.json records"):
+        sam_jax.load(out)
+    meta = json.loads((out / "sam_jax.json").read_text())
+    for crafted, needle in (("../../etc/passwd", "not a file inside weights/"), (-1, "must map file names to sizes")):
+        record = {crafted: 1} if isinstance(crafted, str) else {"x": crafted}
+        (out / "sam_jax.json").write_text(json.dumps({**meta, "weights_files": record}))
+        with pytest.raises(ValueError, match=needle):
+            sam_jax.load(out)
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -510,7 +520,7 @@ def test_altered_or_non_finite_weights_are_refused(small, tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     meta = json.loads((out / "sam_jax.json").read_text())
-    del meta["weights_sha256"]
+    del meta["weights_sha256"], meta["weights_files"]
     (old / "sam_jax.json").write_text(json.dumps(meta))
     weights = jax.tree.map(np.array, small.params.weights)
     weights["mask_decoder"]["iou_token"]["embedding"][0, 0] = np.nan
