@@ -50,6 +50,12 @@ def __getattr__(name: str) -> Any:
 
 # Models shipped inside the package, by name (see README: "The embedded default").
 EMBEDDED_MODELS = {"tiny-shapes": Path(__file__).parent / "models" / "tiny-shapes"}
+# "Segment everything" thresholds that suit each embedded model, where the demo and the page
+# start (the API's defaults stay the reference's). The reference's 0.88 / 0.95 suit a trained
+# ViT-H and keep only tiny-shapes' surest masks: its predicted IoUs are honest on average but
+# rarely that high, and its low-resolution logits are softer at the edges
+# (docs/embedded-model.md).
+EMBEDDED_AUTOMATIC_OPTIONS = {"tiny-shapes": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}}
 
 
 def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamParams:

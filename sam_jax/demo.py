@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sam_jax import EMBEDDED_AUTOMATIC_OPTIONS
+
 ASSETS = Path(__file__).parent / "assets"
-# The reference's ViT-H thresholds (0.88 / 0.95) keep only tiny-shapes' surest masks: its
-# predicted IoUs are honest on average but rarely that high, and its low-resolution logits
-# are softer at the edges than ViT-H's. These keep its good masks (docs/embedded-model.md).
-AUTOMATIC_OPTIONS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9, "output_mode": "coco_rle"}
+AUTOMATIC_OPTIONS = {**EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"], "output_mode": "coco_rle"}
 # What the demo writes into its output folder: the folder may hold these and nothing else.
 OUTPUT_FILES = ("points.png", "boxes.png", "masks.json", "automatic.png", "automatic.json")
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]

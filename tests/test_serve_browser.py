@@ -24,7 +24,6 @@ from pycocotools import mask as mask_utils
 import sam_jax
 from sam_jax.io import atomic_write_bytes
 from sam_jax.serve import create_app, serve_in_thread
-from sam_jax.serve.server import EMBEDDED_AUTOMATIC_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sam_jax" / "assets" / "sample.png"
@@ -49,7 +48,8 @@ def params() -> sam_jax.SamParams:
 
 @pytest.fixture(scope="module")
 def app(params):
-    return create_app(params, model_name="tiny-shapes", automatic_defaults=EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"])
+    defaults = sam_jax.EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"]
+    return create_app(params, model_name="tiny-shapes", automatic_defaults=defaults)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             with page.expect_response(lambda r: r.url.endswith("/automatic")) as answer:
                 page.click("#everything")
             records = answer.value.json()
-            options = {**EMBEDDED_AUTOMATIC_DEFAULTS["tiny-shapes"], "points_per_side": 32}
+            options = {**sam_jax.EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"], "points_per_side": 32}
             want_records = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
             assert records == json.loads(json.dumps(want_records)) and len(records) >= 2
             wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records)}'")

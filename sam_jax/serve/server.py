@@ -14,9 +14,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-# The page's first "segment everything" thresholds for the embedded model (the API's stay the
-# reference's): the reference ViT-H values keep only tiny-shapes' surest masks (sam_jax/demo.py).
-EMBEDDED_AUTOMATIC_DEFAULTS = {"tiny-shapes": {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}}
 # Import names of the `serve` extra; python-multipart is `python_multipart` since 0.0.13, `multipart` before.
 _EXTRA_MODULES = {
     "starlette": ("starlette",),
@@ -124,7 +121,7 @@ def serve_checkpoint(
             max_upload_bytes=max_upload_bytes,
             max_pixels=max_pixels,
             cache_bytes=cache_bytes,
-            automatic_defaults=EMBEDDED_AUTOMATIC_DEFAULTS.get(checkpoint),
+            automatic_defaults=sam_jax.EMBEDDED_AUTOMATIC_OPTIONS.get(checkpoint),
             warm_up=True,
         )
         if host not in ("127.0.0.1", "localhost", "::1"):
