@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 
-import convert
 import sam_jax
+from sam_jax import conversion
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import build_reference, randomize_
 
@@ -106,13 +106,13 @@ def models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
 def _build_models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
     if name == "tiny-shapes":
         params = sam_jax.load(name)
-        convert.export_torch(name, tmp / "tiny.pth")
+        conversion.export_torch(name, tmp / "tiny.pth")
         ref = build_reference(params.config)
         ref.load_state_dict(torch.load(tmp / "tiny.pth"), strict=True)
         return ref, params
     ref = randomize_(sam_model_registry[name]().eval(), seed=0)
     torch.save(ref.state_dict(), tmp / f"{name}.pth")
-    convert.convert_checkpoint(tmp / f"{name}.pth", tmp / name)
+    conversion.convert_checkpoint(tmp / f"{name}.pth", tmp / name)
     return ref, sam_jax.load(tmp / name)
 
 

@@ -53,9 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry  # noqa: E402
 
-import convert  # noqa: E402
 import sam_jax  # noqa: E402
-from sam_jax import train  # noqa: E402
+from sam_jax import formats, train  # noqa: E402
 from sam_jax.config import SamConfig  # noqa: E402
 from sam_jax.data import SyntheticShapes  # noqa: E402
 from sam_jax.modeling import attention_kernels  # noqa: E402
@@ -540,12 +539,12 @@ class Check:
             name = self.plan.parity_model
             if name in SMALL_MODELS:
                 ref = randomize_(build_reference(model_config(name)), seed=0)
-                params = convert.convert_state_dict(
+                params = formats.convert_state_dict(
                     {k: v.numpy() for k, v in ref.state_dict().items()}, config=model_config(name)
                 )
             else:
                 ref = randomize_(sam_model_registry[name]().eval(), seed=1)
-                params = convert.convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, name)
+                params = formats.convert_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, name)
             self._parity = (ref.to(torch_device()), jax.device_put(params))
         return self._parity
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sam_jax import EMBEDDED_AUTOMATIC_OPTIONS
+from sam_jax.loading import EMBEDDED_AUTOMATIC_OPTIONS, load
 
 ASSETS = Path(__file__).parent / "assets"
 AUTOMATIC_OPTIONS = {**EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"], "output_mode": "coco_rle"}
@@ -67,26 +67,27 @@ def run(output: Path, checkpoint: str = "tiny-shapes") -> dict[str, Any]:
 def _run_into(tmp: Path, checkpoint: str) -> dict[str, Any]:
     from pycocotools import mask as coco_mask
 
-    import sam_jax
+    from sam_jax.amg import generate_masks
     from sam_jax.masks import iou, masks_to_coco_rle
+    from sam_jax.predictor import decode, encode
 
     t0 = time.perf_counter()
-    params = sam_jax.load(checkpoint)
+    params = load(checkpoint)
     image = np.asarray(Image.open(ASSETS / "sample.png").convert("RGB"))
     spec = json.loads((ASSETS / "sample.json").read_text())
     truth = np.stack([np.asarray(Image.open(ASSETS / f)) > 0 for f in spec["masks"]])
-    emb = sam_jax.encode(params, image)
+    emb = encode(params, image)
 
     points = np.array([[o["point"]] for o in spec["objects"]], np.float64)  # (K, 1, 2)
-    masks, scores, _ = (np.asarray(a) for a in sam_jax.decode(params, emb, points))
+    masks, scores, _ = (np.asarray(a) for a in decode(params, emb, points))
     best = np.argmax(scores, axis=1)
     point_masks = masks[np.arange(len(best)), best]
     point_scores = scores[np.arange(len(best)), best]
     boxes = np.array([o["box"] for o in spec["objects"]], np.float64)
-    box_masks, box_scores, _ = (np.asarray(a) for a in sam_jax.decode(params, emb, box=boxes, multimask_output=False))
+    box_masks, box_scores, _ = (np.asarray(a) for a in decode(params, emb, box=boxes, multimask_output=False))
     box_masks, box_scores = box_masks[:, 0], box_scores[:, 0]
 
-    automatic = sam_jax.generate_masks(params, image, **AUTOMATIC_OPTIONS)
+    automatic = generate_masks(params, image, **AUTOMATIC_OPTIONS)
     automatic_masks = [
         coco_mask.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}) > 0
         for r in automatic

@@ -12,8 +12,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import convert
 import sam_jax
+from sam_jax import conversion
 from sam_jax.testing import PARITY_LIMITS, SMALL, build_reference, parity_figures, randomize_, save_state_dict
 
 torch.set_grad_enabled(False)
@@ -26,7 +26,7 @@ class Converted:
         self.ref = ref
         self.checkpoint = checkpoint
         self.directory = directory
-        convert.convert_checkpoint(checkpoint, directory)
+        conversion.convert_checkpoint(checkpoint, directory)
         self.params = sam_jax.load(directory)
 
 

@@ -17,9 +17,8 @@ import torch
 from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator as ReferenceGenerator
 
-import convert
 import sam_jax
-from sam_jax import masks, transforms
+from sam_jax import conversion, masks, transforms
 from sam_jax.amg import scoring, utils
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import build_reference, make_image
@@ -31,7 +30,7 @@ KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stabil
 def tiny(tmp_path_factory):
     """tiny-shapes in both implementations, via the exporter."""
     path = tmp_path_factory.mktemp("tiny") / "tiny-shapes.pth"
-    convert.export_torch("tiny-shapes", path)
+    conversion.export_torch("tiny-shapes", path)
     params = sam_jax.load("tiny-shapes")
     ref = build_reference(params.config)
     ref.load_state_dict(torch.load(path), strict=True)

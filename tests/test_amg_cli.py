@@ -19,9 +19,8 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamAutomaticMaskGenerator as ReferenceGenerator
 from test_amg import TINY_RELAXED, assert_same_records
 
-import convert
 import sam_jax
-from sam_jax import cli, jobs
+from sam_jax import cli, conversion, jobs
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import build_reference
 
@@ -97,7 +96,7 @@ def test_coco_rle_json_matches_the_reference_generator(folder, tmp_path):
     assert cli.main([*args, *FLAGS, "--no-progress"]) == 1
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["a.json", "c.json", "sub/b.json"]
     path = tmp_path / "tiny.pth"
-    convert.export_torch("tiny-shapes", path)
+    conversion.export_torch("tiny-shapes", path)
     ref = build_reference(sam_jax.get_config("vit_t"))
     ref.load_state_dict(torch.load(path), strict=True)
     reference = ReferenceGenerator(ref, **OPTIONS, output_mode="coco_rle")

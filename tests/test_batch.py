@@ -18,7 +18,7 @@ from PIL import Image
 
 import sam_jax
 from sam_jax import jobs
-from sam_jax.io import is_complete_embedding
+from sam_jax.embedding_files import is_complete_embedding
 from sam_jax.testing import TINY
 
 # Sizes of different aspect ratios (the padding differs per image within one batch).

@@ -20,10 +20,9 @@ from segment_anything import sam_model_registry as reference_registry
 from segment_anything.utils.transforms import ResizeLongestSide as ReferenceResize
 from test_amg import RANDOM_RELAXED, assert_same_records
 
-import convert
 import sam_jax
-from convert.__main__ import main as convert_main
-from sam_jax import cli, end_to_end
+from sam_jax import cli, conversion, end_to_end, formats
+from sam_jax.cli.convert import main as convert_main
 from sam_jax.compat import Sam, SamPredictor, build_sam
 from sam_jax.config import MODEL_REGISTRY
 from sam_jax.testing import SMALL, TINY, make_image
@@ -78,7 +77,7 @@ def test_registry_has_the_references_names_and_loads_every_checkpoint_kind(small
     assert sam_jax.sam_model_registry["default"] is sam_jax.sam_model_registry["vit_h"]
     assert same_weights(sam.params, small.params) and sam.config == SMALL  # official .pth, in memory
     assert same_weights(build_sam(SMALL, small.directory).params, small.params)  # sam_jax checkpoint folder
-    convert.hf.export_hf_checkpoint(small.directory, tmp_path / "hf")
+    conversion.export_hf_checkpoint(small.directory, tmp_path / "hf")
     assert same_weights(build_sam(SMALL, tmp_path / "hf").params, small.params)  # transformers folder
     embedded = build_sam("vit_t", "tiny-shapes")
     assert same_weights(embedded.params, sam_jax.load("tiny-shapes"))
@@ -116,7 +115,7 @@ def test_registry_refuses_in_one_line(small, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find_spec(name, *a))
     with pytest.raises(
-        ImportError, match=r"torch is not installed: convert it once with `python -m convert .*small\.pth"
+        ImportError, match=r"torch is not installed: .* convert it once elsewhere with `sam-jax convert .*small\.pth"
     ):
         build_sam(SMALL, small.checkpoint)
 
@@ -467,7 +466,7 @@ def test_mask_generator_takes_the_model_and_the_references_positional_options(sm
 
 
 def test_model_type_default_in_every_cli(small, tmp_path, capsys):
-    assert sam_jax.get_config("default") == MODEL_REGISTRY["vit_h"] and "default" in convert.MODEL_TYPES
+    assert sam_jax.get_config("default") == MODEL_REGISTRY["vit_h"] and "default" in formats.MODEL_TYPES
     # `python -m convert --model-type default` means vit_h: the small model's tensors do not fit it.
     assert convert_main([str(small.checkpoint), str(tmp_path / "out"), "--model-type", "default"]) == 1
     err = capsys.readouterr().err.strip()

@@ -14,10 +14,10 @@ import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
 
-import convert
 import sam_jax
-from convert.__main__ import main
-from convert.mapping import infer_config, to_torch_layout, torch_key
+from sam_jax import formats
+from sam_jax.cli.convert import main
+from sam_jax.formats.reference import infer_config, to_torch_layout, torch_key
 from sam_jax.modeling.sam import abstract_params
 from sam_jax.testing import SMALL, build_reference, make_image
 
@@ -195,8 +195,8 @@ def test_vit_h_conversion_round_trip(tmp_path):
 def test_convert_state_dict_api_names_the_key(small):
     sd = {k: v.numpy() for k, v in torch.load(small.checkpoint, weights_only=True).items()}
     sd.pop("prompt_encoder.not_a_point_embed.weight")
-    with pytest.raises(convert.ConversionError, match=re.escape("prompt_encoder.not_a_point_embed.weight")):
-        convert.convert_state_dict(sd)
+    with pytest.raises(formats.ConversionError, match=re.escape("prompt_encoder.not_a_point_embed.weight")):
+        formats.convert_state_dict(sd)
 
 
 def test_sam_jax_convert_subcommand(small, tmp_path):

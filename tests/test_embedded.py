@@ -15,9 +15,9 @@ from conftest import assert_parity
 from segment_anything import SamPredictor
 
 import sam_jax
-from convert import infer_config
 from sam_jax import demo
 from sam_jax.data import HELDOUT_SEED, SyntheticShapes
+from sam_jax.formats import infer_config
 from sam_jax.testing import build_reference
 from sam_jax.train import evaluation
 

@@ -27,10 +27,10 @@ from transformers import (
 )
 
 import sam_jax
-from convert import hf
-from convert.__main__ import main
-from convert.mapping import describe
+from sam_jax.cli.convert import main
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD
+from sam_jax.formats import hf
+from sam_jax.formats.reference import describe
 from sam_jax.testing import make_image, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +282,7 @@ def test_every_source_form(folders, reference_weights, tmp_path, capsys):
     assert_same_weights(sam_jax.load(tmp_path / "d"), reference_weights)
     with pytest.raises(ValueError, match=r"needs torch|readable only with torch") as e:
         sam_jax.load(tmp_path / "bin")
-    assert "python -m convert" in str(e.value) and len(str(e.value).splitlines()) == 1
+    assert "sam-jax convert" in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def test_pixel_statistics_from_the_processor_transformers_saves(folders, reference_weights, tmp_path):

@@ -1,4 +1,5 @@
-"""The package's seams: `import sam_jax` stays light, and no module imports another's private names."""
+"""The package's seams: imports run one way (docs/architecture.md), `import sam_jax` stays light, and no
+module imports another's private names."""
 
 from __future__ import annotations
 
@@ -7,7 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import import_graph
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_imports_run_one_way_without_circles():
+    g = import_graph.graph()
+    assert len(g) > 70 and sum(map(len, g.values())) > 150  # the whole tree was read
+    assert [m for m in g if m.startswith("sam_jax.formats")] and "sam_jax.loading" in g
+    assert import_graph.upward_imports(g) == []
+    assert import_graph.cycles(g) == []
+
+
+def test_the_layer_check_catches_an_upward_import_and_a_circle():
+    g = {"sam_jax.modeling.sam": {"sam_jax.loading"}, "sam_jax.loading": {"sam_jax.modeling.sam"}}
+    assert import_graph.upward_imports(g) == ["sam_jax.modeling.sam (modeling) imports sam_jax.loading (loading)"]
+    assert import_graph.cycles(g) == [["sam_jax.loading", "sam_jax.modeling.sam"]]
 
 
 def test_import_sam_jax_loads_no_training_data_jobs_or_server_code():

@@ -13,8 +13,7 @@ from conftest import rel_err
 from segment_anything.modeling import image_encoder as ref_ie
 from segment_anything.utils.transforms import ResizeLongestSide
 
-import convert
-from sam_jax import transforms
+from sam_jax import formats, transforms
 from sam_jax.modeling import image_encoder as ie
 from sam_jax.modeling.sam import (
     image_encoder_forward,
@@ -69,7 +68,7 @@ def test_image_encoder_variants(variant):
     cfg = dataclasses.replace(SMALL, **variant)
     ref = randomize_(build_reference(cfg), seed=3)
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-    params = convert.convert_state_dict(sd, config=cfg)
+    params = formats.convert_state_dict(sd, config=cfg)
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
     ours = image_encoder_forward(params, jnp.asarray(nchw_to_nhwc(x)))
     assert rel_err(ours, nchw_to_nhwc(ref.image_encoder(x))) < 1e-5

@@ -25,9 +25,8 @@ import torch
 from PIL import Image
 from test_train import CFG, DATA
 
-import convert
 import sam_jax
-from sam_jax import checkpoint, io, jobs, train
+from sam_jax import checkpoint, conversion, formats, io, jobs, train
 from sam_jax.testing import TINY
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -530,6 +529,6 @@ def test_altered_or_non_finite_weights_are_refused(small, tmp_path):
     nan = {k: v.clone() for k, v in small.ref.state_dict().items()}
     nan["mask_decoder.iou_token.weight"][0, 0] = float("nan")
     torch.save(nan, tmp_path / "nan.pth")
-    with pytest.raises(convert.ConversionError, match=r"nan\.pth: tensor 'mask_decoder.iou_token.weight' holds NaN"):
-        convert.convert_checkpoint(tmp_path / "nan.pth", tmp_path / "nan-out")
+    with pytest.raises(formats.ConversionError, match=r"nan\.pth: tensor 'mask_decoder.iou_token.weight' holds NaN"):
+        conversion.convert_checkpoint(tmp_path / "nan.pth", tmp_path / "nan-out")
     assert not (tmp_path / "nan-out").exists()

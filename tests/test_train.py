@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import convert
 import sam_jax
-from sam_jax import train, transforms
+from sam_jax import conversion, formats, train, transforms
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import TINY, build_reference
 from sam_jax.train import TrainConfig
@@ -163,8 +162,8 @@ def test_run_checkpoint_exports_to_the_reference(tmp_path):
     train.train(
         params, [DATA], dataclasses.replace(CFG, steps=2), str(tmp_path / "run"), progress=False, log=lambda s: None
     )
-    sd = convert.export_torch(tmp_path / "run", tmp_path / "m.pth")
-    cfg = convert.infer_config({k: v.numpy() for k, v in sd.items()})
+    sd = conversion.export_torch(tmp_path / "run", tmp_path / "m.pth")
+    cfg = formats.infer_config({k: v.numpy() for k, v in sd.items()})
     assert cfg == TINY
     build_reference(cfg).load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
 

@@ -20,7 +20,6 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -30,10 +29,9 @@ import numpy as np
 from sam_jax import masks as mask_utils
 from sam_jax import transforms
 from sam_jax.amg import scoring, utils
-from sam_jax.amg.options import AmgOptions
-from sam_jax.compat import Sam, SamPredictor
+from sam_jax.amg.options import AmgOptions, options_from
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import check_image, encode
+from sam_jax.predictor import check_image, check_params, encode
 
 
 def _process_crop(
@@ -221,46 +219,4 @@ def generate_masks(params: SamParams, image: Any, **options: Any) -> list[dict[s
             crop_box: [x, y, w, h] of the crop it was found in.
         An empty list when no mask survives the filters.
     """
-    return SamAutomaticMaskGenerator(params=params, **options).generate(image)
-
-
-class SamAutomaticMaskGenerator:
-    """The reference class's shape, for code being ported: options once, `generate` per image.
-
-    Args:
-        model: a `sam_jax.Sam` (from `sam_model_registry`) or `SamParams` (`sam_jax.load`);
-            positional or `model=` (`params=` too).
-        *args: options by position, in the reference's order (the fields of `AmgOptions`).
-        **options: the fields of `AmgOptions`.
-
-    Attributes:
-        params: the model's `SamParams`; options: the `AmgOptions`;
-        predictor: a `sam_jax.SamPredictor` over the model, as the reference's.
-    """
-
-    def __init__(self, model: Any = None, *args: Any, params: Any = None, **options: Any) -> None:
-        if (model is None) == (params is None):
-            raise TypeError("give the model once: SamAutomaticMaskGenerator(model, ...) or params=")
-        model = params if model is None else model
-        fields = [f.name for f in dataclasses.fields(AmgOptions)]  # the reference's positional order
-        if len(args) > len(fields):
-            raise TypeError(f"at most {len(fields)} options by position ({', '.join(fields)}), got {len(args)}")
-        twice = sorted(set(fields[: len(args)]) & set(options))
-        if twice:
-            raise TypeError(f"option(s) {', '.join(twice)} given by position and by name")
-        options = {**dict(zip(fields[: len(args)], args, strict=True)), **options}
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(unknown)}; see sam_jax.AmgOptions for the accepted ones")
-        if not isinstance(model, (Sam, SamParams)):
-            raise TypeError(
-                f"{'model' if params is None else 'params'} must be a sam_jax.Sam (sam_model_registry) "
-                f"or SamParams (sam_jax.load), got {type(model).__name__}"
-            )
-        self.params = model.params if isinstance(model, Sam) else model
-        self.options = AmgOptions(**options)
-        self.predictor = SamPredictor(model)
-
-    def generate(self, image: Any) -> list[dict[str, Any]]:
-        """See `generate_masks`."""
-        return generate(self.params, check_image(image), self.options)
+    return generate(check_params(params), check_image(image), options_from(kwargs=options))

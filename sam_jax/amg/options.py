@@ -115,3 +115,20 @@ class AmgOptions:
                 self.points_per_side, self.crop_n_layers, self.crop_n_points_downscale_factor
             )
         )
+
+
+def options_from(args: Sequence[object] = (), kwargs: dict[str, object] | None = None) -> AmgOptions:
+    """`AmgOptions` from options given by position (the reference generator's order, its
+    fields' order here) and by name, with one-line errors naming what is wrong."""
+    kwargs = dict(kwargs or {})
+    fields = [f.name for f in dataclasses.fields(AmgOptions)]
+    if len(args) > len(fields):
+        raise TypeError(f"at most {len(fields)} options by position ({', '.join(fields)}), got {len(args)}")
+    twice = sorted(set(fields[: len(args)]) & set(kwargs))
+    if twice:
+        raise TypeError(f"option(s) {', '.join(twice)} given by position and by name")
+    options = {**dict(zip(fields[: len(args)], args, strict=False)), **kwargs}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; see sam_jax.AmgOptions for the accepted ones")
+    return AmgOptions(**options)  # type: ignore[arg-type]

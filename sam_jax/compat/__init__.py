@@ -6,7 +6,8 @@ changing its imports (docs/porting.md).
 - `predictor`: `SamPredictor` (`set_image`, `predict`, `predict_torch`, `get_image_embedding`, ...);
 - `transforms`: `ResizeLongestSide`.
 
-`SamAutomaticMaskGenerator` takes a `Sam` as it takes `SamParams` (`sam_jax.amg`).
+- `automatic_mask_generator`: `SamAutomaticMaskGenerator` (a `Sam` or `SamParams`), imported on
+  first use (automatic masks pull in scipy).
 """
 
 from sam_jax.compat.model import ImageEncoderInfo, Sam

@@ -9,46 +9,13 @@ has the reference's initialisation (`sam_jax.init`).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Callable
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-
-import sam_jax
 from sam_jax.compat.model import Sam
 from sam_jax.config import SamConfig, get_config
-from sam_jax.modeling.sam import SamParams
-
-
-def read_official_checkpoint(path: Path) -> SamParams:
-    """Converts a reference (`.pth`) or transformers (`pytorch_model.bin`) state_dict file in
-    memory, as `python -m convert` does (needs torch to unpickle it)."""
-    if importlib.util.find_spec("torch") is None:
-        raise ImportError(
-            f"checkpoint {str(path)!r} is a PyTorch file and torch is not installed: "
-            f"convert it once with `python -m convert {path} OUT_DIR` and pass OUT_DIR"
-        )
-    from convert import convert_state_dict, hf, read_state_dict
-
-    state_dict = read_state_dict(path)
-    if hf.is_hf_state_dict(state_dict):
-        params, _ = hf.read_hf_checked(path, state_dict=state_dict)
-    else:
-        params = convert_state_dict(state_dict)
-    return dataclasses.replace(params, weights=jax.tree.map(jnp.asarray, params.weights))
-
-
-def load_checkpoint(checkpoint: str | os.PathLike[str]) -> SamParams:
-    """`SamParams` from anything `sam_model_registry` takes as `checkpoint` (see the module)."""
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file or folder path, got {type(checkpoint).__name__}")
-    path = Path(checkpoint)
-    if path.is_file() and path.suffix != ".safetensors":
-        return read_official_checkpoint(path)
-    return sam_jax.load(checkpoint)
+from sam_jax.formats.reference import describe
+from sam_jax.loading import init, load
 
 
 def same_architecture(config: SamConfig, expected: SamConfig) -> bool:
@@ -74,11 +41,11 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
     if not isinstance(expected, SamConfig):
         raise TypeError(f"config must be a SamConfig or a registry name, got {type(config).__name__}")
     if checkpoint is None:
-        return Sam(sam_jax.init(expected))
-    params = load_checkpoint(checkpoint)
+        return Sam(init(expected))
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file or folder path, got {type(checkpoint).__name__}")
+    params = load(checkpoint)
     if not same_architecture(params.config, expected):
-        from convert.mapping import describe
-
         want = name or describe(expected)
         raise ValueError(
             f"checkpoint {str(checkpoint)!r} holds a {describe(params.config)} model, not {want}: "
@@ -116,6 +83,5 @@ __all__ = [
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
-    "load_checkpoint",
     "sam_model_registry",
 ]

@@ -13,7 +13,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from sam_jax.data.synthetic import (
+from sam_jax.data.drawing import (
     SHAPE_KINDS,
     Scene,
     colour_offset,

@@ -13,14 +13,13 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sam_jax.embedding_files import embedding_bytes, is_complete_embedding
 from sam_jax.io import (
     DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_PIXELS,
     MemoryBudget,
     atomic_write_bytes,
     check_max_pixels,
-    embedding_bytes,
-    is_complete_embedding,
 )
 from sam_jax.jobs import layout
 from sam_jax.jobs.engine import (

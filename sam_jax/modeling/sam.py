@@ -124,15 +124,23 @@ def init_params(config: SamConfig, rng: jax.Array | int = 0) -> SamParams:
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     keys = dict(zip(COMPONENTS, jax.random.split(rng, len(COMPONENTS)), strict=True))
-    dummies = _dummy_inputs(config)
-
-    def init(name: str) -> Any:
-        module = modules(config)[name]
-        # Under jit, XLA drops the forward pass that `init` traces: only the params are outputs.
-        return jax.jit(lambda k: module.init(k, *dummies[name])["params"])(keys[name])
-
-    weights = {name: init(name) for name in COMPONENTS}
+    weights = {name: component_initializer(config, name)(keys[name]) for name in COMPONENTS}
     return SamParams(config=config, weights=weights)
+
+
+@functools.cache
+def component_initializer(config: SamConfig, name: str) -> Callable[[jax.Array], Any]:
+    """The compiled initialiser of one component's weights: key -> weights tree.
+
+    Cached per config, so a second model of the same architecture costs no compilation.
+    Under jit, XLA drops the forward pass that `init` traces: only the params are outputs.
+    """
+    module = modules(config)[name]
+
+    def init(key: jax.Array) -> Any:
+        return module.init(key, *_dummy_inputs(config)[name])["params"]
+
+    return jax.jit(init)
 
 
 def abstract_params(config: SamConfig) -> SamParams:

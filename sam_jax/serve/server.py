@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from sam_jax.loading import EMBEDDED_AUTOMATIC_OPTIONS, is_embedded_name, load
+
 # Import names of the `serve` extra; python-multipart is `python_multipart` since 0.0.13, `multipart` before.
 _EXTRA_MODULES = {
     "starlette": ("starlette",),
@@ -60,9 +62,7 @@ def url_of(sock: socket.socket) -> str:
 
 def model_name(checkpoint: str) -> str:
     """What /healthz reports: an embedded model's name, or the checkpoint folder's name (no full path)."""
-    from sam_jax import EMBEDDED_MODELS
-
-    if checkpoint in EMBEDDED_MODELS and not os.path.exists(checkpoint):
+    if is_embedded_name(checkpoint):
         return checkpoint
     return os.path.basename(os.path.normpath(checkpoint))
 
@@ -101,19 +101,15 @@ def serve_checkpoint(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     check_serve_extra()
-    if not os.path.exists(checkpoint):
-        from sam_jax import EMBEDDED_MODELS
-
-        if checkpoint not in EMBEDDED_MODELS:
-            raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file or directory, nor an embedded model")
+    if not os.path.exists(checkpoint) and not is_embedded_name(checkpoint):
+        raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file or directory, nor an embedded model")
     sock = bind(host, port)  # before loading the model, so a taken port fails at once
     try:
         import uvicorn
 
-        import sam_jax
         from sam_jax.serve.app import create_app
 
-        params = sam_jax.load(checkpoint)
+        params = load(checkpoint)
         name = model_name(checkpoint)
         app = create_app(
             params,
@@ -121,7 +117,7 @@ def serve_checkpoint(
             max_upload_bytes=max_upload_bytes,
             max_pixels=max_pixels,
             cache_bytes=cache_bytes,
-            automatic_defaults=sam_jax.EMBEDDED_AUTOMATIC_OPTIONS.get(checkpoint),
+            automatic_defaults=EMBEDDED_AUTOMATIC_OPTIONS.get(checkpoint),
             warm_up=True,
         )
         if host not in ("127.0.0.1", "localhost", "::1"):

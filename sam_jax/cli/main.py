@@ -7,60 +7,19 @@ Every failure the user can cause prints one line, `sam-jax: error: ...`, and exi
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from sam_jax.cli.args import OneLineParser, int_at_least, number_in
 from sam_jax.io import DEFAULT_MAX_PIXELS
 
 # Defaults: a fine-tune starts gently from trained weights, a run from scratch does not.
 FINETUNE_LR = 1e-4
 SCRATCH_LR = 1e-3
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Argument errors in one line and exit status 1, like every other refusal of the command:
-    `<name>: error: argument --keep: must be an integer >= 1, got 0`."""
-
-    error_name = ""  # default: the first word of `prog` ("sam-jax" for "sam-jax embed")
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{self.error_name or self.prog.split()[0]}: error: {message}\n")
-
-
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `low`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def number_in(low: float, high: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number in [low, high] (in (low, high] with `above`)."""
-
-    def parse(text: str) -> float:
-        bounds = f"{'>' if above else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (above and value == low) or value > high:
-            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text}")
-        return value
-
-    return parse
 
 
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -141,16 +100,18 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    import sam_jax
     from sam_jax import data, train
-    from sam_jax.checkpoint import is_checkpoint_dir
+    from sam_jax.checkpoint import is_checkpoint_dir, save
+    from sam_jax.config import get_config
     from sam_jax.io import check_directory_target
+    from sam_jax.loading import init, load
+    from sam_jax.modeling.sam import SamParams
 
     if args.export:  # refused now, not after hours of training
         check_directory_target(args.export, is_checkpoint_dir, args.overwrite, "a sam_jax checkpoint")
     if args.patch_size is not None and not args.init:
         raise ValueError("--patch-size re-cuts an --init model; with --config give it in the name (vit_b/patch_size=8)")
-    params = sam_jax.load(args.init) if args.init else sam_jax.init(sam_jax.get_config(args.config), args.seed)
+    params = load(args.init) if args.init else init(get_config(args.config), args.seed)
     if args.patch_size is not None:
         params = train.resize_patches(params, args.patch_size)
     lr = args.lr if args.lr is not None else (FINETUNE_LR if args.init else SCRATCH_LR)
@@ -175,10 +136,10 @@ def finetune(args: argparse.Namespace) -> int:
     datasets = [data.open_dataset(spec) for spec in args.data]
     val = data.open_dataset(args.val_data) if args.val_data else data.heldout_synthetic(params.config.image_size)
 
-    def evaluate_fn(p: sam_jax.SamParams, num_images: int = args.eval_images) -> dict[str, float]:
+    def evaluate_fn(p: SamParams, num_images: int = args.eval_images) -> dict[str, float]:
         return train.evaluate(p, val, num_images=num_images, clicks=(1, 3))
 
-    def final_evaluate_fn(p: sam_jax.SamParams) -> dict[str, float]:
+    def final_evaluate_fn(p: SamParams) -> dict[str, float]:
         return evaluate_fn(p, args.final_eval_images or len(val))
 
     t0 = time.perf_counter()
@@ -196,7 +157,7 @@ def finetune(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.export:
-        sam_jax.save(args.export, params, overwrite=args.overwrite)
+        save(args.export, params, overwrite=args.overwrite)
         print(f"exported {args.export}")
     print(f"done in {time.perf_counter() - t0:.0f} s; checkpoints in {args.checkpoint_dir or '(none)'}")
     return 0
@@ -371,17 +332,18 @@ def embed(args: argparse.Namespace) -> int:
 
 
 def amg(args: argparse.Namespace) -> int:
-    import sam_jax
     from sam_jax import jobs
+    from sam_jax.amg import AmgOptions
+    from sam_jax.config import get_config
 
     names = [flag.lstrip("-").replace("-", "_") for flag in _AMG_FLAGS]
-    options = sam_jax.AmgOptions(
+    options = AmgOptions(
         **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
         output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
     )
 
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
-        if args.model_type is not None and sam_jax.get_config(args.model_type) != params.config:
+        if args.model_type is not None and get_config(args.model_type) != params.config:
             raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
         devices = None
         if args.device is not None:
@@ -423,10 +385,10 @@ def _run_job(
     initialize_distributed(args)
     import jax
 
-    import sam_jax
     from sam_jax import jobs
+    from sam_jax.loading import load
 
-    params = sam_jax.load(args.checkpoint)
+    params = load(args.checkpoint)
     items = jobs.discover_inputs(args.input, exclude=args.output)
     share = jobs.process_share(items, jax.process_index(), jax.process_count())
 
@@ -512,12 +474,12 @@ def export_decoder(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output!r} is a directory; give a file path")
     if output.exists() and not args.overwrite:
         raise ValueError(f"--output {args.output!r} exists; pass --overwrite to replace it")
-    import sam_jax
     from sam_jax.export import ExportOptions, export_decoder
     from sam_jax.io import atomic_write_bytes
+    from sam_jax.loading import load
 
     options = ExportOptions(args.return_single_mask, args.use_stability_score, args.return_extra_metrics)
-    data = export_decoder(sam_jax.load(args.checkpoint), args.format, options)
+    data = export_decoder(load(args.checkpoint), args.format, options)
     atomic_write_bytes(output, data, overwrite=args.overwrite)
     print(f"wrote {output} ({args.format}, {len(data) / 1e6:.1f} MB, outputs: {', '.join(options.output_names())})")
     return 0
@@ -559,8 +521,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["convert"]:  # the converter keeps its own parser (python -m convert)
-        from convert.__main__ import main as convert_main
+    if argv[:1] == ["convert"]:  # the converter keeps its own parser (also `python -m convert`)
+        from sam_jax.cli.convert import main as convert_main
 
         return convert_main(argv[1:])
     parser = OneLineParser(prog="sam-jax", description="Segment Anything in JAX.")
@@ -587,7 +549,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, DataError, OSError) as e:
         print(f"sam-jax: error: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
-"""Name and layout mapping between reference state_dicts and `SamParams.weights`.
+"""The reference `segment_anything` state_dict format: names, layouts and architecture.
 
-Pure numpy: no torch here. Flax paths mirror torch keys by one rule, so the mapping is
-derived, not tabulated:
+Pure numpy: no torch here (`torch_files` reads and writes the `.pth` files). Flax paths
+mirror torch keys by one rule, so the mapping is derived, not tabulated:
 
 - a module name ending in `_N` is torch's list index `.N`
   (`blocks_3` <-> `blocks.3`, `neck_2` <-> `neck.2`);
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sam_jax.config import MODEL_REGISTRY, SamConfig
-from sam_jax.modeling.sam import abstract_params
+from sam_jax.checkpoint import check_finite
+from sam_jax.config import MODEL_ALIASES, MODEL_REGISTRY, SamConfig, get_config
+from sam_jax.modeling.sam import SamParams, abstract_params
 
 # The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)).
 TRANSPOSED_CONVS = ("mask_decoder.output_upscaling.0", "mask_decoder.output_upscaling.3")
@@ -211,3 +212,40 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
         iou_head_depth=_count(state_dict, dec + "iou_prediction_head.layers."),
         iou_head_hidden_dim=_need(state_dict, dec + "iou_prediction_head.layers.0.weight")[0],
     )
+
+
+MODEL_TYPES = ("auto", *MODEL_ALIASES, *MODEL_REGISTRY)
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    model_type: str = "auto",
+    decoder_num_heads: int | None = None,
+    *,
+    config: SamConfig | None = None,
+) -> SamParams:
+    """Builds `SamParams` from a reference state_dict (numpy values).
+
+    Args:
+        state_dict: reference keys -> arrays.
+        model_type: "auto" infers the architecture from shapes; "vit_b"/"vit_l"/"vit_h"
+            (or "default", the reference registry's name for vit_h) requires that architecture.
+        decoder_num_heads: the decoder's head count (not visible in shapes); default 8.
+        config: an explicit architecture, overriding `model_type`.
+    Raises:
+        ConversionError naming the first key or field at fault.
+    """
+    check_finite(state_dict, "the state_dict")
+    if config is not None:
+        return SamParams(config=config, weights=state_dict_to_weights(state_dict, config))
+    model_type = MODEL_ALIASES.get(model_type, model_type)
+    if model_type not in MODEL_TYPES:
+        raise ConversionError(f"unknown model type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    heads = {} if decoder_num_heads is None else {"decoder_num_heads": decoder_num_heads}
+    try:
+        inferred = infer_config(state_dict, **heads) if model_type == "auto" else get_config(model_type, **heads)
+    except ConversionError:
+        raise
+    except ValueError as e:
+        raise ConversionError(f"the tensors describe no valid SAM model: {e}") from None
+    return SamParams(config=inferred, weights=state_dict_to_weights(state_dict, inferred))

@@ -12,7 +12,7 @@ a state_dict may hold it, equal; safetensors files leave it out.
 
 The architecture comes from `config.json` (`SamConfig`'s three sub-configs), pixel
 statistics from `preprocessor_config.json` when present; a bare tensor file gets its
-architecture from shapes (`convert.mapping.infer_config`).
+architecture from shapes (`reference.infer_config`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from convert.mapping import (
+from sam_jax.checkpoint import META_FILE
+from sam_jax.config import MODEL_REGISTRY, PIXEL_MEAN, PIXEL_STD, SamConfig
+from sam_jax.formats.reference import (
     ConversionError,
     describe,
     infer_config,
@@ -38,8 +40,7 @@ from convert.mapping import (
     torch_key,
     weights_to_state_dict,
 )
-from sam_jax.checkpoint import META_FILE
-from sam_jax.config import MODEL_REGISTRY, PIXEL_MEAN, PIXEL_STD, SamConfig
+from sam_jax.formats.torch_files import read_state_dict
 from sam_jax.io import check_directory_target, write_directory
 from sam_jax.modeling.sam import SamParams, abstract_params
 
@@ -522,11 +523,6 @@ def _read_index(index: Path) -> list[Path]:
     return [index.parent / name for name in sorted(set(weight_map.values()))]
 
 
-def _read_bin(path: Path) -> dict[str, np.ndarray]:
-    from convert import read_state_dict  # torch
-
-    return read_state_dict(path)
-
 
 def tensor_files(folder: Path) -> tuple[list[Path], bool]:
     """The tensor files of a transformers folder and whether they need torch (.bin)."""
@@ -547,7 +543,7 @@ def read_tensors(files: list[Path]) -> dict[str, np.ndarray]:
     """Merges the tensors of one or more (sharded) files."""
     out: dict[str, np.ndarray] = {}
     for f in files:
-        part = read_safetensors(f) if f.suffix == ".safetensors" else _read_bin(f)
+        part = read_safetensors(f) if f.suffix == ".safetensors" else read_state_dict(f)
         dup = sorted(set(part) & set(out))
         if dup:
             raise ConversionError(f"{f}: tensor {dup[0]!r} is also in another shard")
@@ -643,7 +639,7 @@ def read_hf(
     if needs_torch and not allow_torch and state_dict is None:
         raise ConversionError(
             f"{files[0]}: a PyTorch pickle, readable only with torch: convert it once with "
-            f"`python -m convert {source} OUTPUT_DIR`"
+            f"`sam-jax convert {source} OUTPUT_DIR`"
         )
     tensors = dict(state_dict) if state_dict is not None else read_tensors(files)
     notes: list[str] = []
@@ -682,6 +678,15 @@ def read_hf(
         raise ConversionError(f"{source}: {e}") from None
 
 
+def is_hf_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a `.safetensors` file or a folder with a config.json that is not
+    a sam_jax checkpoint (what `sam_jax.load` reads as a transformers checkpoint)."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix == ".safetensors"
+    return p.is_dir() and not (p / META_FILE).is_file() and (p / CONFIG_FILE).is_file()
+
+
 def is_hf_source(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is for this module rather than the official converter: a folder
     (not a sam_jax checkpoint) or a .safetensors file."""
@@ -695,7 +700,7 @@ def read_hf_checked(
     decoder_num_heads: int | None = None,
     state_dict: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[SamParams, list[str]]:
-    """`read_hf`, and the model checked against `model_type` (for `python -m convert SRC OUT`).
+    """`read_hf`, and the model checked against `model_type` (for `sam-jax convert SRC OUT`).
 
     Args:
         source: see `read_hf`.
@@ -758,17 +763,3 @@ def warn_notes(notes: list[str]) -> None:
     """Shows `read_hf`'s notes as warnings (for the library; the CLI prints them)."""
     for note in notes:
         warnings.warn(note, stacklevel=4)  # the caller of sam_jax.load
-
-
-def export_hf_checkpoint(
-    flax_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, overwrite: bool = False
-) -> dict[str, np.ndarray]:
-    """`python -m convert --to-hf FLAX_DIR OUT_DIR`: a sam_jax checkpoint (or an embedded
-    model, by name, or anything `sam_jax.load` reads) as a transformers folder, see `export_hf`."""
-    import sam_jax
-
-    try:
-        params = sam_jax.load(flax_dir)
-    except (OSError, ValueError) as e:
-        raise ConversionError(str(e)) from None
-    return export_hf(params, output_dir, overwrite=overwrite)
