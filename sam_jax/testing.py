@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import jax
 import numpy as np
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
 from sam_jax.config import SamConfig
+from sam_jax.modeling.image_encoder import decomposed_rel_pos_terms
 
 # A small model with every feature: windowed blocks whose grid (16) is not a multiple of the
 # window (6, so padding happens), a global block, and small widths so tests run fast.
@@ -179,3 +181,29 @@ def parity_holds(figures: dict[str, float]) -> bool:
         and figures["score_abs_err"] <= PARITY_LIMITS["score_abs_err"]
         and figures["mask_agreement"] >= PARITY_LIMITS["mask_agreement"]
     )
+
+
+def add_decomposed_rel_pos(
+    attn: jax.Array,
+    q: jax.Array,
+    rel_pos_h: jax.Array,
+    rel_pos_w: jax.Array,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> jax.Array:
+    """Adds the decomposed relative positions to attention logits: the reference function's
+    plain form over `image_encoder.decomposed_rel_pos_terms`, which the tests check with it.
+
+    attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
+
+    Args:
+        attn: logits (..., q_h * q_w, k_h * k_w).
+        q: queries (..., q_h * q_w, head_dim).
+    Returns:
+        attn with the relative-position terms added, same shape.
+    """
+    (q_h, q_w), (k_h, k_w) = q_size, k_size
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    attn = attn.reshape(*attn.shape[:-2], q_h, q_w, k_h, k_w)
+    attn = attn + rel_h[..., :, :, :, None] + rel_w[..., :, :, None, :]
+    return attn.reshape(*attn.shape[:-4], q_h * q_w, k_h * k_w)

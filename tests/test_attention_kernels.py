@@ -11,10 +11,16 @@ import pytest
 import torch
 from conftest import rel_err
 
+import sam_jax
 from sam_jax.modeling import attention_kernels as ak
 from sam_jax.modeling import image_encoder as ie
 from sam_jax.modeling.sam import abstract_params, image_encoder_forward, mask_decoder_forward
 from sam_jax.testing import SMALL, TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_random():
+    return sam_jax.init(TINY)
 
 
 def nchw_to_nhwc(t: torch.Tensor) -> np.ndarray:
@@ -40,13 +46,12 @@ def test_fused_encoder_matches_reference(small, count_fused, path):
     """Every block (2 windowed with padding, 1 global) through the fused form equals the reference."""
     x = torch.randn(2, 3, SMALL.image_size, SMALL.image_size, generator=torch.Generator().manual_seed(0))
     ref = nchw_to_nhwc(small.ref.image_encoder(x))
-    with ak.attention_path_forced(path):
-        ours = jax.jit(image_encoder_forward)(small.params, jnp.asarray(nchw_to_nhwc(x)))
+    ours = jax.jit(image_encoder_forward)(small.params.with_attention(path), jnp.asarray(nchw_to_nhwc(x)))
     assert count_fused == [path] * SMALL.encoder_depth  # traced once: one call per block
     assert rel_err(ours, ref) < 1e-5
 
 
-def _random_block(dim: int, heads: int, grid: int, use_rel_pos: bool, seed: int) -> tuple[ie.Attention, dict]:
+def _random_block(dim: int, heads: int, grid: int, use_rel_pos: bool, seed: int) -> dict:
     module = ie.Attention(heads, True, use_rel_pos, (grid, grid))
     params = module.init(jax.random.key(seed), jnp.zeros((1, grid, grid, dim)))
     # init gives zero relative-position tables; draw them like tests/reference.py does.
@@ -58,7 +63,7 @@ def _random_block(dim: int, heads: int, grid: int, use_rel_pos: bool, seed: int)
     params = jax.tree_util.tree_map_with_path(draw, params)
     if use_rel_pos:
         assert params["params"]["rel_pos_h"].shape == (2 * grid - 1, dim // heads)
-    return module, params
+    return params
 
 
 @pytest.mark.parametrize(
@@ -70,32 +75,37 @@ def test_fused_block_matches_blocked(dim, heads, grid, use_rel_pos, path):
     """A vit_b-shaped global block (heads of 64, 64 x 64 tokens, 127-long tables; 4 heads of
     vit_b's 12, as the fused XLA form is slow on a CPU) at batch 1: the fused form equals
     today's path, which runs it in blocks of query rows."""
-    module, params = _random_block(dim, heads, grid, use_rel_pos, seed=grid)
+    params = _random_block(dim, heads, grid, use_rel_pos, seed=grid)
     x = jax.random.normal(jax.random.key(3), (1, grid, grid, dim))
-    apply = jax.jit(module.apply)
     if grid == 64:
         assert ie.query_rows_per_chunk(heads, grid, grid) < grid  # blocks of rows, as in vit_b
-    with ak.attention_path_forced("blocked"):
-        blocked = apply(params, x)
-    with ak.attention_path_forced(path):
-        fused = apply(params, x)
+
+    def apply(attention: str) -> jax.Array:
+        return jax.jit(ie.Attention(heads, True, use_rel_pos, (grid, grid), attention=attention).apply)(params, x)
+
+    blocked, fused = apply("blocked"), apply(path)
     assert rel_err(fused, blocked) < 1e-5
 
 
-def test_attention_path_choice_and_switch():
+def test_attention_path_choice_is_static_configuration(tiny_random):
     # This machine has no GPU: float32 and bfloat16 both take today's path.
     assert ak.cuda_compute_capability() is None
     for dtype in (jnp.float32, jnp.bfloat16):
         assert ak.attention_path(dtype, 64, (64, 64), True) == "blocked"
-    with ak.attention_path_forced("fused-xla"):
-        assert ak.attention_path(jnp.float32, 64, (64, 64), True) == "fused-xla"
-        with ak.attention_path_forced("blocked"):
-            assert ak.forced_path == "blocked"
-        assert ak.forced_path == "fused-xla"
-    assert ak.forced_path is None
-    with pytest.raises(ValueError, match="attention path must be one of"):
-        ak.set_attention_path("flash")
-    assert ak.forced_path is None
+    assert ak.attention_path(jnp.float32, 64, (64, 64), True, "fused-xla") == "fused-xla"
+    with pytest.raises(ValueError, match="attention must be one of auto, blocked"):
+        tiny_random.with_attention("flash")
+    # A choice is part of the params' static structure: each is its own compiled program,
+    # and asking for one leaves a program compiled for another as it was.
+    forward = jax.jit(image_encoder_forward)
+    images = jnp.zeros((1, TINY.image_size, TINY.image_size, 3))
+    forward(tiny_random, images)
+    compiled = forward._cache_size()  # jit's cache is shared by every wrapper of the function
+    forward(tiny_random.with_attention("fused-xla"), images)
+    assert forward._cache_size() == compiled + 1
+    forward(tiny_random, images)
+    assert forward._cache_size() == compiled + 1
+    assert jax.tree.structure(tiny_random) != jax.tree.structure(tiny_random.with_attention("fused-xla"))
 
 
 def test_fused_head_dims():
@@ -118,15 +128,15 @@ def _dot_precisions(hlo: str) -> list[str]:
     return [p for pair in found for p in pair]
 
 
-@pytest.mark.parametrize("path", [None, "fused-xla"], ids=["default-path", "fused-xla"])
+@pytest.mark.parametrize("path", ["auto", "fused-xla"], ids=["default-path", "fused-xla"])
 def test_float32_forward_asks_for_highest_precision(path):
     """XLA would run float32 matmuls in TF32 on NVIDIA GPUs: float32 mode must ask for
     HIGHEST on every dot and convolution; bfloat16 mode keeps the default."""
     params = abstract_params(TINY)
     images = jax.ShapeDtypeStruct((1, TINY.image_size, TINY.image_size, 3), jnp.float32)
-    with ak.attention_path_forced(path):
-        f32 = jax.jit(image_encoder_forward).lower(params, images).as_text()
-        bf16 = jax.jit(image_encoder_forward).lower(params.with_compute_dtype("bfloat16"), images).as_text()
+    params = params.with_attention(path)
+    f32 = jax.jit(image_encoder_forward).lower(params, images).as_text()
+    bf16 = jax.jit(image_encoder_forward).lower(params.with_compute_dtype("bfloat16"), images).as_text()
     f32_precisions, bf16_precisions = _dot_precisions(f32), _dot_precisions(bf16)
     assert len(f32_precisions) > 2 * TINY.encoder_depth and set(f32_precisions) == {"HIGHEST"}
     assert len(bf16_precisions) == len(f32_precisions) and set(bf16_precisions) == {"DEFAULT"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from conftest import rel_err
 from segment_anything.modeling import image_encoder as ref_ie
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from sam_jax import formats, transforms
+from sam_jax import formats, testing, transforms
 from sam_jax.modeling import image_encoder as ie
 from sam_jax.modeling.sam import (
     image_encoder_forward,
@@ -117,7 +118,18 @@ def test_prompt_encoder(small, combo):
     nhwc_masks = None if masks is None else jnp.asarray(masks.transpose(0, 2, 3, 1))
     sparse, dense, pe = prompt_encoder_forward(small.params, points, labels, boxes, nhwc_masks)
     assert rel_err(sparse, sparse_ref.numpy()) < 1e-5
-    assert rel_err(np.broadcast_to(dense, dense_ref.shape[:1] + dense.shape[1:]), nchw_to_nhwc(dense_ref)) < 1e-5
+    dense = np.broadcast_to(dense, dense_ref.shape[:1] + dense.shape[1:])
+    if masks is None:
+        assert rel_err(dense, nchw_to_nhwc(dense_ref)) < 1e-5
+    else:
+        # Two convolutions and LayerNorms over channels of small variance: float32 rounding
+        # alone reaches 2.5e-5 of the largest value for some inputs (the reference's own
+        # error against float64). Judge both against the float64 computation: ours within
+        # 1e-5 of it, or about as near as the reference's float32 result is (within 25%).
+        exact = nchw_to_nhwc(
+            copy.deepcopy(small.ref.prompt_encoder).double()._embed_masks(torch.as_tensor(masks).double())
+        )
+        assert rel_err(dense, exact) <= max(1e-5, 1.25 * rel_err(nchw_to_nhwc(dense_ref), exact))
     assert rel_err(pe, nchw_to_nhwc(pe_ref)[0]) < 1e-5
 
 
@@ -194,7 +206,7 @@ def test_add_decomposed_rel_pos_unequal_sizes():
     attn = rng.normal(size=(2, 24, 24)).astype(np.float32)
     rel_h, rel_w = rng.normal(size=(11, 8)).astype(np.float32), rng.normal(size=(15, 8)).astype(np.float32)
     ref = ref_ie.add_decomposed_rel_pos(*(torch.as_tensor(a) for a in (attn, q, rel_h, rel_w)), q_size, k_size)
-    ours = ie.add_decomposed_rel_pos(*(jnp.asarray(a) for a in (attn, q, rel_h, rel_w)), q_size, k_size)
+    ours = testing.add_decomposed_rel_pos(*(jnp.asarray(a) for a in (attn, q, rel_h, rel_w)), q_size, k_size)
     assert rel_err(ours, ref.numpy()) < 1e-6
 
 

@@ -523,7 +523,6 @@ def _read_index(index: Path) -> list[Path]:
     return [index.parent / name for name in sorted(set(weight_map.values()))]
 
 
-
 def tensor_files(folder: Path) -> tuple[list[Path], bool]:
     """The tensor files of a transformers folder and whether they need torch (.bin)."""
     for name, index, torch_format in (

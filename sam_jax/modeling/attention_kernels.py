@@ -1,7 +1,8 @@
 """The image encoder's attention as one fused kernel, for accelerators.
 
 `ImageEncoderViT`'s attention (with the reference's decomposed relative positions) runs one
-of these paths, picked per trace by `attention_path`:
+of these paths, chosen once per compiled program by `attention_path` from the model's
+`SamParams.attention` ("auto", or a path's name to force it):
 
 - "blocked": `image_encoder.attention_rows`, plain XLA ops a block of query rows at a time
   (the CPU's fastest; float32 on every backend; TPUs).
@@ -23,9 +24,7 @@ vit_b's global blocks attend with 64 + 64 + 64 = 192 dims, vit_h's with 80 + 128
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -33,38 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 
 PATHS = ("blocked", "fused-cudnn", "fused-xla", "fused-cudnn-bias", "fused-xla-bias")
+CHOICES = ("auto", *PATHS)  # what `SamParams.attention` may say
 FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # what cuDNN's flash attention takes
 
-# None: `attention_path` chooses by backend. A name from PATHS forces that path (tests,
-# benchmarks); set it through `set_attention_path`, which also drops compiled programs.
-forced_path: str | None = None
 
-
-def set_attention_path(path: str | None) -> None:
-    """Forces an attention path for every later trace (None: choose by backend).
-
-    Compiled programs are keyed by shapes, not by this setting, so every cache is cleared
-    (`jax.clear_caches`): the next call of any jitted function traces again.
-
-    Args:
-        path: one of `PATHS`, or None.
-    """
-    global forced_path
-    if path is not None and path not in PATHS:
-        raise ValueError(f"attention path must be one of {', '.join(PATHS)} or None, got {path!r}")
-    forced_path = path
-    jax.clear_caches()
-
-
-@contextlib.contextmanager
-def attention_path_forced(path: str | None) -> Iterator[None]:
-    """`set_attention_path(path)` for the duration of a `with` block, then the previous one."""
-    previous = forced_path
-    set_attention_path(path)
-    try:
-        yield
-    finally:
-        set_attention_path(previous)
+def check_attention(value: object, name: str = "attention") -> str:
+    """Returns `value` if it is one of `CHOICES`; raises naming `name` otherwise."""
+    if not isinstance(value, str) or value not in CHOICES:
+        raise ValueError(f"{name} must be one of {', '.join(CHOICES)}, got {value!r}")
+    return value
 
 
 @functools.cache
@@ -86,20 +62,23 @@ def fused_head_dim(head_dim: int, size: tuple[int, int], rel_pos: bool) -> int:
     return dim + (-dim % 8)
 
 
-def attention_path(dtype: jnp.dtype, head_dim: int, size: tuple[int, int], rel_pos: bool) -> str:
+def attention_path(
+    dtype: jnp.dtype, head_dim: int, size: tuple[int, int], rel_pos: bool, requested: str = "auto"
+) -> str:
     """The attention path for one attention call (see the module docstring).
 
     Args:
         dtype: the queries' dtype; head_dim: per head.
         size: the (H, W) grid of queries and keys (a window, or the whole image).
         rel_pos: whether relative positions are added.
+        requested: "auto", or a path of `PATHS` to use whatever the backend (tests, benchmarks).
     Returns:
-        `forced_path` when set; else "fused-cudnn" on an NVIDIA GPU (compute capability 8.0
-        and up) for bfloat16 / float16 when the fused head dimension fits cuDNN, and
+        `requested` unless "auto"; else "fused-cudnn" on an NVIDIA GPU (compute capability
+        8.0 and up) for bfloat16 / float16 when the fused head dimension fits cuDNN, and
         "blocked" otherwise (CPU, TPU, float32).
     """
-    if forced_path is not None:
-        return forced_path
+    if check_attention(requested, "requested") != "auto":
+        return requested
     capability = cuda_compute_capability()
     if capability is None or capability < (8, 0) or jnp.dtype(dtype) not in [jnp.dtype(d) for d in FUSED_DTYPES]:
         return "blocked"

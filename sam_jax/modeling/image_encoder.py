@@ -101,31 +101,6 @@ def decomposed_rel_pos_terms(
     return jnp.einsum("...hwc,hkc->...hwk", r_q, r_h), jnp.einsum("...hwc,wkc->...hwk", r_q, r_w)
 
 
-def add_decomposed_rel_pos(
-    attn: jax.Array,
-    q: jax.Array,
-    rel_pos_h: jax.Array,
-    rel_pos_w: jax.Array,
-    q_size: tuple[int, int],
-    k_size: tuple[int, int],
-) -> jax.Array:
-    """Adds the decomposed relative positions to attention logits (reference function).
-
-    attn[q, k] += q . R_h[qh - kh] + q . R_w[qw - kw], using the *unscaled* queries.
-
-    Args:
-        attn: logits (..., q_h * q_w, k_h * k_w).
-        q: queries (..., q_h * q_w, head_dim).
-    Returns:
-        attn with the relative-position terms added, same shape.
-    """
-    (q_h, q_w), (k_h, k_w) = q_size, k_size
-    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
-    attn = attn.reshape(*attn.shape[:-2], q_h, q_w, k_h, k_w)
-    attn = attn + rel_h[..., :, :, :, None] + rel_w[..., :, :, None, :]
-    return attn.reshape(*attn.shape[:-4], q_h * q_w, k_h * k_w)
-
-
 # Largest attention-logit block (elements) computed at once; 2**23 float32 = 32 MB.
 MAX_LOGITS_PER_BLOCK = 2**23
 
@@ -190,6 +165,7 @@ class Attention(nn.Module):
         rel_pos_size: (h, w) the tables are sized for at initialisation (the window, or
             the whole grid for global blocks). Loaded tables of another length are
             interpolated at call time.
+        attention: "auto" or a path of `attention_kernels.PATHS` (see there).
     """
 
     num_heads: int
@@ -197,6 +173,7 @@ class Attention(nn.Module):
     use_rel_pos: bool = True
     rel_pos_size: tuple[int, int] = (14, 14)
     dtype: Any = None
+    attention: str = "auto"
 
     def _rel_pos_table(self, name: str, length: int, head_dim: int) -> jax.Array:
         # A loaded table is used whatever its length (`self.param` would insist on the
@@ -218,7 +195,7 @@ class Attention(nn.Module):
             rel_pos_h = self._rel_pos_table("rel_pos_h", 2 * self.rel_pos_size[0] - 1, head_dim)
             rel_pos_w = self._rel_pos_table("rel_pos_w", 2 * self.rel_pos_size[1] - 1, head_dim)
             tables = (rel_pos_h.astype(q.dtype), rel_pos_w.astype(q.dtype))
-        path = attention_kernels.attention_path(q.dtype, head_dim, (h, w), self.use_rel_pos)
+        path = attention_kernels.attention_path(q.dtype, head_dim, (h, w), self.use_rel_pos, self.attention)
         rows = query_rows_per_chunk(b * self.num_heads, h, w)
         if path != "blocked":
             # Accelerators: one fused attention kernel (see attention_kernels).
@@ -248,13 +225,16 @@ class Block(nn.Module):
     window_size: int
     grid_size: tuple[int, int]
     dtype: Any = None
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shortcut = x
         x = layer_norm(ENCODER_LN_EPS, "norm1", self.dtype)(x)
         rel_pos_size = (self.window_size, self.window_size) if self.window_size else self.grid_size
-        attn = Attention(self.num_heads, self.qkv_bias, self.use_rel_pos, rel_pos_size, self.dtype, name="attn")
+        attn = Attention(
+            self.num_heads, self.qkv_bias, self.use_rel_pos, rel_pos_size, self.dtype, self.attention, name="attn"
+        )
         if self.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, pad_hw = window_partition(x, self.window_size)
@@ -288,11 +268,13 @@ class ImageEncoderViT(nn.Module):
             and the output embedding is float32 whatever the compute dtype.
         remat: recompute each block's activations in the backward pass instead of storing
             them (gradient checkpointing): less memory for training, same values.
+        attention: the attention path, "auto" or one of `attention_kernels.PATHS`.
     """
 
     config: SamConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -315,6 +297,7 @@ class ImageEncoderViT(nn.Module):
                 window_size=window,
                 grid_size=grid,
                 dtype=self.dtype,
+                attention=self.attention,
                 name=f"blocks_{i}",
             )(x)
         out = cfg.prompt_embed_dim

@@ -107,26 +107,6 @@ class PromptEncoder(nn.Module):
     def _input_image_size(self) -> tuple[int, int]:
         return (self.config.image_size, self.config.image_size)
 
-    def _embed_points(self, points: jax.Array, labels: jax.Array, pad: bool) -> jax.Array:
-        points = points + 0.5  # shift to the pixel centre
-        if pad:
-            # Without a box, a padding point (label -1) is appended (reference `_embed_points`).
-            b = points.shape[0]
-            points = jnp.concatenate([points, jnp.zeros((b, 1, 2), points.dtype)], axis=1)
-            labels = jnp.concatenate([labels, jnp.full((b, 1), LABEL_PADDING, labels.dtype)], axis=1)
-        emb = self.pe_layer.with_coords(points, self._input_image_size())
-        lab = labels[..., None]
-        emb = jnp.where(lab == LABEL_PADDING, 0.0, emb)
-        emb = emb + jnp.where(lab == LABEL_PADDING, self.not_a_point_embed.embedding[0], 0.0)
-        emb = emb + jnp.where(lab == LABEL_BACKGROUND, self.point_embeddings[0].embedding[0], 0.0)
-        return emb + jnp.where(lab == LABEL_FOREGROUND, self.point_embeddings[1].embedding[0], 0.0)
-
-    def _embed_boxes(self, boxes: jax.Array) -> jax.Array:
-        corners = (boxes + 0.5).reshape(-1, 2, 2)
-        emb = self.pe_layer.with_coords(corners, self._input_image_size())
-        corner_embed = jnp.stack([self.point_embeddings[2].embedding[0], self.point_embeddings[3].embedding[0]])
-        return emb + corner_embed
-
     def embed_slots(self, points: jax.Array, labels: jax.Array) -> jax.Array:
         """Labelled points (the reference `SamOnnxModel._embed_points`), empty slots zero.
 
@@ -185,19 +165,28 @@ class PromptEncoder(nn.Module):
         no_mask = self.no_mask_embed.embedding[0]  # read unconditionally so `init` creates it
         given = [a for a in (points, boxes, masks) if a is not None]
         b = given[0].shape[0] if given else 1
-        sparse = [jnp.zeros((b, 0, dim), jnp.float32)]
+        # The reference's tokens as labelled slots, embedded the one way (`embed_slots`).
+        slots, slot_labels = [jnp.zeros((b, 0, 2), jnp.float32)], [jnp.zeros((b, 0), jnp.int32)]
         if points is not None:
             if labels is None:
                 raise ValueError("labels must accompany points")
-            sparse.append(self._embed_points(points, labels, pad=boxes is None))
+            slots.append(points)
+            slot_labels.append(labels.astype(jnp.int32))
+            if boxes is None:  # without a box, a padding point is appended (reference `_embed_points`)
+                slots.append(jnp.zeros((b, 1, 2), points.dtype))
+                slot_labels.append(jnp.full((b, 1), LABEL_PADDING, jnp.int32))
         if boxes is not None:
-            sparse.append(self._embed_boxes(boxes))
+            slots.append(boxes.reshape(-1, 2, 2))
+            slot_labels.append(
+                jnp.broadcast_to(jnp.asarray([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT], jnp.int32), (b, 2))
+            )
+        sparse = self.embed_slots(jnp.concatenate(slots, axis=1), jnp.concatenate(slot_labels, axis=1))
         e = cfg.embedding_size
         if masks is not None:
             dense = self._embed_masks(masks)
         else:
             dense = jnp.broadcast_to(no_mask, (1, e, e, dim))
-        return jnp.concatenate(sparse, axis=1), dense, self.pe_layer.dense((e, e))
+        return sparse, dense, self.pe_layer.dense((e, e))
 
     def encode_dense(self, masks: jax.Array | None, has_mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         """The dense embedding of a flagged mask prompt and the grid's positional encoding.

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from sam_jax.config import SamConfig
+from sam_jax.modeling.attention_kernels import check_attention
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder
 from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
@@ -48,15 +49,25 @@ class SamParams:
         compute_dtype: "float32" (default, exact to the reference) or "bfloat16": the
             dtype the image encoder computes in (static). Weights stay float32 either way
             (cast per use), and prompt encoder, decoder and embeddings stay float32.
+        attention: the image encoder's attention path (static): "auto" picks by backend and
+            dtype; a name of `attention_kernels.PATHS` forces one (tests, benchmarks).
+
+    The static fields are part of the pytree's structure: each choice is its own compiled
+    program, chosen once, and changing one never touches a program compiled for another.
     """
 
     config: SamConfig = flax.struct.field(pytree_node=False)
     weights: dict[str, Any]
     compute_dtype: str = flax.struct.field(pytree_node=False, default="float32")
+    attention: str = flax.struct.field(pytree_node=False, default="auto")
 
     def with_compute_dtype(self, compute_dtype: Any) -> SamParams:
         """The same weights computing in `compute_dtype` ("float32" or "bfloat16")."""
         return dataclasses.replace(self, compute_dtype=check_compute_dtype(compute_dtype))
+
+    def with_attention(self, attention: str) -> SamParams:
+        """The same weights with the image encoder's attention path `attention`."""
+        return dataclasses.replace(self, attention=check_attention(attention))
 
 
 def float32_matmuls(forward: _F) -> _F:
@@ -181,7 +192,8 @@ def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = Fa
     Args:
         remat: gradient checkpointing of encoder blocks (for training).
     """
-    module = ImageEncoderViT(params.config, dtype=COMPUTE_DTYPES[params.compute_dtype], remat=remat)
+    dtype = COMPUTE_DTYPES[params.compute_dtype]
+    module = ImageEncoderViT(params.config, dtype=dtype, remat=remat, attention=params.attention)
     return apply(module, params.weights["image_encoder"], images)
 
 
@@ -230,30 +242,6 @@ def mask_decoder_masks(
     """See `MaskDecoder.predict_masks`: returns low-res logits (B, M, 4E, 4E)."""
     module = MaskDecoder(params.config)
     return apply(module, params.weights["mask_decoder"], mask_tokens_out, src, multimask_output, method="predict_masks")
-
-
-def predict_low_res(
-    params: SamParams,
-    image_embedding: jax.Array,
-    points: jax.Array | None,
-    labels: jax.Array | None,
-    boxes: jax.Array | None,
-    mask_input: jax.Array | None,
-    multimask_output: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """Prompts in the model input frame -> low-res mask logits and IoU predictions.
-
-    Args:
-        image_embedding: (E, E, C) one image's embedding.
-        points: (B, N, 2) float32 or None; labels: (B, N) int32 or None.
-        boxes: (B, 4) float32 or None.
-        mask_input: (B, 4E, 4E, 1) float32 or None.
-        multimask_output: see `MaskDecoder`.
-    Returns:
-        low_res_logits (B, M, 4E, 4E), iou_predictions (B, M).
-    """
-    sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, boxes, mask_input)
-    return mask_decoder_forward(params, image_embedding[None], dense_pe, sparse, dense, multimask_output)
 
 
 def predict_low_res_slots(
