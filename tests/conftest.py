@@ -38,6 +38,12 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Converted:
 
 
 @pytest.fixture(scope="session")
+def tiny_shapes() -> sam_jax.SamParams:
+    """The embedded model, loaded once."""
+    return sam_jax.load("tiny-shapes")
+
+
+@pytest.fixture(scope="session")
 def vit_b(tmp_path_factory: pytest.TempPathFactory) -> Converted:
     from segment_anything import sam_model_registry
 

@@ -27,7 +27,7 @@ KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stabil
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_shapes_pair(tmp_path_factory):
     """tiny-shapes in both implementations, via the exporter."""
     path = tmp_path_factory.mktemp("tiny") / "tiny-shapes.pth"
     conversion.export_torch("tiny-shapes", path)
@@ -152,25 +152,25 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_reference(case, tiny, small, scenes):
-    check_case(case, tiny, small, scenes)
+def test_matches_reference(case, tiny_shapes_pair, small, scenes):
+    check_case(case, tiny_shapes_pair, small, scenes)
 
 
 @pytest.mark.parametrize("case", ["tiny-crops-uncompressed-rle", "random"])
-def test_matches_reference_through_the_level_maps(case, tiny, small, scenes, monkeypatch):
+def test_matches_reference_through_the_level_maps(case, tiny_shapes_pair, small, scenes, monkeypatch):
     """The official models' path (256x256 logits: gathered upsampling written as int8 level
     maps, then scored), forced on the test models' small logits."""
     monkeypatch.setattr(transforms, "GATHER_MIN_LOW_RES", 0)
     calls = []
     original = scoring.score_levels
     monkeypatch.setattr(scoring, "score_levels", lambda *a: calls.append(1) or original(*a))
-    check_case(case, tiny, small, scenes)
+    check_case(case, tiny_shapes_pair, small, scenes)
     assert calls
 
 
-def check_case(case: str, tiny: Any, small: Any, scenes: list[np.ndarray]) -> None:
+def check_case(case: str, tiny_shapes_pair: Any, small: Any, scenes: list[np.ndarray]) -> None:
     which, options = CASES[case]
-    params, ref_model = tiny if which == "tiny" else (small.params, small.ref)
+    params, ref_model = tiny_shapes_pair if which == "tiny" else (small.params, small.ref)
     images = scenes if which == "tiny" else [make_image(200, 300, 0), make_image(256, 192, 1)]
     reference = ReferenceGenerator(ref_model, **options)
     ours = sam_jax.SamAutomaticMaskGenerator(params, **options)
@@ -203,8 +203,8 @@ def test_filters_reject_candidates(small):
     assert 0 < len(tight) < len(loose) < 3 * 64
 
 
-def test_function_and_class_agree(tiny, scenes):
-    params, _ = tiny
+def test_function_and_class_agree(tiny_shapes_pair, scenes):
+    params, _ = tiny_shapes_pair
     a = sam_jax.generate_masks(params, scenes[0], **TINY_RELAXED)
     b = sam_jax.SamAutomaticMaskGenerator(params, **TINY_RELAXED).generate(scenes[0])
     assert len(a) == len(b) >= 1
@@ -212,23 +212,23 @@ def test_function_and_class_agree(tiny, scenes):
         assert np.array_equal(x["segmentation"], y["segmentation"]) and x["predicted_iou"] == y["predicted_iou"]
 
 
-def test_points_per_batch_does_not_change_results(tiny, scenes):
-    params, _ = tiny
+def test_points_per_batch_does_not_change_results(tiny_shapes_pair, scenes):
+    params, _ = tiny_shapes_pair
     a = sam_jax.generate_masks(params, scenes[1], **TINY_RELAXED, points_per_batch=64)
     b = sam_jax.generate_masks(params, scenes[1], **TINY_RELAXED, points_per_batch=100)
     assert [r["bbox"] for r in a] == [r["bbox"] for r in b] and len(a) >= 1
 
 
-def test_explicit_point_grids(tiny, scenes):
-    params, ref_model = tiny
+def test_explicit_point_grids(tiny_shapes_pair, scenes):
+    params, ref_model = tiny_shapes_pair
     grid = utils.build_point_grid(12)
     options = {**TINY_RELAXED, "points_per_side": None, "point_grids": [grid]}
     ref_records = ReferenceGenerator(ref_model, **options).generate(scenes[0])
     assert_same_records(ref_records, sam_jax.generate_masks(params, scenes[0], **options), "binary_mask")
 
 
-def test_nothing_survives_returns_empty_list_even_with_crops(tiny, scenes):
-    params, ref_model = tiny
+def test_nothing_survives_returns_empty_list_even_with_crops(tiny_shapes_pair, scenes):
+    params, ref_model = tiny_shapes_pair
     # A stability score is an IoU, never above 1: the filter (> 1) keeps nothing, whatever the weights.
     options = {"stability_score_thresh": 1.0, "crop_n_layers": 1, "points_per_side": 4}
     assert sam_jax.generate_masks(params, scenes[0], **options) == []
@@ -259,14 +259,14 @@ def test_nothing_survives_returns_empty_list_even_with_crops(tiny, scenes):
         ({"points_per_sid": 8}, TypeError, "points_per_sid"),
     ],
 )
-def test_bad_options_are_refused_by_name(tiny, options, error, match):
+def test_bad_options_are_refused_by_name(tiny_shapes_pair, options, error, match):
     with pytest.raises(error, match=match):
-        sam_jax.SamAutomaticMaskGenerator(tiny[0], **options)
+        sam_jax.SamAutomaticMaskGenerator(tiny_shapes_pair[0], **options)
 
 
-def test_bad_image_is_refused(tiny):
+def test_bad_image_is_refused(tiny_shapes_pair):
     with pytest.raises((ValueError, TypeError), match="image"):
-        sam_jax.generate_masks(tiny[0], np.zeros((32, 32), np.uint8))
+        sam_jax.generate_masks(tiny_shapes_pair[0], np.zeros((32, 32), np.uint8))
     with pytest.raises(TypeError, match="params"):
         sam_jax.generate_masks({"not": "params"}, np.zeros((32, 32, 3), np.uint8))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,7 +144,9 @@ def test_to_torch_refuses_a_non_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
 def test_official_shapes_map_one_to_one(name):
     """Every official tensor has exactly one parameter of matching shape, and the inferred
-    config is the registry's. Built on torch's meta device: shapes without memory."""
+    config is the registry's. Built on torch's meta device: shapes without memory. With the
+    small model's bit-exact round trip through the command (above), this is what a full-size
+    round trip would show, without writing 2.5 GB files."""
     with torch.device("meta"):
         ref = sam_model_registry[name]()
     shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
@@ -158,38 +159,6 @@ def test_official_shapes_map_one_to_one(name):
         key = torch_key(keys)
         mapped[key] = to_torch_layout(key, keys[-1], np.broadcast_to(np.uint8(0), spec.shape)).shape
     assert mapped == shapes
-
-
-@pytest.mark.slow
-def test_vit_h_conversion_round_trip(tmp_path):
-    """A full-size vit_h checkpoint (random values) converts, loads, and exports bit for bit.
-
-    Each file is 2.5 GB: the original is compared from memory and every file is deleted as
-    soon as it has been read, so the test needs 5 GB of disk at most and leaves none behind.
-    """
-    ref = sam_model_registry["vit_h"]()
-    for t in ref.state_dict().values():  # every tensor random; no forward pass needed here
-        t.normal_(0, 0.02)
-    expected = ref.state_dict()
-    original, converted, back = tmp_path / "sam_vit_h_random.pth", tmp_path / "h", tmp_path / "back.pth"
-    try:
-        torch.save(expected, original)
-        assert main([str(original), str(converted)]) == 0
-        original.unlink()
-        params = sam_jax.load(converted)
-        assert params.config == sam_jax.get_config("vit_h")
-        del params
-        assert main(["--to-torch", str(converted), str(back)]) == 0
-        shutil.rmtree(converted)
-        exported = torch.load(back, weights_only=True, mmap=True)
-        assert set(exported) == set(expected)
-        for key, value in expected.items():
-            assert torch.equal(value, exported[key]), key
-        ref.load_state_dict(exported, strict=True)
-    finally:
-        for path in (original, back):
-            path.unlink(missing_ok=True)
-        shutil.rmtree(converted, ignore_errors=True)
 
 
 def test_convert_state_dict_api_names_the_key(small):

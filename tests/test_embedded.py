@@ -32,31 +32,26 @@ FRESH_SEED = 777_001
 FLOORS = {"classic": (0.75, 0.8), "broad": (0.6, 0.65)}
 
 
-@pytest.fixture(scope="module")
-def tiny() -> sam_jax.SamParams:
-    return sam_jax.load("tiny-shapes")
-
-
-def test_shipped_inside_the_package_and_small(tiny):
+def test_shipped_inside_the_package_and_small(tiny_shapes):
     directory = sam_jax.EMBEDDED_MODELS["tiny-shapes"]
     assert directory.is_relative_to(Path(sam_jax.__file__).parent)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     assert 0 < size <= 20 * 2**20
-    assert tiny.config == sam_jax.get_config("vit_t")
+    assert tiny_shapes.config == sam_jax.get_config("vit_t")
 
 
 @pytest.mark.parametrize("family", sorted(FLOORS))
-def test_quality_floor_on_fresh_scenes(tiny, family):
+def test_quality_floor_on_fresh_scenes(tiny_shapes, family):
     assert FRESH_SEED != HELDOUT_SEED
-    scenes = SyntheticShapes(size=tiny.config.image_size, length=40, seed=FRESH_SEED, family=family)
-    figures = evaluation.evaluate(tiny, scenes, num_images=40, clicks=())
+    scenes = SyntheticShapes(size=tiny_shapes.config.image_size, length=40, seed=FRESH_SEED, family=family)
+    figures = evaluation.evaluate(tiny_shapes, scenes, num_images=40, clicks=())
     assert figures["instances"] >= 40
     point_floor, box_floor = FLOORS[family]
     assert figures["point_miou"] >= point_floor, figures
     assert figures["box_miou"] >= box_floor, figures
 
 
-def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny, tmp_path):
+def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny_shapes, tmp_path):
     out = tmp_path / "tiny-shapes.pth"
     run = subprocess.run(
         [sys.executable, "-m", "convert", "--to-torch", "tiny-shapes", str(out)],
@@ -68,21 +63,21 @@ def test_export_to_torch_loads_strictly_and_predicts_the_same(tiny, tmp_path):
     assert run.returncode == 0, run.stderr
     state_dict = torch.load(out, weights_only=True)
     rebuilt = infer_config({k: v.numpy() for k, v in state_dict.items()})  # from tensor shapes alone
-    assert rebuilt == tiny.config
+    assert rebuilt == tiny_shapes.config
     ref = build_reference(rebuilt)
     ref.load_state_dict(state_dict, strict=True)
     predictor = SamPredictor(ref.eval())
     scene = SyntheticShapes(size=320, length=1, seed=FRESH_SEED)[0]
     image = np.ascontiguousarray(scene.image[:240])  # not square: exercises the padding
     predictor.set_image(image)
-    emb = sam_jax.encode(tiny, image)
+    emb = sam_jax.encode(tiny_shapes, image)
     ys, xs = np.nonzero(scene.masks[0][:240])
     point = np.array([[xs[len(xs) // 2], ys[len(ys) // 2]]], np.float64)
     box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float64)
-    assert_parity(predictor.predict(point, np.array([1])), sam_jax.decode(tiny, emb, point), "point")
+    assert_parity(predictor.predict(point, np.array([1])), sam_jax.decode(tiny_shapes, emb, point), "point")
     assert_parity(
         predictor.predict(box=box, multimask_output=False),
-        sam_jax.decode(tiny, emb, box=box, multimask_output=False),
+        sam_jax.decode(tiny_shapes, emb, box=box, multimask_output=False),
         "box",
     )
 

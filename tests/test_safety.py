@@ -62,11 +62,6 @@ def one_line(result: subprocess.CompletedProcess, needle: str, prefix: str = "sa
     assert len(lines) == 1 and lines[0].startswith(prefix) and needle in lines[0], result.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny() -> sam_jax.SamParams:
-    return sam_jax.load("tiny-shapes")
-
-
 # ----------------------------------------------------------------------------- data loss
 
 
@@ -224,21 +219,21 @@ def test_images_are_read_as_the_reference_reads_them(tmp_path):
         io.read_image(tmp_path / "float.tif")
 
 
-def test_extreme_aspect_ratio_works_and_a_job_finishes(tiny, tmp_path):
+def test_extreme_aspect_ratio_works_and_a_job_finishes(tiny_shapes, tmp_path):
     strip = np.full((5, 3000, 3), 120, np.uint8)
-    masks, _, _ = sam_jax.predict(tiny, strip, [[1500, 2]])
+    masks, _, _ = sam_jax.predict(tiny_shapes, strip, [[1500, 2]])
     assert masks.shape == (3, 5, 3000)
     photos = tmp_path / "in"
     photos.mkdir()
     Image.fromarray(strip).save(photos / "strip.png")
     _png(photos / "plain.png")
-    report = jobs.embed_images(tiny, photos, tmp_path / "out")
+    report = jobs.embed_images(tiny_shapes, photos, tmp_path / "out")
     assert report.ok and report.written == 2
     assert sam_jax.load_embedding(tmp_path / "out" / "strip.npz").input_size == (1, 128)
 
 
-def test_image_embedding_is_a_sequence(tiny):
-    emb = sam_jax.encode(tiny, np.zeros((2, 20, 30, 3), np.uint8))
+def test_image_embedding_is_a_sequence(tiny_shapes):
+    emb = sam_jax.encode(tiny_shapes, np.zeros((2, 20, 30, 3), np.uint8))
     assert len(emb) == 2 and len(list(emb)) == 2
     np.testing.assert_array_equal(emb[-1].image_embedding, emb[1].image_embedding)
     np.testing.assert_array_equal(emb[-2].image_embedding, emb[0].image_embedding)
@@ -395,18 +390,18 @@ def test_bad_arguments_are_refused_in_one_line(small, tmp_path):
         (dict(points=[[1, 2], [3]]), ValueError, "points must be a rectangular array"),
     ],
 )
-def test_bad_prompts(tiny, kwargs, exc, needle):
+def test_bad_prompts(tiny_shapes, kwargs, exc, needle):
     with pytest.raises(exc, match=needle):
-        sam_jax.predict(tiny, np.zeros((20, 30, 3), np.uint8), **kwargs)
+        sam_jax.predict(tiny_shapes, np.zeros((20, 30, 3), np.uint8), **kwargs)
 
 
-def test_bad_images_and_options(tiny):
+def test_bad_images_and_options(tiny_shapes):
     with pytest.raises(ValueError, match="images of different sizes cannot form a batch"):
-        sam_jax.encode(tiny, [np.zeros((20, 30, 3), np.uint8), np.zeros((21, 30, 3), np.uint8)])
+        sam_jax.encode(tiny_shapes, [np.zeros((20, 30, 3), np.uint8), np.zeros((21, 30, 3), np.uint8)])
     with pytest.raises(TypeError, match="point_grids must be a list of"):
-        sam_jax.generate_masks(tiny, np.zeros((20, 30, 3), np.uint8), points_per_side=None, point_grids=5)
+        sam_jax.generate_masks(tiny_shapes, np.zeros((20, 30, 3), np.uint8), points_per_side=None, point_grids=5)
     with pytest.raises(ValueError, match="2x2 pixels is too small for crop_n_layers=2"):
-        sam_jax.generate_masks(tiny, np.zeros((2, 2, 3), np.uint8), crop_n_layers=2)
+        sam_jax.generate_masks(tiny_shapes, np.zeros((2, 2, 3), np.uint8), crop_n_layers=2)
 
 
 def test_crafted_embedding_files(tmp_path):
