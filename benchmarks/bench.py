@@ -16,24 +16,20 @@ import dataclasses
 import datetime
 import json
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+from common import decode_cases, models, scene, timed, timed_pair
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 import sam_jax
-from sam_jax import conversion
-from sam_jax.data import SyntheticShapes
-from sam_jax.testing import build_reference, randomize_
+from sam_jax.testing import build_reference
 
-torch.set_grad_enabled(False)
 ROWS: list[dict[str, Any]] = []
 AMG_CASE_LABELS = {"defaults": "reference defaults", "permissive": "permissive", "crops": "permissive + 1 crop layer"}
 
@@ -49,38 +45,6 @@ class Run:
     all_cases: bool  # --all-cases
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(first call, median of `repeats` further calls) in seconds; results are blocked on."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times) if times else first
-
-
-def timed_pair(ref_fn: Callable[[], Any], our_fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
-    """(our first call, reference median, our median) in seconds.
-
-    After a warm-up call each, the two sides take turns `repeats` times, so drifts in this
-    shared machine's speed (up to ~30 % between minutes) hit both alike. A turn of a fast
-    call (under a second) is five back-to-back calls, the median of the last four kept:
-    right after the other library ran, a first call is slower (worker threads asleep or
-    still spinning, caches cold; 1.1 -> 2.3 ms for tiny-shapes' one-point decode), and an
-    application calls one library, not both in turn.
-    """
-    ref_first, _ = timed(ref_fn, 0)
-    first, _ = timed(our_fn, 0)
-    turns = [(ref_fn, ref_first < 1.0, []), (our_fn, first < 1.0, [])]
-    for _ in range(repeats):
-        for fn, fast, times in turns:
-            times.append(timed(fn, 4)[1] if fast else timed(fn, 0)[0])
-    return first, statistics.median(turns[0][2]), statistics.median(turns[1][2])
-
-
 def row(section: str, what: str, ref_s: float, ours_s: float, unit: str = "s", **extra: Any) -> None:
     r = {"section": section, "what": what, "reference": ref_s, "ours": ours_s, "ratio": ref_s / ours_s, **extra}
     ROWS.append(r)
@@ -91,29 +55,6 @@ def row(section: str, what: str, ref_s: float, ours_s: float, unit: str = "s", *
         f"x{r['ratio']:5.2f}  {notes}",
         flush=True,
     )
-
-
-_MODELS: dict[str, tuple[torch.nn.Module, sam_jax.SamParams]] = {}
-
-
-def models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
-    """The same weights on both sides: an exported embedded model or a randomised registry one."""
-    if name not in _MODELS:
-        _MODELS[name] = _build_models(name, tmp)
-    return _MODELS[name]
-
-
-def _build_models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
-    if name == "tiny-shapes":
-        params = sam_jax.load(name)
-        conversion.export_torch(name, tmp / "tiny.pth")
-        ref = build_reference(params.config)
-        ref.load_state_dict(torch.load(tmp / "tiny.pth"), strict=True)
-        return ref, params
-    ref = randomize_(sam_model_registry[name]().eval(), seed=0)
-    torch.save(ref.state_dict(), tmp / f"{name}.pth")
-    conversion.convert_checkpoint(tmp / f"{name}.pth", tmp / name)
-    return ref, sam_jax.load(tmp / name)
 
 
 # ----------------------------------------------------------------------------- automatic masks
@@ -129,8 +70,7 @@ def bench_amg(model: str, run: Run) -> None:
     tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
     size = 256 if model == "tiny-shapes" else 1024
-    scenes = SyntheticShapes(size=size, length=2, seed=31)
-    image = np.ascontiguousarray(scenes[0].image[:, : size * 3 // 4])  # 4:3, not square
+    image = scene(size, seed=31, portrait=True)
     # "defaults" keep nothing on these weights (they are tuned for a trained ViT-H), so the
     # reference still upsamples and scores every candidate while we stop at the IoU filter;
     # "permissive" makes every candidate pass (our worst case); crops raise the reference on an
@@ -173,12 +113,6 @@ def _crop_boxes(image: np.ndarray, options: dict[str, Any]) -> list[list[int]]:
 
 
 # ----------------------------------------------------------------------------- encoder, decoder, predict
-
-
-def _scene(size: int, seed: int = 7) -> np.ndarray:
-    """A 4:3 synthetic scene whose long side is `size` (the encoder pads it to a square)."""
-    image = SyntheticShapes(size=size, length=1, seed=seed)[0].image
-    return np.ascontiguousarray(image[: size * 3 // 4])
 
 
 def bench_matmul(model: str, run: Run) -> None:
@@ -228,7 +162,7 @@ def bench_encoder(model: str, run: Run) -> None:
             p16 = params.with_compute_dtype("bfloat16")
             first, ours_s = timed(lambda i=images, h=hw, p=p16: encode_padded(p, i, h), repeats)
             row("encoder", f"{model} batch {batch}, ours in bfloat16", ref_s, ours_s, first=f"{first:.1f}s")
-    image = _scene(size)
+    image = scene(size)
     predictor = SamPredictor(ref)
     _, ref_s, ours_s = timed_pair(
         lambda: predictor.set_image(image), lambda: sam_jax.encode(params, image).image_embedding, repeats
@@ -237,35 +171,20 @@ def bench_encoder(model: str, run: Run) -> None:
 
 
 def bench_decoder(model: str, run: Run) -> None:
-    """Prompts against a ready embedding, masks post-processed to the image size:
-    one point (`SamPredictor.predict` vs `sam_jax.decode`) and a batch of 64 points
-    (`predict_torch` vs `decode` with (64, 1, 2) points)."""
-    tmp, repeats = run.tmp, run.repeats
-    ref, params = models(model, tmp)
-    image = _scene(params.config.image_size)
-    h, w = image.shape[:2]
-    predictor = SamPredictor(ref)
-    predictor.set_image(image)
-    emb = sam_jax.encode(params, image)
-    point = np.array([[w * 0.4, h * 0.6]])
-    first, ref_s, ours_s = timed_pair(
-        lambda: predictor.predict(point, np.array([1])), lambda: sam_jax.decode(params, emb, point)[0], repeats + 5
-    )
-    row("decode", f"{model} one point, 3 masks at {h}x{w}", ref_s, ours_s, unit="ms", first=f"{first:.1f}s")
-    points = np.random.default_rng(0).uniform(0, 1, (64, 1, 2)) * [w, h]
-    tp = torch.as_tensor(predictor.transform.apply_coords(points, (h, w)), dtype=torch.float)
-    tl = torch.ones(64, 1)
-    first, ref_s, ours_s = timed_pair(
-        lambda: predictor.predict_torch(tp, tl), lambda: sam_jax.decode(params, emb, points)[0], repeats
-    )
-    row("decode", f"{model} 64 points, 3 masks each at {h}x{w}", ref_s, ours_s, first=f"{first:.1f}s")
+    """The decode benchmark (common.decode_cases): one point and a batch of 64 points against
+    a ready embedding, masks post-processed to the image size."""
+    ref, params = models(model, run.tmp)
+    for case in decode_cases(ref, params, scene(params.config.image_size)):
+        repeats = run.repeats + 5 if case.quick else run.repeats
+        first, ref_s, ours_s = timed_pair(case.reference, case.ours, repeats)
+        row("decode", f"{model} {case.what}", ref_s, ours_s, unit="ms" if case.quick else "s", first=f"{first:.1f}s")
 
 
 def bench_predict(model: str, run: Run) -> None:
     """End to end, image and one point in, masks out: `set_image` + `predict` vs `predict`."""
     tmp, repeats = run.tmp, run.repeats
     ref, params = models(model, tmp)
-    image = _scene(params.config.image_size)
+    image = scene(params.config.image_size)
     predictor = SamPredictor(ref)
     point = np.array([[image.shape[1] * 0.4, image.shape[0] * 0.6]])
 

@@ -69,13 +69,13 @@ def run_session(predict: Callable[..., tuple], calls: list[tuple[str, dict[str, 
 
 def bench_session(repeats: int) -> None:
     import bench
+    from common import make_image, models
     from segment_anything import SamPredictor
 
     import sam_jax
-    from sam_jax.testing import make_image
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref_model, params = bench.models("vit_b", Path(tmp))
+        ref_model, params = models("vit_b", Path(tmp))
     image = make_image(*SIZE, seed=3)
     ref = SamPredictor(ref_model)
     ref.set_image(image)

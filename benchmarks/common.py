@@ -1,0 +1,192 @@
+"""The benchmarks' one harness: settling and timing, scenes, models, the decode benchmark.
+
+`bench.py`, `interactive.py` and the device check (`device_check/`) import it as `common`:
+each runs with `benchmarks/` on `sys.path` (a script's own folder is; `device_check.sh`
+puts it there for the package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+
+import sam_jax
+from sam_jax import conversion, formats
+from sam_jax.config import SamConfig, with_fields
+from sam_jax.data import SyntheticShapes
+from sam_jax.testing import SMALL, TINY, build_reference, randomize_
+from sam_jax.testing import make_image as make_image  # a scene too: the tests' smooth random image
+
+torch.set_grad_enabled(False)  # the reference only ever runs forward here
+CUDA = torch.cuda.is_available()  # asked once: `settle` runs inside the timing loops
+
+# ----------------------------------------------------------------------------- settling and timing
+
+
+def settle(x: Any) -> Any:
+    """Waits for a result: JAX arrays are blocked on, torch's CUDA work synchronised (both
+    libraries return before the device has finished)."""
+    jax.block_until_ready(x)
+    if CUDA:
+        torch.cuda.synchronize()
+    return x
+
+
+def timed(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.0) -> tuple[float, float]:
+    """(first call, median of the further calls) in seconds, every call settled; calls
+    repeat `repeats` times and then on until `min_seconds` have passed (at most 50)."""
+    t0 = time.perf_counter()
+    settle(fn())
+    first = time.perf_counter() - t0
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 50):
+        t0 = time.perf_counter()
+        settle(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times) if times else first
+
+
+def timed_pair(ref_fn: Callable[[], Any], our_fn: Callable[[], Any], repeats: int) -> tuple[float, float, float]:
+    """(our first call, reference median, our median) in seconds.
+
+    After a warm-up call each, the two sides take turns `repeats` times, so drifts in a
+    shared machine's speed (up to ~30 % between minutes) hit both alike. A turn of a fast
+    call (under a second) is five back-to-back calls, the median of the last four kept:
+    right after the other library ran, a first call is slower (worker threads asleep or
+    still spinning, caches cold; 1.1 -> 2.3 ms for tiny-shapes' one-point decode), and an
+    application calls one library, not both in turn.
+    """
+    ref_first, _ = timed(ref_fn, 0)
+    first, _ = timed(our_fn, 0)
+    turns = [(ref_fn, ref_first < 1.0, []), (our_fn, first < 1.0, [])]
+    for _ in range(repeats):
+        for fn, fast, times in turns:
+            times.append(timed(fn, 4)[1] if fast else timed(fn, 0)[0])
+    return first, statistics.median(turns[0][2]), statistics.median(turns[1][2])
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def scene(size: int, seed: int = 7, portrait: bool = False) -> np.ndarray:
+    """A synthetic scene of a 4:3 shape whose long side is `size` (1024x768 at 1024, or
+    768x1024 `portrait`): not square, so the encoder pads it as it pads a photograph."""
+    image = SyntheticShapes(size=size, length=1, seed=seed)[0].image
+    return np.ascontiguousarray(image[:, : size * 3 // 4] if portrait else image[: size * 3 // 4])
+
+
+# ----------------------------------------------------------------------------- models
+
+# Stand-ins for the registry's models where minutes are not available (the device check's dry
+# run, tests): the tests' models, and TINY cut to one global block.
+SMALL_MODELS = {
+    "small": SMALL,
+    "tiny": TINY,
+    "micro": with_fields(TINY, depth=1, global_attn_indexes=(0,)),
+}
+
+
+def model_config(name: str) -> SamConfig:
+    return SMALL_MODELS[name] if name in SMALL_MODELS else sam_jax.get_config(name)
+
+
+def reference_model(name: str, seed: int) -> torch.nn.Module:
+    """The reference model `name` (a registry name or one of SMALL_MODELS) with every tensor
+    randomised: real checkpoints cannot be downloaded where the benchmarks run, and the
+    reference's own initialisation leaves zeros (positional tables, norm biases) that would let
+    a wrong port pass parity."""
+    model = build_reference(SMALL_MODELS[name]) if name in SMALL_MODELS else sam_model_registry[name]().eval()
+    return randomize_(model, seed=seed)
+
+
+def converted_in_memory(ref: torch.nn.Module, name: str) -> sam_jax.SamParams:
+    """`ref`'s weights as SamParams, converted without a file."""
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    if name in SMALL_MODELS:
+        return formats.convert_state_dict(state, config=SMALL_MODELS[name])
+    return formats.convert_state_dict(state, name)
+
+
+_MODELS: dict[str, tuple[torch.nn.Module, sam_jax.SamParams]] = {}
+
+
+def models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
+    """The same weights on both sides, built once per process: the embedded model exported to
+    the reference, or a randomised registry model converted through a checkpoint file in `tmp`
+    (as a user converts one)."""
+    if name not in _MODELS:
+        _MODELS[name] = _exported(name, tmp) if name == "tiny-shapes" else _converted_through_file(name, tmp)
+    return _MODELS[name]
+
+
+def _exported(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
+    params = sam_jax.load(name)
+    conversion.export_torch(name, tmp / "tiny.pth")
+    ref = build_reference(params.config)
+    ref.load_state_dict(torch.load(tmp / "tiny.pth"), strict=True)
+    return ref, params
+
+
+def _converted_through_file(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
+    ref = reference_model(name, seed=0)
+    torch.save(ref.state_dict(), tmp / f"{name}.pth")
+    conversion.convert_checkpoint(tmp / f"{name}.pth", tmp / name)
+    return ref, sam_jax.load(tmp / name)
+
+
+# ----------------------------------------------------------------------------- the decode benchmark
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCase:
+    """One row of the decode benchmark: the same prompts through both libraries."""
+
+    name: str  # "one point" or "64 points"
+    what: str  # the row's label, e.g. "one point, 3 masks at 768x1024"
+    reference: Callable[[], Any]
+    ours: Callable[[], Any]
+    quick: bool  # milliseconds a call: worth more turns, shown in ms
+    on_device: bool  # our masks are left where they were computed (not fetched to the host)
+
+
+def decode_cases(ref_model: torch.nn.Module, params: sam_jax.SamParams, image: np.ndarray) -> list[DecodeCase]:
+    """Prompts against a ready embedding, masks post-processed to the image size: one point
+    (`SamPredictor.predict` vs `sam_jax.decode`, masks to the host as `predict` returns them)
+    and 64 points in one call (`predict_torch` vs `decode` with (64, 1, 2) points). The image
+    is encoded here, by both sides, before anything is timed."""
+    h, w = image.shape[:2]
+    device = next(ref_model.parameters()).device
+    predictor = SamPredictor(ref_model)
+    predictor.set_image(image)
+    emb = sam_jax.encode(params, image)
+    point = np.array([[w * 0.4, h * 0.6]])
+    points = np.random.default_rng(0).uniform(0, 1, (64, 1, 2)) * [w, h]
+    tp = torch.as_tensor(predictor.transform.apply_coords(points, (h, w)), dtype=torch.float, device=device)
+    tl = torch.ones(64, 1, device=device)
+    return [
+        DecodeCase(
+            "one point",
+            f"one point, 3 masks at {h}x{w}",
+            lambda: predictor.predict(point, np.array([1])),
+            lambda: np.asarray(sam_jax.decode(params, emb, point)[0]),
+            quick=True,
+            on_device=False,
+        ),
+        DecodeCase(
+            "64 points",
+            f"64 points, 3 masks each at {h}x{w}",
+            lambda: predictor.predict_torch(tp, tl),
+            lambda: sam_jax.decode(params, emb, points)[0],
+            quick=False,
+            on_device=True,
+        ),
+    ]
