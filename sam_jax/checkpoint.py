@@ -33,7 +33,10 @@ from sam_jax.io import only_names, write_directory
 from sam_jax.modeling.sam import SamParams, abstract_params
 
 FORMAT = "sam_jax"
-VERSION = 1
+# 2: the config names its image encoder (`SamConfig.image_encoder`); 1: the ViT's fields
+# at the config's top level. Both are read; a newer version is refused rather than guessed at.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = "sam_jax.json"
 WEIGHTS_DIR = "weights"
 CHECKPOINT_NAMES = (META_FILE, WEIGHTS_DIR)
@@ -185,6 +188,12 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"{meta_path}: not a sam_jax checkpoint (format {found!r})")
+    version = meta.get("version", 1)
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{meta_path}: checkpoint format version {version!r}; this sam-jax reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer sam-jax wrote it?)"
+        )
     return meta_path, meta
 
 

@@ -21,12 +21,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 # Bounds of every integer field: far beyond any published SAM (vit_h: 32 blocks of width
 # 1280), near enough that a crafted config cannot make building the model hang or blow up.
 _INT_FIELDS = (
-    ("encoder_embed_dim", 1, 16384),
-    ("encoder_depth", 1, 256),
-    ("encoder_num_heads", 1, 1024),
     ("image_size", 8, 16384),
-    ("patch_size", 1, 1024),
-    ("encoder_window_size", 0, 1024),
     ("prompt_embed_dim", 8, 16384),
     ("mask_in_chans", 4, 4096),
     ("decoder_depth", 0, 64),
@@ -37,13 +32,27 @@ _INT_FIELDS = (
     ("iou_head_depth", 1, 64),
     ("iou_head_hidden_dim", 1, 65536),
 )
+_VIT_INT_FIELDS = (
+    ("embed_dim", 1, 16384),
+    ("depth", 1, 256),
+    ("num_heads", 1, 1024),
+    ("patch_size", 1, 1024),
+    ("window_size", 0, 1024),
+)
 MAX_PARAMETERS = 2**32
 
 
-def _check_int(config: Any, name: str, low: int, high: int) -> None:
+def _check_int(config: Any, name: str, low: int, high: int, where: str = "") -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        raise ValueError(f"{where}{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_number(value: Any, name: str, low: float, high: float) -> float:
+    """A finite number in (low, high], as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise ValueError(f"{name} must be a number in ({low:g}, {high:g}], got {value!r}")
+    return float(value)
 
 
 def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
@@ -52,14 +61,26 @@ def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
     return tuple(value)
 
 
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def config_to_json(config: Any) -> dict[str, Any]:
-    """A frozen config dataclass -> JSON-ready dict (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    """A frozen config dataclass -> JSON-ready dict (tuples become lists, nested configs dicts)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return config_to_json(value)
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def config_from_json(cls: type[_C], d: Any) -> _C:
-    """Inverse of `config_to_json`, tolerant of versions: unknown keys are ignored and
-    missing ones take their defaults (the dataclass turns lists back into tuples).
+    """Inverse of `config_to_json` for a flat config, tolerant of versions: unknown keys are
+    ignored and missing ones take their defaults (the dataclass turns lists back into tuples).
 
     Raises:
         ValueError: `d` is not an object, lacks a required field, or a value is invalid.
@@ -76,17 +97,192 @@ def config_from_json(cls: type[_C], d: Any) -> _C:
 
 
 @dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """SAM's image encoder, a windowed ViT (reference `ImageEncoderViT`).
+
+    Attributes:
+        embed_dim, depth, num_heads: width, blocks and heads.
+        global_attn_indexes: blocks with global attention; the others are windowed.
+        patch_size: side of a patch; the embedding grid is image_size // patch_size.
+        window_size: window side of the windowed blocks.
+        mlp_ratio: MLP hidden width / embed dim.
+        qkv_bias, use_abs_pos, use_rel_pos: as the reference flags.
+    """
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    patch_size: int = 16
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+
+    kind = "vit"  # a class attribute: what `to_dict` writes as "kind"
+
+    def __post_init__(self) -> None:
+        for name, low, high in _VIT_INT_FIELDS:
+            _check_int(self, name, low, high, "image_encoder.")
+        for name in ("qkv_bias", "use_abs_pos", "use_rel_pos"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"image_encoder.{name} must be true or false, got {getattr(self, name)!r}")
+        object.__setattr__(self, "mlp_ratio", _check_number(self.mlp_ratio, "image_encoder.mlp_ratio", 0, 64))
+        indexes = _as_tuple(self.global_attn_indexes, "image_encoder.global_attn_indexes")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.depth for i in indexes):
+            raise ValueError(f"image_encoder.global_attn_indexes must be block numbers in [0, depth), got {indexes}")
+        object.__setattr__(self, "global_attn_indexes", indexes)
+        if self.embed_dim % self.num_heads:
+            raise ValueError("invalid image encoder: embed_dim must be divisible by num_heads")
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Input pixels per embedding cell along a side: the patch."""
+        return self.patch_size
+
+    def embedding_size(self, image_size: int) -> int:
+        """Side of the embedding grid for square inputs of `image_size`."""
+        return image_size // self.pixels_per_token
+
+    def check_image_size(self, image_size: int) -> list[str]:
+        """What is wrong with running this encoder on `image_size` inputs (nothing: [])."""
+        if image_size % self.patch_size:
+            return [f"image_size {image_size} is not a multiple of patch_size {self.patch_size}"]
+        return []
+
+    def parameter_count(self, image_size: int, out_chans: int) -> int:
+        """The number of weights, up to small terms (biases, norms)."""
+        d, grid = self.embed_dim, self.embedding_size(image_size)
+        blocks = self.depth * int((4 + 2 * self.mlp_ratio) * d * d)
+        return blocks + 3 * self.patch_size**2 * d + grid * grid * d + d * out_chans + 9 * out_chans**2
+
+
+# TinyViT stems: two Conv2d_BN, 3x3 stride 2 each (MobileSAM: the grid is image / 4), or
+# 1x1 stride 1 (LiteMedSAM: the grid is the image).
+TINY_VIT_STEMS = {"conv3x3_stride2": 4, "conv1x1_stride1": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyViTConfig:
+    """The TinyViT image encoder of MobileSAM and LiteMedSAM (`tiny_vit_sam.TinyViT`).
+
+    Attributes:
+        embed_dims, depths, num_heads, window_sizes: per stage; stage 0 is convolutional
+            (MBConv blocks, its heads and window unused), the others windowed attention.
+        mlp_ratio: MLP hidden width / stage width.
+        mbconv_expand_ratio: MBConv hidden width / stage width.
+        local_conv_size: the depthwise convolution between attention and MLP.
+        stem: "conv3x3_stride2" (MobileSAM) or "conv1x1_stride1" (LiteMedSAM).
+    Every stage but the last halves the grid into the next; the last merge keeps it.
+    """
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    stem: str = "conv3x3_stride2"
+
+    kind = "tiny_vit"
+
+    def __post_init__(self) -> None:
+        lists = {}
+        for name in ("embed_dims", "depths", "num_heads", "window_sizes"):
+            values = _as_tuple(getattr(self, name), f"image_encoder.{name}")
+            low = 0 if name == "depths" else 1
+            if any(isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 4096 for v in values):
+                raise ValueError(f"image_encoder.{name} must be integers in [{low}, 4096], got {values}")
+            lists[name] = values
+            object.__setattr__(self, name, values)
+        if not 2 <= len(lists["embed_dims"]) <= 8 or len({len(v) for v in lists.values()}) != 1:
+            raise ValueError("image_encoder: embed_dims, depths, num_heads and window_sizes need one entry per stage")
+        for dim, heads in zip(self.embed_dims[1:], self.num_heads[1:], strict=True):
+            if dim % heads:
+                raise ValueError(f"image_encoder: a stage of width {dim} cannot have {heads} heads")
+        for name in ("mlp_ratio", "mbconv_expand_ratio"):
+            object.__setattr__(self, name, _check_number(getattr(self, name), f"image_encoder.{name}", 0, 64))
+        _check_int(self, "local_conv_size", 1, 31, "image_encoder.")
+        _choice(self.stem, "image_encoder.stem", tuple(TINY_VIT_STEMS))
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Input pixels per embedding cell along a side: the stem's stride, then a halving
+        per stage but the last (16 for MobileSAM, 4 for LiteMedSAM)."""
+        return TINY_VIT_STEMS[self.stem] * 2 ** (len(self.embed_dims) - 2)
+
+    def embedding_size(self, image_size: int) -> int:
+        """Side of the embedding grid for square inputs of `image_size`."""
+        return image_size // self.pixels_per_token
+
+    def check_image_size(self, image_size: int) -> list[str]:
+        """What is wrong with running this encoder on `image_size` inputs (nothing: [])."""
+        step = self.pixels_per_token
+        return [] if image_size % step == 0 else [f"image_size {image_size} is not a multiple of {step}"]
+
+    def parameter_count(self, image_size: int, out_chans: int) -> int:
+        total, dims = 0, self.embed_dims
+        for i, (dim, depth) in enumerate(zip(dims, self.depths, strict=True)):
+            hidden = int(dim * (self.mbconv_expand_ratio if i == 0 else self.mlp_ratio))
+            total += depth * (2 * dim * hidden + (0 if i == 0 else 4 * dim * dim))
+            if i + 1 < len(dims):
+                total += dim * dims[i + 1] + dims[i + 1] ** 2
+        return total + dims[-1] * out_chans + 9 * out_chans**2
+
+
+ImageEncoderConfig = ViTConfig | TinyViTConfig
+ENCODER_KINDS: dict[str, type[ViTConfig] | type[TinyViTConfig]] = {"vit": ViTConfig, "tiny_vit": TinyViTConfig}
+
+# The flat names of `ViTConfig`'s fields in configs written before the encoder became a
+# choice (sam_jax.json "version": 1, and `get_config` overrides written for them).
+LEGACY_VIT_FIELDS = {
+    "encoder_embed_dim": "embed_dim",
+    "encoder_depth": "depth",
+    "encoder_num_heads": "num_heads",
+    "encoder_global_attn_indexes": "global_attn_indexes",
+    "patch_size": "patch_size",
+    "encoder_window_size": "window_size",
+    "encoder_mlp_ratio": "mlp_ratio",
+    "qkv_bias": "qkv_bias",
+    "use_abs_pos": "use_abs_pos",
+    "use_rel_pos": "use_rel_pos",
+}
+
+
+def encoder_from_dict(d: Any) -> ImageEncoderConfig:
+    """An image encoder config from its `to_dict` form ({"kind": ..., fields})."""
+    if not isinstance(d, dict):
+        raise ValueError(f"image_encoder must be a JSON object of fields, got {type(d).__name__}")
+    kind = _choice(d.get("kind"), "image_encoder.kind", tuple(ENCODER_KINDS))
+    try:
+        return config_from_json(ENCODER_KINDS[kind], {k: v for k, v in d.items() if k != "kind"})
+    except TypeError as e:
+        raise ValueError(f"image_encoder: {e}") from None
+
+
+def encoder_to_dict(encoder: ImageEncoderConfig) -> dict[str, Any]:
+    return {"kind": encoder.kind, **config_to_json(encoder)}
+
+
+# How images become model inputs. "interpolation": "pil_bilinear" is the reference's
+# `ResizeLongestSide` (PIL bilinear, antialiased when shrinking); "cv2_area" is OpenCV's
+# INTER_AREA, LiteMedSAM's. "normalize": "mean_std" subtracts `pixel_mean` and divides by
+# `pixel_std` (SAM); "min_max" scales each resized image to [0, 1] by its own minimum and
+# maximum (LiteMedSAM). Both resize the longest side to image_size and pad bottom-right.
+INTERPOLATIONS = ("pil_bilinear", "cv2_area")
+NORMALIZATIONS = ("mean_std", "min_max")
+
+
+@dataclasses.dataclass(frozen=True)
 class SamConfig:
     """Architecture of one SAM model (reference `build_sam._build_sam` and its classes).
 
-    Image encoder (`ImageEncoderViT`):
+    Image encoder:
+        image_encoder: `ViTConfig` (SAM's `ImageEncoderViT`) or `TinyViTConfig` (MobileSAM's
+            and LiteMedSAM's TinyViT).
         image_size: side of the square model input (the image is resized and padded to it).
-        patch_size: side of a patch; the embedding grid is image_size // patch_size.
-        encoder_embed_dim, encoder_depth, encoder_num_heads: ViT width, depth and heads.
-        encoder_global_attn_indexes: blocks with global attention; the others are windowed.
-        encoder_window_size: window side of the windowed blocks.
-        encoder_mlp_ratio: MLP hidden width / embed dim.
-        qkv_bias, use_abs_pos, use_rel_pos: as the reference flags.
     Prompt encoder (`PromptEncoder`):
         prompt_embed_dim: width of prompt tokens, image embedding and decoder (256 in SAM).
         mask_in_chans: hidden channels of the mask-prompt downscaler.
@@ -99,20 +295,14 @@ class SamConfig:
             (the reference's 1e-5; `transformers` checkpoints carry their own, usually 1e-6).
             The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
     Pre-processing:
-        pixel_mean, pixel_std: per-channel RGB normalisation.
+        pixel_mean, pixel_std: per-channel RGB normalisation ("mean_std").
+        interpolation, normalize: see `INTERPOLATIONS`, `NORMALIZATIONS`.
+    About the model (shown to users; no effect on the arithmetic):
+        trained_for: what the weights were trained on, in a few words ("" when unknown).
     """
 
-    encoder_embed_dim: int
-    encoder_depth: int
-    encoder_num_heads: int
-    encoder_global_attn_indexes: tuple[int, ...]
+    image_encoder: ImageEncoderConfig
     image_size: int = 1024
-    patch_size: int = 16
-    encoder_window_size: int = 14
-    encoder_mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    use_abs_pos: bool = True
-    use_rel_pos: bool = True
     prompt_embed_dim: int = 256
     mask_in_chans: int = 16
     decoder_depth: int = 2
@@ -125,22 +315,17 @@ class SamConfig:
     decoder_layer_norm_eps: float = 1e-5
     pixel_mean: tuple[float, ...] = PIXEL_MEAN  # three values (R, G, B), checked
     pixel_std: tuple[float, ...] = PIXEL_STD
+    interpolation: str = "pil_bilinear"
+    normalize: str = "mean_std"
+    trained_for: str = ""
 
     def __post_init__(self) -> None:
         # Types and ranges first: a config read from a file is checked before anything is
         # built from it (a depth of 1e8 would hang building the model, a zero divide).
+        if not isinstance(self.image_encoder, (ViTConfig, TinyViTConfig)):
+            raise ValueError(f"image_encoder must be a ViTConfig or TinyViTConfig, got {self.image_encoder!r}")
         for name, low, high in _INT_FIELDS:
             _check_int(self, name, low, high)
-        for name in ("qkv_bias", "use_abs_pos", "use_rel_pos"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        ratio = self.encoder_mlp_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
-            raise ValueError(f"encoder_mlp_ratio must be a number in (0, 64], got {ratio!r}")
-        indexes = _as_tuple(self.encoder_global_attn_indexes, "encoder_global_attn_indexes")
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.encoder_depth for i in indexes):
-            raise ValueError(f"encoder_global_attn_indexes must be block numbers in [0, encoder_depth), got {indexes}")
-        object.__setattr__(self, "encoder_global_attn_indexes", indexes)
         for name, positive in (("pixel_mean", False), ("pixel_std", True)):
             values = _as_tuple(getattr(self, name), name)
             ok = len(values) == 3 and all(
@@ -154,20 +339,20 @@ class SamConfig:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise ValueError(f"decoder_layer_norm_eps must be a number in (0, 1), got {eps!r}")
         object.__setattr__(self, "decoder_layer_norm_eps", float(eps))
-        problems = []
-        if self.image_size % self.patch_size:
-            problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.encoder_embed_dim % self.encoder_num_heads:
-            problems.append("encoder_embed_dim must be divisible by encoder_num_heads")
+        _choice(self.interpolation, "interpolation", INTERPOLATIONS)
+        _choice(self.normalize, "normalize", NORMALIZATIONS)
+        if not isinstance(self.trained_for, str) or len(self.trained_for) > 200:
+            raise ValueError(f"trained_for must be a short text, got {self.trained_for!r}")
+        problems = self.image_encoder.check_image_size(self.image_size)
         internal = self.prompt_embed_dim // self.attention_downsample_rate
         if self.prompt_embed_dim % self.decoder_num_heads or internal % self.decoder_num_heads or internal < 1:
             problems.append("prompt_embed_dim (and its downsampled width) must be divisible by decoder_num_heads")
         if self.prompt_embed_dim % 8:
             problems.append("prompt_embed_dim must be a multiple of 8 (the upscaler ends at dim // 8)")
-        if not self.decoder_layer_norm_eps > 0:
-            problems.append("decoder_layer_norm_eps must be positive")
         if self.mask_in_chans % 4:
             problems.append("mask_in_chans must be a multiple of 4")
+        if not problems and self.embedding_size < 1:
+            problems.append(f"image_size {self.image_size} gives no embedding grid")
         if not problems and self.parameter_count() > MAX_PARAMETERS:
             problems.append(
                 f"about {self.parameter_count():.3g} parameters, more than the {MAX_PARAMETERS:.3g} allowed"
@@ -177,10 +362,8 @@ class SamConfig:
 
     def parameter_count(self) -> int:
         """The number of weights, up to small terms (biases, norms): what a config costs."""
-        d, c, m = self.encoder_embed_dim, self.prompt_embed_dim, self.decoder_mlp_dim
-        grid = self.embedding_size
-        encoder = self.encoder_depth * int((4 + 2 * self.encoder_mlp_ratio) * d * d)
-        encoder += 3 * self.patch_size**2 * d + grid * grid * d + d * c + 9 * c * c
+        c, m = self.prompt_embed_dim, self.decoder_mlp_dim
+        encoder = self.image_encoder.parameter_count(self.image_size, c)
         decoder = self.decoder_depth * (4 * c * c + 8 * c * c // self.attention_downsample_rate + 2 * c * m)
         heads = (self.num_multimask_outputs + 1) * 2 * c * c + self.iou_head_depth * self.iou_head_hidden_dim**2
         return encoder + decoder + heads
@@ -188,7 +371,7 @@ class SamConfig:
     @property
     def embedding_size(self) -> int:
         """Side of the image embedding grid (64 for the official models)."""
-        return self.image_size // self.patch_size
+        return self.image_encoder.embedding_size(self.image_size)
 
     @property
     def low_res_mask_size(self) -> int:
@@ -200,33 +383,52 @@ class SamConfig:
         return self.num_multimask_outputs + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_json(self)
+        d = config_to_json(self)
+        d["image_encoder"] = encoder_to_dict(self.image_encoder)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SamConfig:
-        """Builds a config from `to_dict` output; unknown keys from newer versions are ignored."""
+    def from_dict(cls, d: Any) -> SamConfig:
+        """Builds a config from `to_dict` output; unknown keys from newer versions are ignored.
+        A config written before the encoder became a choice (its ViT fields at the top level,
+        `LEGACY_VIT_FIELDS`) reads as the same model."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a JSON object of fields, got {type(d).__name__}")
+        d = dict(d)
+        if "image_encoder" in d:
+            d["image_encoder"] = encoder_from_dict(d["image_encoder"])
+        else:
+            legacy = {new: d.pop(old) for old, new in LEGACY_VIT_FIELDS.items() if old in d}
+            required = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes")
+            missing = [old for old in required if LEGACY_VIT_FIELDS[old] not in legacy]
+            if missing:
+                raise ValueError(f"the config lacks the field(s) {', '.join(missing)} (or an image_encoder)")
+            try:
+                d["image_encoder"] = ViTConfig(**legacy)
+            except TypeError as e:
+                raise ValueError(f"image_encoder: {e}") from None
         return config_from_json(cls, d)
+
+
+def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> SamConfig:
+    return SamConfig(image_encoder=ViTConfig(embed_dim, depth, num_heads, global_attn_indexes))
 
 
 # The official models (reference build_sam.py): only the encoder differs.
 MODEL_REGISTRY: dict[str, SamConfig] = {
-    "vit_h": SamConfig(
-        encoder_embed_dim=1280,
-        encoder_depth=32,
-        encoder_num_heads=16,
-        encoder_global_attn_indexes=(7, 15, 23, 31),
-    ),
-    "vit_l": SamConfig(
-        encoder_embed_dim=1024,
-        encoder_depth=24,
-        encoder_num_heads=16,
-        encoder_global_attn_indexes=(5, 11, 17, 23),
-    ),
-    "vit_b": SamConfig(
-        encoder_embed_dim=768,
-        encoder_depth=12,
-        encoder_num_heads=12,
-        encoder_global_attn_indexes=(2, 5, 8, 11),
+    "vit_h": _vit(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": _vit(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": _vit(768, 12, 12, (2, 5, 8, 11)),
+    # MobileSAM (`mobile_sam`'s registry name): TinyViT distilled from SAM's ViT-H at 1024.
+    "vit_t": SamConfig(image_encoder=TinyViTConfig(stem="conv3x3_stride2"), trained_for="natural images (MobileSAM)"),
+    # LiteMedSAM: the same TinyViT on 256-pixel inputs (a 1x1 stride-1 stem keeps the 64x64
+    # grid), trained on medical images with box prompts, with its own preprocessing.
+    "lite_medsam": SamConfig(
+        image_encoder=TinyViTConfig(stem="conv1x1_stride1"),
+        image_size=256,
+        interpolation="cv2_area",
+        normalize="min_max",
+        trained_for="medical images, from boxes (LiteMedSAM)",
     ),
 }
 
@@ -236,15 +438,10 @@ MODEL_REGISTRY: dict[str, SamConfig] = {
 # heads and every fixed choice of the reference, so its exported state_dict rebuilds in the
 # reference from tensor shapes alone. Its 16 x 16 token grid needs no windows: every block
 # attends globally (window_size is then unused; the reference default). Its recipe starts
-# from `vit_t/patch_size=16`, four times cheaper a step, and re-cuts the patches later.
-MODEL_REGISTRY["vit_t"] = SamConfig(
-    encoder_embed_dim=128,
-    encoder_depth=6,
-    encoder_num_heads=4,
-    encoder_global_attn_indexes=(0, 1, 2, 3, 4, 5),
+# from `tiny-shapes/patch_size=16`, four times cheaper a step, and re-cuts the patches later.
+MODEL_REGISTRY["tiny-shapes"] = SamConfig(
+    image_encoder=ViTConfig(embed_dim=128, depth=6, num_heads=4, global_attn_indexes=(0, 1, 2, 3, 4, 5), patch_size=8),
     image_size=128,
-    patch_size=8,
-    encoder_window_size=14,
     prompt_embed_dim=128,
     mask_in_chans=16,
     decoder_mlp_dim=256,
@@ -256,13 +453,54 @@ MODEL_REGISTRY["vit_t"] = SamConfig(
 MODEL_ALIASES = {"default": "vit_h"}
 
 
+def _parse(value: str, current: Any) -> Any:
+    if isinstance(current, tuple):
+        return tuple(type(current[0] if current else 0)(v) for v in value.split(",") if v)
+    if isinstance(current, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(current)(value)
+
+
+def _field_value(config: SamConfig, key: str) -> tuple[bool, Any]:
+    """(whether `key` names a field of `config` or of its image encoder, its value there)."""
+    if key != "image_encoder" and key in {f.name for f in dataclasses.fields(SamConfig)}:
+        return True, getattr(config, key)
+    encoder = config.image_encoder
+    name = LEGACY_VIT_FIELDS.get(key, key) if isinstance(encoder, ViTConfig) else key
+    if name in {f.name for f in dataclasses.fields(encoder)}:
+        return True, getattr(encoder, name)
+    return False, None
+
+
+def with_fields(config: SamConfig, **fields: Any) -> SamConfig:
+    """`config` with fields replaced: `SamConfig`'s (an `image_encoder` whole, too), or its
+    image encoder's (by their name, or for a ViT by the flat names of `LEGACY_VIT_FIELDS`).
+
+    Raises:
+        ValueError naming a field neither has.
+    """
+    outer, inner = {}, {}
+    for key, value in fields.items():
+        if key == "image_encoder" or key in {f.name for f in dataclasses.fields(SamConfig)}:
+            outer[key] = value
+        elif _field_value(config, key)[0]:
+            inner[LEGACY_VIT_FIELDS.get(key, key) if isinstance(config.image_encoder, ViTConfig) else key] = value
+        else:
+            raise ValueError(f"{key!r} is no field of SamConfig nor of its {type(config.image_encoder).__name__}")
+    if inner:
+        outer["image_encoder"] = dataclasses.replace(outer.get("image_encoder", config.image_encoder), **inner)
+    return dataclasses.replace(config, **outer)
+
+
 def get_config(name: str, **overrides: Any) -> SamConfig:
     """Returns a registered configuration, optionally with fields replaced.
 
     Args:
-        name: a registry name (`vit_b`, `vit_l`, `vit_h`, or an alias such as `default`), optionally followed by
-            `/field=value` overrides, e.g. `"vit_b/image_size=512"`.
-        **overrides: further field replacements.
+        name: a registry name (`vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `lite_medsam`,
+            `tiny-shapes`, or an alias such as `default`), optionally followed by
+            `/field=value` overrides of `SamConfig` or image encoder fields, e.g.
+            `"vit_b/image_size=512"`, `"tiny-shapes/patch_size=16"`.
+        **overrides: further field replacements (see `with_fields`).
     Returns:
         The frozen `SamConfig`.
     """
@@ -272,18 +510,15 @@ def get_config(name: str, **overrides: Any) -> SamConfig:
     base = MODEL_ALIASES.get(base, base)
     if base not in MODEL_REGISTRY:
         raise ValueError(f"unknown model type {base!r}; expected one of {sorted([*MODEL_REGISTRY, *MODEL_ALIASES])}")
-    fields = {f.name: f for f in dataclasses.fields(SamConfig)}
+    config = MODEL_REGISTRY[base]
     parsed: dict[str, Any] = {}
     for part in parts:
         key, sep, value = part.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"bad override {part!r} in {name!r}; expected FIELD=VALUE with a SamConfig field")
-        current = getattr(MODEL_REGISTRY[base], key)
-        if isinstance(current, tuple):
-            parsed[key] = tuple(type(current[0] if current else 0)(v) for v in value.split(",") if v)
-        elif isinstance(current, bool):
-            parsed[key] = value.lower() in ("1", "true", "yes")
-        else:
-            parsed[key] = type(current)(value)
+        known, current = _field_value(config, key) if sep else (False, None)
+        if not known:
+            raise ValueError(
+                f"bad override {part!r} in {name!r}; expected FIELD=VALUE with a SamConfig or encoder field"
+            )
+        parsed[key] = _parse(value, current)
     parsed.update(overrides)
-    return dataclasses.replace(MODEL_REGISTRY[base], **parsed)
+    return with_fields(config, **parsed)

@@ -15,7 +15,7 @@ import numpy as np
 from sam_jax.checkpoint import checkpoint_directory, write_checkpoint
 from sam_jax.config import MODEL_ALIASES
 from sam_jax.formats import hf
-from sam_jax.formats.reference import ConversionError, convert_state_dict, describe, weights_to_state_dict
+from sam_jax.formats.reference import ConversionError, convert_state_dict, describe, params_to_state_dict
 from sam_jax.formats.torch_files import read_state_dict, state_dict_bytes
 from sam_jax.io import atomic_write_bytes
 from sam_jax.loading import load
@@ -47,7 +47,7 @@ def convert_checkpoint(
                 notes.extend(found)
         else:
             try:
-                params = convert_state_dict(state_dict, model_type, decoder_num_heads)
+                params = convert_state_dict(state_dict, model_type, decoder_num_heads, notes=notes)
             except ConversionError as e:
                 raise ConversionError(f"{checkpoint}: {e}") from None
         write_checkpoint(tmp, params, {"converted_from": Path(checkpoint).name, "model_type": describe(params.config)})
@@ -77,7 +77,7 @@ def export_torch(
     if output.exists() and (output.is_dir() or not overwrite):
         what = "is a folder" if output.is_dir() else "exists; pass --overwrite to replace it"
         raise ConversionError(f"{output}: {what}")
-    state_dict = weights_to_state_dict(load_for_export(flax_dir).weights)
+    state_dict = params_to_state_dict(load_for_export(flax_dir))
     atomic_write_bytes(output, state_dict_bytes(state_dict), overwrite=overwrite)
     return state_dict
 

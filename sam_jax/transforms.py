@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import operator
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from sam_jax.config import SamConfig
 from sam_jax.modeling.common import linear_resize_matrix
 
 
@@ -28,17 +30,27 @@ def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
     return max(int(old_h * scale + 0.5), 1), max(int(old_w * scale + 0.5), 1)
 
 
-def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+def resize_longest_side(image: np.ndarray, long_side: int, interpolation: str = "pil_bilinear") -> np.ndarray:
     """Resizes an (H, W, 3) uint8 image so its longest side is `long_side`.
 
-    PIL's bilinear filter, as torchvision's `resize` applies to PIL images in the
-    reference; PIL widens the filter when shrinking (antialiasing), so this is not the
-    same as a plain bilinear resize.
+    Args:
+        interpolation: "pil_bilinear", PIL's bilinear filter as torchvision's `resize` applies
+            to PIL images in the reference (PIL widens the filter when shrinking:
+            antialiasing, so not a plain bilinear resize); or "cv2_area", OpenCV's
+            INTER_AREA, as LiteMedSAM's inference resizes.
     """
     h, w = preprocess_shape(image.shape[0], image.shape[1], long_side)
     if (h, w) == image.shape[:2]:
         return np.ascontiguousarray(image)
+    if interpolation == "cv2_area":
+        return np.asarray(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def resize_to_model(image: np.ndarray, config: SamConfig) -> np.ndarray:
+    """An (H, W, 3) uint8 image resized as `config`'s model takes it (longest side to
+    `image_size`, with the config's interpolation)."""
+    return resize_longest_side(image, config.image_size, config.interpolation)
 
 
 def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -97,7 +97,7 @@ def test_coco_rle_json_matches_the_reference_generator(folder, tmp_path):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json")) == ["a.json", "c.json", "sub/b.json"]
     path = tmp_path / "tiny.pth"
     conversion.export_torch("tiny-shapes", path)
-    ref = build_reference(sam_jax.get_config("vit_t"))
+    ref = build_reference(sam_jax.get_config("tiny-shapes"))
     ref.load_state_dict(torch.load(path), strict=True)
     reference = ReferenceGenerator(ref, **OPTIONS, output_mode="coco_rle")
     for name in ("a", "sub/b", "c"):

@@ -47,7 +47,7 @@ def test_fused_encoder_matches_reference(small, count_fused, path):
     x = torch.randn(2, 3, SMALL.image_size, SMALL.image_size, generator=torch.Generator().manual_seed(0))
     ref = nchw_to_nhwc(small.ref.image_encoder(x))
     ours = jax.jit(image_encoder_forward)(small.params.with_attention(path), jnp.asarray(nchw_to_nhwc(x)))
-    assert count_fused == [path] * SMALL.encoder_depth  # traced once: one call per block
+    assert count_fused == [path] * SMALL.image_encoder.depth  # traced once: one call per block
     assert rel_err(ours, ref) < 1e-5
 
 
@@ -138,7 +138,7 @@ def test_float32_forward_asks_for_highest_precision(path):
     f32 = jax.jit(image_encoder_forward).lower(params, images).as_text()
     bf16 = jax.jit(image_encoder_forward).lower(params.with_compute_dtype("bfloat16"), images).as_text()
     f32_precisions, bf16_precisions = _dot_precisions(f32), _dot_precisions(bf16)
-    assert len(f32_precisions) > 2 * TINY.encoder_depth and set(f32_precisions) == {"HIGHEST"}
+    assert len(f32_precisions) > 2 * TINY.image_encoder.depth and set(f32_precisions) == {"HIGHEST"}
     assert len(bf16_precisions) == len(f32_precisions) and set(bf16_precisions) == {"DEFAULT"}
 
     e, c = TINY.embedding_size, TINY.prompt_embed_dim

@@ -180,8 +180,8 @@ def test_two_processes_cover_disjoint_shares(tmp_path, model):
 
 
 def test_killed_run_resumes_without_redoing_finished_work(tmp_path):
-    vit_t = tmp_path / "vit_t"  # at 256 pixels, slow enough per image to be killed half way
-    sam_jax.save(vit_t, sam_jax.init(sam_jax.get_config("vit_t", image_size=256, patch_size=16), 0))
+    vit_t = tmp_path / "vit_t"  # tiny-shapes' architecture at 256 pixels, slow enough per image to be killed half way
+    sam_jax.save(vit_t, sam_jax.init(sam_jax.get_config("tiny-shapes", image_size=256, patch_size=16), 0))
     _images(tmp_path / "in", 40)
     args = ("--checkpoint", str(vit_t), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
     proc = run_embed(*args, "--batch-size", "1", "--threads", "1", wait=False)

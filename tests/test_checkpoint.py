@@ -91,3 +91,66 @@ def test_runtime_never_imports_torch(small):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# The config of a vit_b checkpoint as the release before TinyViT wrote it (sam_jax.json
+# "version": 1): the encoder's fields at the top level. Kept verbatim: such files must load.
+FIRST_FORMAT_VIT_B = {
+    "encoder_embed_dim": 768,
+    "encoder_depth": 12,
+    "encoder_num_heads": 12,
+    "encoder_global_attn_indexes": [2, 5, 8, 11],
+    "image_size": 1024,
+    "patch_size": 16,
+    "encoder_window_size": 14,
+    "encoder_mlp_ratio": 4.0,
+    "qkv_bias": True,
+    "use_abs_pos": True,
+    "use_rel_pos": True,
+    "prompt_embed_dim": 256,
+    "mask_in_chans": 16,
+    "decoder_depth": 2,
+    "decoder_num_heads": 8,
+    "decoder_mlp_dim": 2048,
+    "attention_downsample_rate": 2,
+    "num_multimask_outputs": 3,
+    "iou_head_depth": 3,
+    "iou_head_hidden_dim": 256,
+    "decoder_layer_norm_eps": 1e-05,
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+}
+
+
+def test_configs_of_the_first_format_load_as_the_same_model(small, tmp_path):
+    assert sam_jax.SamConfig.from_dict(FIRST_FORMAT_VIT_B) == sam_jax.get_config("vit_b")
+    # A whole checkpoint written in the first format (the small model's weights) loads, and
+    # saving it again writes the current format, which loads to the same config.
+    sam_jax.save(tmp_path / "ck", small.params)
+    meta_path = tmp_path / "ck" / checkpoint.META_FILE
+    meta = json.loads(meta_path.read_text())
+    vit = meta["config"].pop("image_encoder")
+    assert vit.pop("kind") == "vit"
+    meta["config"].update({old: vit[new] for old, new in sam_jax.config.LEGACY_VIT_FIELDS.items()})
+    meta["version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    old = sam_jax.load(tmp_path / "ck")
+    assert old.config == small.params.config
+    sam_jax.save(tmp_path / "again", old)
+    assert (
+        json.loads((tmp_path / "again" / checkpoint.META_FILE).read_text())["config"]["image_encoder"]["kind"] == "vit"
+    )
+    assert sam_jax.load(tmp_path / "again").config == small.params.config
+
+
+@pytest.mark.parametrize("version", [3, "2", True])
+def test_a_format_version_this_release_does_not_know_is_refused(small, tmp_path, version):
+    sam_jax.save(tmp_path / "ck", small.params)
+    meta_path = tmp_path / "ck" / checkpoint.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = version
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"sam_jax.json: checkpoint format version .*; this sam-jax reads versions 1, 2"
+    ):
+        sam_jax.load(tmp_path / "ck")

@@ -79,7 +79,7 @@ def test_registry_has_the_references_names_and_loads_every_checkpoint_kind(small
     assert same_weights(build_sam(SMALL, small.directory).params, small.params)  # sam_jax checkpoint folder
     conversion.export_hf_checkpoint(small.directory, tmp_path / "hf")
     assert same_weights(build_sam(SMALL, tmp_path / "hf").params, small.params)  # transformers folder
-    embedded = build_sam("vit_t", "tiny-shapes")
+    embedded = build_sam("tiny-shapes", "tiny-shapes")
     assert same_weights(embedded.params, sam_jax.load("tiny-shapes"))
     assert isinstance(embedded.params.weights["mask_decoder"]["iou_token"]["embedding"], jax.Array)
 
@@ -106,7 +106,7 @@ def test_registry_refuses_in_one_line(small, monkeypatch):
     with pytest.raises(ValueError, match=r"holds a custom .* model, not vit_b") as e:
         sam_jax.sam_model_registry["vit_b"](checkpoint=small.checkpoint)
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="holds a vit_t model, not vit_h"):
+    with pytest.raises(ValueError, match="holds a tiny-shapes model, not vit_h"):
         sam_jax.sam_model_registry["default"](checkpoint="tiny-shapes")
     with pytest.raises(TypeError, match="checkpoint must be a file or folder path"):
         sam_jax.sam_model_registry["vit_b"](checkpoint=123)

@@ -27,7 +27,7 @@ FRESH_SEED = 777_001
 # Floors under what the shipped weights score on these 40 fresh scenes (classic 0.83 / 0.87,
 # broad 0.69 / 0.74 one point / box; docs/embedded-model.md has the 200-scene figures). The
 # broad floor is far above the earlier 8x8-grid model (0.39 / 0.48 on broad) and a randomly
-# initialised vit_t (~0.06); they guard the shipped weights, loading and inference, not the
+# initialised tiny-shapes architecture (~0.06); they guard the shipped weights, loading and inference, not the
 # quality target.
 FLOORS = {"classic": (0.75, 0.8), "broad": (0.6, 0.65)}
 
@@ -37,7 +37,7 @@ def test_shipped_inside_the_package_and_small(tiny_shapes):
     assert directory.is_relative_to(Path(sam_jax.__file__).parent)
     size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     assert 0 < size <= 20 * 2**20
-    assert tiny_shapes.config == sam_jax.get_config("vit_t")
+    assert tiny_shapes.config == sam_jax.get_config("tiny-shapes")
 
 
 @pytest.mark.parametrize("family", sorted(FLOORS))

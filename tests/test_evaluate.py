@@ -52,7 +52,7 @@ def test_evaluate_counts_every_instance(small):
     }
     areas = np.concatenate([data[i].masks.sum(axis=(1, 2)) for i in range(4)])
     assert figures["small_instances"] == (areas < 0.01 * 96 * 96).sum()
-    assert sam_jax.get_config("vit_t").decoder_num_heads == 8  # the reference's fixed choice
+    assert sam_jax.get_config("tiny-shapes").decoder_num_heads == 8  # the reference's fixed choice
 
 
 def test_evaluate_automatic_matches_generated_masks_to_instances():

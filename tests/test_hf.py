@@ -142,8 +142,8 @@ def test_parity_with_transformers(folders, case):
     s, low = params.config.image_size, params.config.low_res_mask_size
     if case == "pruned":
         c = params.config
-        assert (c.encoder_embed_dim, c.encoder_num_heads, c.decoder_num_heads) == (168, 12, 4)
-        assert int(c.encoder_embed_dim * c.encoder_mlp_ratio) == 696 and c.iou_head_depth == 4
+        assert (c.image_encoder.embed_dim, c.image_encoder.num_heads, c.decoder_num_heads) == (168, 12, 4)
+        assert int(c.image_encoder.embed_dim * c.image_encoder.mlp_ratio) == 696 and c.iou_head_depth == 4
     image = make_image(s, s * 3 // 4, seed=3)  # longest side at the model's size: no resizing on either side
     pixels = pixel_values(image, s)
     embedding = sam_jax.encode(params, image)
@@ -387,7 +387,7 @@ def test_outputs_replace_only_their_own_folders(small, folders, tmp_path, capsys
     ]
     assert main([str(folders["eps=1e-6"][1]), str(tmp_path / "replace-me")]) == 0
     assert main([str(folders["pruned"][1]), str(tmp_path / "replace-me"), "--overwrite"]) == 0
-    assert sam_jax.load(tmp_path / "replace-me").config.encoder_embed_dim == 168
+    assert sam_jax.load(tmp_path / "replace-me").config.image_encoder.embed_dim == 168
     # A transformers folder someone else saved (no sam_jax marker) is not replaced either.
     capsys.readouterr()
     hf_saved = tmp_path / "saved"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +14,7 @@ from segment_anything.modeling import image_encoder as ref_ie
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from sam_jax import formats, testing, transforms
+from sam_jax.config import with_fields
 from sam_jax.modeling import image_encoder as ie
 from sam_jax.modeling.sam import (
     image_encoder_forward,
@@ -45,7 +45,7 @@ def test_image_encoder_in_query_blocks(small, monkeypatch, limit):
     one row in every block (windows included)."""
     monkeypatch.setattr(ie, "MAX_LOGITS_PER_BLOCK", limit)
     e = SMALL.embedding_size
-    assert ie.query_rows_per_chunk(2 * SMALL.encoder_num_heads, e, e) < e
+    assert ie.query_rows_per_chunk(2 * SMALL.image_encoder.num_heads, e, e) < e
     x = torch.randn(2, 3, SMALL.image_size, SMALL.image_size, generator=torch.Generator().manual_seed(0))
     ref = nchw_to_nhwc(small.ref.image_encoder(x))
     ours = image_encoder_forward(small.params, jnp.asarray(nchw_to_nhwc(x)))
@@ -62,11 +62,11 @@ def test_query_rows_per_chunk_divides_and_bounds():
 
 @pytest.mark.parametrize(
     "variant",
-    [dict(qkv_bias=False), dict(use_abs_pos=False), dict(use_rel_pos=False, encoder_mlp_ratio=2.0)],
+    [dict(qkv_bias=False), dict(use_abs_pos=False), dict(use_rel_pos=False, mlp_ratio=2.0)],
     ids=["no-qkv-bias", "no-abs-pos", "no-rel-pos"],
 )
 def test_image_encoder_variants(variant):
-    cfg = dataclasses.replace(SMALL, **variant)
+    cfg = with_fields(SMALL, **variant)
     ref = randomize_(build_reference(cfg), seed=3)
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
     params = formats.convert_state_dict(sd, config=cfg)
@@ -212,11 +212,11 @@ def test_add_decomposed_rel_pos_unequal_sizes():
 
 def test_attention_interpolates_a_table_of_another_length(small):
     """A global block's table sized for a 16x16 grid, run on a 10x10 input: both interpolate."""
-    ref_attn = small.ref.image_encoder.blocks[SMALL.encoder_global_attn_indexes[0]].attn
-    x = torch.randn(2, 10, 10, SMALL.encoder_embed_dim, generator=torch.Generator().manual_seed(4))
-    weights = small.params.weights["image_encoder"][f"blocks_{SMALL.encoder_global_attn_indexes[0]}"]["attn"]
+    ref_attn = small.ref.image_encoder.blocks[SMALL.image_encoder.global_attn_indexes[0]].attn
+    x = torch.randn(2, 10, 10, SMALL.image_encoder.embed_dim, generator=torch.Generator().manual_seed(4))
+    weights = small.params.weights["image_encoder"][f"blocks_{SMALL.image_encoder.global_attn_indexes[0]}"]["attn"]
     assert weights["rel_pos_h"].shape[0] == 2 * SMALL.embedding_size - 1 != 2 * 10 - 1
-    ours = ie.Attention(SMALL.encoder_num_heads).apply({"params": weights}, jnp.asarray(x.numpy()))
+    ours = ie.Attention(SMALL.image_encoder.num_heads).apply({"params": weights}, jnp.asarray(x.numpy()))
     assert rel_err(ours, ref_attn(x).numpy()) < 1e-5
 
 

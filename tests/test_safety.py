@@ -101,7 +101,7 @@ def test_overwrite_replaces_only_a_checkpoint(small, tmp_path):
 def test_finetune_export_and_keep_are_refused_before_training(tmp_path):
     work = tmp_path / "work"
     before = user_folder(work)
-    common = ("-m", "sam_jax.cli", "finetune", "--config", "vit_t", "--data", "synthetic:size=64,length=4")
+    common = ("-m", "sam_jax.cli", "finetune", "--config", "tiny-shapes", "--data", "synthetic:size=64,length=4")
     started = time.perf_counter()
     result = run(*common, "--export", str(work), "--checkpoint-dir", str(tmp_path / "run"))
     one_line(result, "is a folder holding other files")
@@ -310,24 +310,28 @@ def test_memory_budget_serves_in_order_and_bounds_what_is_held():
 @pytest.mark.parametrize(
     "field,value,needle",
     [
-        ("encoder_depth", 1e8, "encoder_depth must be an integer in [1, 256], got 100000000.0"),
-        ("encoder_embed_dim", 2**20, "encoder_embed_dim must be an integer in [1, 16384]"),
-        ("patch_size", 0, "patch_size must be an integer in [1, 1024], got 0"),
-        ("decoder_num_heads", 0, "decoder_num_heads must be an integer in [1, 1024], got 0"),
-        ("pixel_std", [58.4, 0, 57.4], "pixel_std must be 3 finite numbers > 0"),
-        ("encoder_global_attn_indexes", None, "encoder_global_attn_indexes must be a list"),
-        (None, [1, 2], "a config must be a JSON object of fields, got list"),
-        (None, None, "a config must be a JSON object of fields, got NoneType"),
+        (("image_encoder", "depth"), 1e8, "image_encoder.depth must be an integer in [1, 256], got 100000000.0"),
+        (("image_encoder", "embed_dim"), 2**20, "image_encoder.embed_dim must be an integer in [1, 16384]"),
+        (("image_encoder", "patch_size"), 0, "image_encoder.patch_size must be an integer in [1, 1024], got 0"),
+        (("decoder_num_heads",), 0, "decoder_num_heads must be an integer in [1, 1024], got 0"),
+        (("pixel_std",), [58.4, 0, 57.4], "pixel_std must be 3 finite numbers > 0"),
+        (("image_encoder", "global_attn_indexes"), None, "image_encoder.global_attn_indexes must be a list"),
+        (("image_encoder", "kind"), "resnet", "image_encoder.kind must be one of vit, tiny_vit, got 'resnet'"),
+        (("image_encoder",), [1], "image_encoder must be a JSON object of fields, got list"),
+        (("normalize",), "zscore", "normalize must be one of mean_std, min_max, got 'zscore'"),
+        ((), [1, 2], "a config must be a JSON object of fields, got list"),
+        ((), None, "a config must be a JSON object of fields, got NoneType"),
     ],
 )
 def test_crafted_configs_are_refused_in_one_line(small, tmp_path, field, value, needle):
     out = tmp_path / "ck"
     sam_jax.save(out, small.params)
     meta = json.loads((out / "sam_jax.json").read_text())
-    if field is None:
-        meta["config"] = value
-    else:
-        meta["config"][field] = value
+    holder, *path = ["config", *field]
+    parent = meta
+    for key in [holder, *path][:-1]:
+        parent = parent[key]
+    parent[[holder, *path][-1]] = value
     (out / "sam_jax.json").write_text(json.dumps(meta))
     started = time.perf_counter()
     with pytest.raises(ValueError) as info:
@@ -336,11 +340,24 @@ def test_crafted_configs_are_refused_in_one_line(small, tmp_path, field, value, 
     assert time.perf_counter() - started < 5
 
 
+def test_a_crafted_legacy_config_is_refused_in_one_line(small, tmp_path):
+    """A config of the first format (the ViT's fields at the top level) is checked the same way."""
+    out = tmp_path / "ck"
+    sam_jax.save(out, small.params)
+    meta = json.loads((out / "sam_jax.json").read_text())
+    vit = meta["config"].pop("image_encoder")
+    meta["config"].update(encoder_embed_dim=vit["embed_dim"], encoder_num_heads=vit["num_heads"], encoder_depth=1e8)
+    meta["config"].update(encoder_global_attn_indexes=vit["global_attn_indexes"])
+    (out / "sam_jax.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"invalid config: image_encoder.depth must be an integer in \[1, 256\]"):
+        sam_jax.load(out)
+
+
 def test_widths_consistent_in_the_config_but_not_the_weights(small, tmp_path):
     out = tmp_path / "ck"
     sam_jax.save(out, small.params)
     meta = json.loads((out / "sam_jax.json").read_text())
-    meta["config"]["encoder_embed_dim"] = 2048
+    meta["config"]["image_encoder"]["embed_dim"] = 2048
     (out / "sam_jax.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"parameter 'image_encoder/.*' has shape"):
         sam_jax.load(out)
@@ -442,7 +459,7 @@ def tiny_params() -> sam_jax.SamParams:
 
 def test_resume_with_another_model_is_one_line(tmp_path, tiny_params):
     run_with_steps(tmp_path / "run", [1, 2], tiny_params, CFG)
-    other = sam_jax.init(dataclasses.replace(TINY, encoder_depth=3, encoder_global_attn_indexes=(2,)), 0)
+    other = sam_jax.init(sam_jax.config.with_fields(TINY, depth=3, global_attn_indexes=(2,)), 0)
     with pytest.raises(ValueError, match=r"the run there trains another model .*depth 2.*not .*depth 3"):
         train.train(other, [DATA], CFG, str(tmp_path / "run"), **QUIET)
     with pytest.raises(ValueError, match=r"holds a run .*latest step 2"):

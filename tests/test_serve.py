@@ -365,7 +365,7 @@ def test_cache_evicts_least_recently_used():
 
 def test_app_cache_budget_evicts_and_reupload_recovers(params, crop):
     first, second = png_bytes(crop), png_bytes(crop[::-1])
-    grid = params.config.image_size // params.config.patch_size
+    grid = params.config.embedding_size
     embedding_bytes = grid * grid * params.config.prompt_embed_dim * 4  # one (grid, grid, C) float32 embedding
     budget = 2 * embedding_bytes + len(first) + len(second) - 1  # one short of both
     with TestClient(create_app(params, cache_bytes=budget)) as client:

@@ -173,7 +173,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_refuses_bad_data_in_one_line(tmp_path):
-    result = run_cli("finetune", "--config", "vit_t", "--data", str(tmp_path / "nowhere"), "--steps", "1")
+    result = run_cli("finetune", "--config", "tiny-shapes", "--data", str(tmp_path / "nowhere"), "--steps", "1")
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "nowhere" in result.stderr, result.stderr
 
@@ -311,6 +311,6 @@ def test_resize_patches_recuts_the_grid_and_sees_a_k_times_larger_image():
 
 
 def test_cli_patch_size_needs_init():
-    result = run_cli("finetune", "--config", "vit_t", "--patch-size", "8", "--data", "synthetic", "--steps", "1")
+    result = run_cli("finetune", "--config", "tiny-shapes", "--patch-size", "8", "--data", "synthetic", "--steps", "1")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "--patch-size re-cuts an --init model" in result.stderr

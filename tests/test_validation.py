@@ -92,7 +92,7 @@ def test_params_must_be_sam_params(no_tracing):
 
 def test_embedding_from_another_model(small):
     emb = sam_jax.encode(small.params, IMAGE)
-    other = sam_jax.init(sam_jax.SamConfig(**{**small.params.config.to_dict(), "prompt_embed_dim": 64}))
+    other = sam_jax.init(sam_jax.SamConfig.from_dict({**small.params.config.to_dict(), "prompt_embed_dim": 64}))
     with pytest.raises(ValueError, match="this model expects"):
         sam_jax.decode(other, emb, [[1, 2]])
 
@@ -106,6 +106,8 @@ def test_load_and_config_errors(tmp_path):
         sam_jax.get_config("vit_q")
     with pytest.raises(ValueError, match="bad override"):
         sam_jax.get_config("vit_b/nonsense=3")
-    with pytest.raises(ValueError, match="invalid SamConfig"):
+    with pytest.raises(ValueError, match="invalid image encoder: embed_dim must be divisible by num_heads"):
         sam_jax.get_config("vit_b", encoder_num_heads=7)
+    with pytest.raises(ValueError, match="invalid SamConfig: image_size 1000 is not a multiple of patch_size 16"):
+        sam_jax.get_config("vit_b/image_size=1000")
     assert sam_jax.get_config("vit_b/image_size=512").image_size == 512

@@ -30,7 +30,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     )
     start = p.add_mutually_exclusive_group(required=True)
     start.add_argument("--init", help="checkpoint to start from (anything sam_jax.load takes)")
-    start.add_argument("--config", help="registry configuration to train from scratch (vit_t, vit_b, vit_l, vit_h)")
+    start.add_argument("--config", help="registry configuration to train from scratch (tiny-shapes, vit_t, vit_b, ...)")
     p.add_argument(
         "--data",
         action="append",
@@ -209,7 +209,8 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
     _collection_arguments(p)
     p.add_argument(
         "--model-type",
-        help="optional check: the checkpoint must be this registry model (vit_h, vit_l, vit_b, vit_t; default = vit_h)",
+        help="optional check: the checkpoint must be this registry model (vit_h, vit_l, vit_b, vit_t, lite_medsam, "
+        "tiny-shapes; default = vit_h)",
     )
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
     p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")

@@ -12,7 +12,14 @@ changing its imports (docs/porting.md).
 
 from sam_jax.compat.model import ImageEncoderInfo, Sam
 from sam_jax.compat.predictor import SamPredictor
-from sam_jax.compat.registry import build_sam, build_sam_vit_b, build_sam_vit_h, build_sam_vit_l, sam_model_registry
+from sam_jax.compat.registry import (
+    build_sam,
+    build_sam_vit_b,
+    build_sam_vit_h,
+    build_sam_vit_l,
+    build_sam_vit_t,
+    sam_model_registry,
+)
 from sam_jax.compat.transforms import ResizeLongestSide
 
 __all__ = [
@@ -24,5 +31,6 @@ __all__ = [
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "sam_model_registry",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 from sam_jax.compat.transforms import check_size
 from sam_jax.config import SamConfig
 from sam_jax.end_to_end import check_record_prompts, check_records, encode_images, record_prompts
+from sam_jax.formats.reference import describe
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import MASK_THRESHOLD, check_params, decode_input_frame
 
@@ -28,7 +29,7 @@ class ImageEncoderInfo:
 
     Attributes:
         img_size: the side of the square model input (1024 for the official models).
-        patch_size: the side of an encoder patch (16).
+        patch_size: input pixels per embedding cell along a side (16 for the official models).
     """
 
     img_size: int
@@ -54,7 +55,7 @@ class Sam:
 
     def __init__(self, params: SamParams) -> None:
         self.params = check_params(params)
-        self.image_encoder = ImageEncoderInfo(params.config.image_size, params.config.patch_size)
+        self.image_encoder = ImageEncoderInfo(params.config.image_size, params.config.image_encoder.pixels_per_token)
 
     @property
     def config(self) -> SamConfig:
@@ -75,7 +76,7 @@ class Sam:
         return self
 
     def __repr__(self) -> str:
-        return f"Sam(image_size={self.config.image_size}, embed_dim={self.config.encoder_embed_dim})"
+        return f"Sam({describe(self.config)})"
 
     def __call__(self, batched_input: Any, multimask_output: bool) -> list[dict[str, jax.Array]]:
         """Masks end to end for several images (reference `Sam.forward`, same record format).

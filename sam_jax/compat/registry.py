@@ -28,7 +28,8 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
     """A `Sam` of architecture `config`, with the weights of `checkpoint`.
 
     Args:
-        config: a `SamConfig` or a registry name ("vit_b", "vit_l", "vit_h", "default").
+        config: a `SamConfig` or a registry name ("vit_b", "vit_l", "vit_h", "default",
+            "vit_t" (MobileSAM), "lite_medsam", "tiny-shapes").
         checkpoint: see the module; None gives randomly initialised weights (`sam_jax.init`).
     Returns:
         The model object; its weights are `sam.params`.
@@ -68,14 +69,19 @@ def registry_entry(name: str) -> Callable[..., Sam]:
 build_sam_vit_h = registry_entry("vit_h")
 build_sam_vit_l = registry_entry("vit_l")
 build_sam_vit_b = registry_entry("vit_b")
+build_sam_vit_t = registry_entry("vit_t")
 
-# The reference's names; "default" is its vit_h. A dict of builders, so a project can add
-# its own entry (`sam_model_registry["mine"] = functools.partial(build_sam, my_config)`).
+# The reference's names ("default" is its vit_h) and MobileSAM's "vit_t"; then the other
+# models sam-jax knows by name. A dict of builders, so a project can add its own entry
+# (`sam_model_registry["mine"] = functools.partial(build_sam, my_config)`).
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "default": build_sam_vit_h,
     "vit_h": build_sam_vit_h,
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
+    "vit_t": build_sam_vit_t,
+    "lite_medsam": registry_entry("lite_medsam"),
+    "tiny-shapes": registry_entry("tiny-shapes"),
 }
 
 __all__ = [
@@ -83,5 +89,6 @@ __all__ = [
     "build_sam_vit_b",
     "build_sam_vit_h",
     "build_sam_vit_l",
+    "build_sam_vit_t",
     "sam_model_registry",
 ]

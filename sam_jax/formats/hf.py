@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from sam_jax.checkpoint import META_FILE
-from sam_jax.config import MODEL_REGISTRY, PIXEL_MEAN, PIXEL_STD, SamConfig
+from sam_jax.config import MODEL_REGISTRY, PIXEL_MEAN, PIXEL_STD, SamConfig, ViTConfig
 from sam_jax.formats.reference import (
     ConversionError,
     describe,
@@ -323,17 +323,19 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str, processor: Mapping
     where = f"{source}: mask_decoder_config"
     try:
         return SamConfig(
-            encoder_embed_dim=embed,
-            encoder_depth=_int(v, "num_hidden_layers", f"{source}: vision_config"),
-            encoder_num_heads=_int(v, "num_attention_heads", f"{source}: vision_config"),
-            encoder_global_attn_indexes=tuple(v["global_attn_indexes"]),
+            image_encoder=ViTConfig(
+                embed_dim=embed,
+                depth=_int(v, "num_hidden_layers", f"{source}: vision_config"),
+                num_heads=_int(v, "num_attention_heads", f"{source}: vision_config"),
+                global_attn_indexes=tuple(v["global_attn_indexes"]),
+                patch_size=patch_size,
+                window_size=_int(v, "window_size", f"{source}: vision_config", minimum=0),
+                mlp_ratio=mlp_ratio_for(embed, mlp),
+                qkv_bias=bool(v["qkv_bias"]),
+                use_abs_pos=bool(v["use_abs_pos"]),
+                use_rel_pos=bool(v["use_rel_pos"]),
+            ),
             image_size=image_size,
-            patch_size=patch_size,
-            encoder_window_size=_int(v, "window_size", f"{source}: vision_config", minimum=0),
-            encoder_mlp_ratio=mlp_ratio_for(embed, mlp),
-            qkv_bias=bool(v["qkv_bias"]),
-            use_abs_pos=bool(v["use_abs_pos"]),
-            use_rel_pos=bool(v["use_rel_pos"]),
             prompt_embed_dim=out,
             mask_in_chans=_int(p, "mask_input_channels", f"{source}: prompt_encoder_config"),
             decoder_depth=_int(d, "num_hidden_layers", where, minimum=0),
@@ -380,6 +382,9 @@ def config_to_hf(config: SamConfig) -> dict[str, Any]:
     Raises:
         ConversionError: the model has no transformers equivalent (an IoU head of depth 1).
     """
+    vit = config.image_encoder
+    if not isinstance(vit, ViTConfig):
+        raise ConversionError(f"a {type(vit).__name__} image encoder: transformers' SamModel holds SAM's ViT only")
     if config.iou_head_depth < 2:
         raise ConversionError(
             f"iou_head_depth {config.iou_head_depth}: transformers' SamFeedForward has at least 2 layers"
@@ -391,28 +396,28 @@ def config_to_hf(config: SamConfig) -> dict[str, Any]:
         )
     vision = {
         **HF_DEFAULTS["vision_config"],
-        "hidden_size": config.encoder_embed_dim,
+        "hidden_size": vit.embed_dim,
         "output_channels": config.prompt_embed_dim,
-        "num_hidden_layers": config.encoder_depth,
-        "num_attention_heads": config.encoder_num_heads,
+        "num_hidden_layers": vit.depth,
+        "num_attention_heads": vit.num_heads,
         "image_size": config.image_size,
-        "patch_size": config.patch_size,
-        "qkv_bias": config.qkv_bias,
-        "mlp_ratio": config.encoder_mlp_ratio,
-        "mlp_dim": int(config.encoder_embed_dim * config.encoder_mlp_ratio),
-        "use_abs_pos": config.use_abs_pos,
-        "use_rel_pos": config.use_rel_pos,
-        "window_size": config.encoder_window_size,
-        "global_attn_indexes": list(config.encoder_global_attn_indexes),
+        "patch_size": vit.patch_size,
+        "qkv_bias": vit.qkv_bias,
+        "mlp_ratio": vit.mlp_ratio,
+        "mlp_dim": int(vit.embed_dim * vit.mlp_ratio),
+        "use_abs_pos": vit.use_abs_pos,
+        "use_rel_pos": vit.use_rel_pos,
+        "window_size": vit.window_size,
+        "global_attn_indexes": list(vit.global_attn_indexes),
         "num_pos_feats": config.prompt_embed_dim // 2,
-        "scale": config.encoder_embed_dim // 2,
+        "scale": vit.embed_dim // 2,
         "model_type": "sam_vision_model",
     }
     prompt = {
         **HF_DEFAULTS["prompt_encoder_config"],
         "hidden_size": config.prompt_embed_dim,
         "image_size": config.image_size,
-        "patch_size": config.patch_size,
+        "patch_size": vit.patch_size,
         "image_embedding_size": config.embedding_size,
         "mask_input_channels": config.mask_in_chans,
         "model_type": "sam_prompt_encoder",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_jax.formats.reference import ConversionError
+from sam_jax.formats.reference import BATCH_COUNTER, ConversionError
 
 
 def require_torch(path: str | os.PathLike[str]) -> None:
@@ -28,6 +28,9 @@ def require_torch(path: str | os.PathLike[str]) -> None:
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Reads a reference checkpoint (a state_dict, or `{"model": state_dict}`) as float32 numpy.
+
+    BatchNorm's integer batch counters (`*.num_batches_tracked`) come through as int64;
+    every other entry must be a floating-point tensor.
 
     Raises:
         ConversionError: unreadable, truncated or not a dict of tensors.
@@ -50,6 +53,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: not a state_dict (got {type(obj).__name__})")
     out = {}
     for key, value in obj.items():
+        if str(key).endswith("." + BATCH_COUNTER) and isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[str(key)] = value.detach().cpu().numpy().astype(np.int64)
+            continue
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
             raise ConversionError(f"{path}: entry {key!r} is not a floating-point tensor")
         out[str(key)] = value.detach().to(torch.float32).cpu().numpy()
@@ -59,7 +65,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def state_dict_bytes(state_dict: Mapping[str, np.ndarray]) -> bytes:
-    """The bytes of `torch.save(state_dict)` with the arrays as float32 tensors (same values,
+    """The bytes of `torch.save(state_dict)`, each array a tensor of its dtype (same values,
     bit for bit), for an atomic write by the caller."""
     import torch
 

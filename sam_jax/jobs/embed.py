@@ -125,7 +125,7 @@ def embed_images(
     n_threads = host_threads(threads)
     previous: tuple[list[Loaded], jax.Array] | None = None
     try:
-        loaded = loaded_in_order(todo, functools.partial(load_for_encoder, reader, image_size=size), n_threads)
+        loaded = loaded_in_order(todo, functools.partial(load_for_encoder, reader, config=params.config), n_threads)
         for batch in batches(loaded, step, record_failure):
             images = np.zeros((step, size, size, 3), np.uint8)
             hws = np.full((step, 2), size, np.int32)

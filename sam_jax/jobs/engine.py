@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sam_jax import transforms
+from sam_jax.config import SamConfig
 from sam_jax.io import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -155,13 +156,13 @@ def one_line(e: BaseException) -> str:
     return str(e).replace("\t", " ").replace("\n", " ")
 
 
-def load_for_encoder(reader: Reader, item: InputItem, ticket: int, image_size: int) -> Loaded:
+def load_for_encoder(reader: Reader, item: InputItem, ticket: int, config: SamConfig) -> Loaded:
     image, error, held = reader.decode(item, ticket)
     if image is None:
         return Loaded(item, None, (0, 0), (0, 0), error)
     try:
-        resized = transforms.resize_longest_side(image, image_size)
-        return Loaded(item, transforms.pad_to_square(resized, image_size), image.shape[:2], resized.shape[:2])
+        resized = transforms.resize_to_model(image, config)
+        return Loaded(item, transforms.pad_to_square(resized, config.image_size), image.shape[:2], resized.shape[:2])
     finally:
         reader.budget.release(held)  # only the small resized copy lives on
 

@@ -2,7 +2,7 @@
 `modeling/image_encoder.py`, after ViTDet, Li et al. 2022, arXiv:2203.16527).
 
 Arrays are NHWC throughout. Input: normalised, padded images (B, S, S, 3) with S the
-config's `image_size`; output: image embeddings (B, S/16, S/16, prompt_embed_dim).
+config's `image_size`; output: image embeddings (B, S/16, S/16, out_chans).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.config import SamConfig
+from sam_jax.config import ViTConfig
 from sam_jax.modeling import attention_kernels
 from sam_jax.modeling.common import Dense, MLPBlock, interpolate_linear, layer_norm
 
@@ -260,10 +260,12 @@ class PatchEmbed(nn.Module):
 
 
 class ImageEncoderViT(nn.Module):
-    """ViT image encoder with a convolutional neck to `prompt_embed_dim` channels.
+    """ViT image encoder with a convolutional neck to `out_chans` channels.
 
     Attributes:
-        config: the architecture.
+        config: the architecture (`ViTConfig`).
+        image_size: side of the square inputs; the grid is image_size // patch_size.
+        out_chans: channels of the embedding (the config's `prompt_embed_dim`).
         dtype: compute dtype (float32 default; bfloat16 for speed). Parameters stay float32
             and the output embedding is float32 whatever the compute dtype.
         remat: recompute each block's activations in the backward pass instead of storing
@@ -271,27 +273,29 @@ class ImageEncoderViT(nn.Module):
         attention: the attention path, "auto" or one of `attention_kernels.PATHS`.
     """
 
-    config: SamConfig
+    config: ViTConfig
+    image_size: int
+    out_chans: int
     dtype: Any = jnp.float32
     remat: bool = False
     attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, prompt_embed_dim) float32."""
+        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, out_chans) float32."""
         cfg = self.config
         p = cfg.patch_size
-        x = PatchEmbed(cfg.encoder_embed_dim, p, self.dtype, name="patch_embed")(x.astype(self.dtype))
-        grid = (cfg.embedding_size, cfg.embedding_size)
+        x = PatchEmbed(cfg.embed_dim, p, self.dtype, name="patch_embed")(x.astype(self.dtype))
+        grid = (cfg.embedding_size(self.image_size),) * 2
         if cfg.use_abs_pos:
-            pos_embed = self.param("pos_embed", nn.initializers.zeros, (1, *grid, cfg.encoder_embed_dim))
+            pos_embed = self.param("pos_embed", nn.initializers.zeros, (1, *grid, cfg.embed_dim))
             x = x + pos_embed.astype(self.dtype)
         block_cls = nn.remat(Block) if self.remat else Block
-        for i in range(cfg.encoder_depth):
-            window = 0 if i in cfg.encoder_global_attn_indexes else cfg.encoder_window_size
+        for i in range(cfg.depth):
+            window = 0 if i in cfg.global_attn_indexes else cfg.window_size
             x = block_cls(
-                num_heads=cfg.encoder_num_heads,
-                mlp_ratio=cfg.encoder_mlp_ratio,
+                num_heads=cfg.num_heads,
+                mlp_ratio=cfg.mlp_ratio,
                 qkv_bias=cfg.qkv_bias,
                 use_rel_pos=cfg.use_rel_pos,
                 window_size=window,
@@ -300,7 +304,7 @@ class ImageEncoderViT(nn.Module):
                 attention=self.attention,
                 name=f"blocks_{i}",
             )(x)
-        out = cfg.prompt_embed_dim
+        out = self.out_chans
         x = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm(ENCODER_LN_EPS, "neck_1", self.dtype)(x)
         x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="neck_2")(x)

@@ -12,15 +12,17 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sam_jax.config import SamConfig
+from sam_jax.config import SamConfig, TinyViTConfig
 from sam_jax.modeling.attention_kernels import check_attention
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder
 from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
+from sam_jax.modeling.tiny_vit import TinyViT
 
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 # Compute dtypes of the image encoder; weights are float32 in either case.
@@ -111,10 +113,22 @@ def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
     }
 
 
+def image_encoder_module(
+    config: SamConfig, dtype: Any = jnp.float32, remat: bool = False, attention: str = "auto"
+) -> nn.Module:
+    """The image encoder the config chooses (`ViTConfig` or `TinyViTConfig`), built once here
+    so that every caller runs whichever one a checkpoint holds."""
+    encoder = config.image_encoder
+    if isinstance(encoder, TinyViTConfig):
+        fields = {f.name: getattr(encoder, f.name) for f in dataclasses.fields(encoder)}
+        return TinyViT(**fields, out_chans=config.prompt_embed_dim, dtype=dtype, remat=remat)
+    return ImageEncoderViT(encoder, config.image_size, config.prompt_embed_dim, dtype, remat, attention)
+
+
 def modules(config: SamConfig) -> dict[str, Any]:
     """The three flax modules of a config, keyed like `SamParams.weights`."""
     return {
-        "image_encoder": ImageEncoderViT(config),
+        "image_encoder": image_encoder_module(config),
         "prompt_encoder": PromptEncoder(config),
         "mask_decoder": MaskDecoder(config),
     }
@@ -166,17 +180,23 @@ def normalize_and_pad(config: SamConfig, images: jax.Array, input_hw: jax.Array)
         images: (B, S, S, 3) uint8, resized images in the top-left corner, any padding.
         input_hw: (B, 2) int, the resized (h, w) of each image.
     Returns:
-        (B, S, S, 3) float32: (x - mean) / std inside each image, exactly 0 in the padding
-        (the reference pads after normalising).
+        (B, S, S, 3) float32, exactly 0 in the padding (the reference pads after
+        normalising); inside each image as `config.normalize` says: "mean_std",
+        (x - pixel_mean) / pixel_std; "min_max", (x - min) / (max - min) over that image's
+        pixels (LiteMedSAM, whose range floor is 1e-8).
     """
-    mean = jnp.asarray(config.pixel_mean, jnp.float32)
-    std = jnp.asarray(config.pixel_std, jnp.float32)
-    x = (images.astype(jnp.float32) - mean) / std
     s = images.shape[1]
     rows = jnp.arange(s)[None, :] < input_hw[:, 0:1]
     cols = jnp.arange(s)[None, :] < input_hw[:, 1:2]
-    valid = rows[:, :, None] & cols[:, None, :]
-    return jnp.where(valid[..., None], x, 0.0)
+    valid = (rows[:, :, None] & cols[:, None, :])[..., None]
+    x = images.astype(jnp.float32)
+    if config.normalize == "min_max":
+        low = jnp.min(jnp.where(valid, x, jnp.inf), axis=(1, 2, 3), keepdims=True)
+        high = jnp.max(jnp.where(valid, x, -jnp.inf), axis=(1, 2, 3), keepdims=True)
+        x = (x - low) / jnp.maximum(high - low, 1e-8)
+    else:
+        x = (x - jnp.asarray(config.pixel_mean, jnp.float32)) / jnp.asarray(config.pixel_std, jnp.float32)
+    return jnp.where(valid, x, 0.0)
 
 
 def apply(module: Any, weights: Any, *args: Any, method: str | None = None) -> Any:
@@ -193,7 +213,7 @@ def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = Fa
         remat: gradient checkpointing of encoder blocks (for training).
     """
     dtype = COMPUTE_DTYPES[params.compute_dtype]
-    module = ImageEncoderViT(params.config, dtype=dtype, remat=remat, attention=params.attention)
+    module = image_encoder_module(params.config, dtype, remat, params.attention)
     return apply(module, params.weights["image_encoder"], images)
 
 

@@ -52,7 +52,7 @@ def prepare_sample(
 
     Instances that vanish at that resolution are dropped.
     """
-    resized = transforms.resize_longest_side(image, config.image_size)
+    resized = transforms.resize_to_model(image, config)
     input_hw = resized.shape[:2]
     side = side or config.low_res_mask_size
     targets = np.stack([resize_mask(m, input_hw, config.image_size, side) for m in masks]) if len(masks) else None

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.config import SamConfig
+from sam_jax.config import SamConfig, ViTConfig
 from sam_jax.modeling.sam import (
     SamParams,
 )
@@ -52,7 +52,9 @@ def _resume(
 
 
 def _describe(config: SamConfig) -> str:
-    return f"embed {config.encoder_embed_dim}, depth {config.encoder_depth}, image {config.image_size}"
+    encoder = config.image_encoder
+    width = encoder.embed_dim if isinstance(encoder, ViTConfig) else "/".join(map(str, encoder.embed_dims))
+    return f"{encoder.kind} {width}, image {config.image_size}"
 
 
 def train(

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from sam_jax.config import ViTConfig, with_fields
 from sam_jax.modeling.sam import SamParams
 
 
@@ -57,9 +58,12 @@ def resize_patches(params: SamParams, patch_size: int) -> SamParams:
         `SamParams` with config `patch_size` replaced.
     """
     config = params.config
+    vit = config.image_encoder
+    if not isinstance(vit, ViTConfig):
+        raise ValueError(f"resize_patches re-cuts a ViT's patches; this model's encoder is a {type(vit).__name__}")
     if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
-    new_config = dataclasses.replace(config, patch_size=patch_size)  # validates the grid
+    new_config = with_fields(config, patch_size=patch_size)  # validates the grid
     grid = new_config.image_size // patch_size
     weights = jax.tree.map(np.asarray, params.weights)
     encoder: dict[str, Any] = dict(weights["image_encoder"])
@@ -68,7 +72,7 @@ def resize_patches(params: SamParams, patch_size: int) -> SamParams:
     encoder["patch_embed"] = {**encoder["patch_embed"], "proj": proj}
     if "pos_embed" in encoder:
         encoder["pos_embed"] = _interpolate(_interpolate(encoder["pos_embed"], grid, 1), grid, 2)
-    for i in config.encoder_global_attn_indexes:  # windowed blocks keep their window's tables
+    for i in vit.global_attn_indexes:  # windowed blocks keep their window's tables
         block = encoder[f"blocks_{i}"]
         if "rel_pos_h" in block["attn"]:
             attn = {**block["attn"]}
