@@ -271,8 +271,13 @@ def encoder_to_dict(encoder: ImageEncoderConfig) -> dict[str, Any]:
 # INTER_AREA, LiteMedSAM's. "normalize": "mean_std" subtracts `pixel_mean` and divides by
 # `pixel_std` (SAM); "min_max" scales each resized image to [0, 1] by its own minimum and
 # maximum (LiteMedSAM). Both resize the longest side to image_size and pad bottom-right.
+# "coordinate_scale": how prompts' pixel coordinates follow the resize: "per_side" scales x
+# and y by the resized and original widths' and heights' ratios, from the rounded resized
+# size (the reference's `apply_coords`); "longest_side" scales both by image_size / max(H, W)
+# (LiteMedSAM's inference).
 INTERPOLATIONS = ("pil_bilinear", "cv2_area")
 NORMALIZATIONS = ("mean_std", "min_max")
+COORDINATE_SCALES = ("per_side", "longest_side")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,7 +301,8 @@ class SamConfig:
             The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
     Pre-processing:
         pixel_mean, pixel_std: per-channel RGB normalisation ("mean_std").
-        interpolation, normalize: see `INTERPOLATIONS`, `NORMALIZATIONS`.
+        interpolation, normalize, coordinate_scale: see `INTERPOLATIONS`, `NORMALIZATIONS`,
+            `COORDINATE_SCALES`.
     About the model (shown to users; no effect on the arithmetic):
         trained_for: what the weights were trained on, in a few words ("" when unknown).
     """
@@ -317,6 +323,7 @@ class SamConfig:
     pixel_std: tuple[float, ...] = PIXEL_STD
     interpolation: str = "pil_bilinear"
     normalize: str = "mean_std"
+    coordinate_scale: str = "per_side"
     trained_for: str = ""
 
     def __post_init__(self) -> None:
@@ -341,6 +348,7 @@ class SamConfig:
         object.__setattr__(self, "decoder_layer_norm_eps", float(eps))
         _choice(self.interpolation, "interpolation", INTERPOLATIONS)
         _choice(self.normalize, "normalize", NORMALIZATIONS)
+        _choice(self.coordinate_scale, "coordinate_scale", COORDINATE_SCALES)
         if not isinstance(self.trained_for, str) or len(self.trained_for) > 200:
             raise ValueError(f"trained_for must be a short text, got {self.trained_for!r}")
         problems = self.image_encoder.check_image_size(self.image_size)
@@ -428,6 +436,7 @@ MODEL_REGISTRY: dict[str, SamConfig] = {
         image_size=256,
         interpolation="cv2_area",
         normalize="min_max",
+        coordinate_scale="longest_side",
         trained_for="medical images, from boxes (LiteMedSAM)",
     ),
 }

@@ -329,11 +329,11 @@ def decode(
     multimask_output = _check_flag(multimask_output, "multimask_output")
     return_logits = _check_flag(return_logits, "return_logits")
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
-    size = params.config.image_size
+    size, scale = params.config.image_size, params.config.coordinate_scale
     if pts is not None:
-        pts = transforms.apply_coords(pts, embedding.original_size, size)
+        pts = transforms.apply_coords(pts, embedding.original_size, size, scale)
     if bx is not None:
-        bx = transforms.apply_boxes(bx, embedding.original_size, size)
+        bx = transforms.apply_boxes(bx, embedding.original_size, size, scale)
     return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
 
 

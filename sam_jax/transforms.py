@@ -60,23 +60,35 @@ def pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def apply_coords(coords: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
+def apply_coords(
+    coords: np.ndarray, original_size: tuple[int, int], long_side: int, scale: str = "per_side"
+) -> np.ndarray:
     """Scales (..., 2) pixel (x, y) coordinates from the original to the resized image.
 
     float64 arithmetic as the reference's numpy path; cast to float32 afterwards.
+
+    Args:
+        scale: "per_side", each axis by its resized / original side (the reference's
+            `ResizeLongestSide.apply_coords`, from the rounded resized size); "longest_side",
+            both by long_side / max(H, W) (LiteMedSAM's inference).
     """
     old_h, old_w = original_size
-    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     coords = np.array(coords, dtype=np.float64)
+    if scale == "longest_side":
+        return coords * (long_side / max(old_h, old_w))
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     coords[..., 0] *= new_w / old_w
     coords[..., 1] *= new_h / old_h
     return coords
 
 
-def apply_boxes(boxes: np.ndarray, original_size: tuple[int, int], long_side: int) -> np.ndarray:
-    """Scales (..., 4) XYXY boxes from the original to the resized image."""
+def apply_boxes(
+    boxes: np.ndarray, original_size: tuple[int, int], long_side: int, scale: str = "per_side"
+) -> np.ndarray:
+    """Scales (..., 4) XYXY boxes from the original to the resized image (see `apply_coords`)."""
     boxes = np.asarray(boxes)
-    return apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side).reshape(boxes.shape)
+    corners = boxes.reshape(*boxes.shape[:-1], 2, 2)
+    return apply_coords(corners, original_size, long_side, scale).reshape(boxes.shape)
 
 
 # Low-res sides from which `postprocess_masks` gathers taps instead of multiplying by the

