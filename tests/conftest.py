@@ -3,20 +3,55 @@ the same weights converted by our converter."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One cache folder for the whole session, set before JAX is imported so that this process and
+# every command the tests start share it: compiled programs (a test that compiles what another
+# already compiled loads it instead: the suite's largest cost on a CPU) and models converted on
+# first use (`lite-medsam`). Never the user's cache; removed at the end.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="sam-jax-tests-"))
+os.environ.update(
+    {
+        "JAX_COMPILATION_CACHE_DIR": str(SESSION_CACHE / "compilation"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "SAM_JAX_COMPILATION_CACHE": str(SESSION_CACHE / "compilation"),
+        "SAM_JAX_CACHE": str(SESSION_CACHE / "models"),
+    }
+)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import sam_jax
-from sam_jax import conversion
-from sam_jax.testing import PARITY_LIMITS, SMALL, build_reference, parity_figures, randomize_, save_state_dict
+import sam_jax  # noqa: E402
+from sam_jax import conversion  # noqa: E402
+from sam_jax.testing import (  # noqa: E402
+    PARITY_LIMITS,
+    SMALL,
+    build_reference,
+    parity_figures,
+    randomize_,
+    save_state_dict,
+)
 
 torch.set_grad_enabled(False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    """Where models converted on first use go in this session (`$SAM_JAX_CACHE`)."""
+    return SESSION_CACHE / "models"
 
 
 class Converted:

@@ -13,7 +13,7 @@ from sam_jax import demo
 
 def test_demo_writes_overlays_and_masks(small, tmp_path):
     out = tmp_path / "demo-output"
-    assert demo.main(["--output", str(out), "--checkpoint", str(small.directory)]) == 0
+    assert demo.main(["--output", str(out), "--checkpoint", str(small.directory), "--photos-checkpoint", "none"]) == 0
     sample = np.asarray(Image.open(demo.ASSETS / "sample.png"))
     for name in ("points.png", "boxes.png"):
         pic = np.asarray(Image.open(out / name))

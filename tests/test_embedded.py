@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_parity
+from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
 
 import sam_jax
@@ -90,3 +91,14 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     box_iou = [r["iou_with_truth"] for r in result["masks"] if r["prompt"] == "box"]
     assert np.mean(box_iou) >= 0.1  # measured 0.19; a randomly initialised model: ~0.03
     assert len(json.loads((out / "automatic.json").read_text())["masks"]) >= 1  # measured 2
+    # `make demo`'s second part: the reference photos, a box each, with LiteMedSAM's weights.
+    photos = json.loads((out / "photos.json").read_text())
+    assert photos["model"] == "lite-medsam" and [r["image"] for r in photos["masks"]] == [
+        f"{name}.jpg" for name in demo.PHOTO_NAMES
+    ]
+    for record in photos["masks"]:
+        x0, y0, x1, y1 = record["box"]
+        mask = mask_utils.decode({**record["segmentation"], "counts": record["segmentation"]["counts"].encode()})
+        assert 0.2 < mask[y0:y1, x0:x1].mean() < 0.95 and mask[y0:y1, x0:x1].sum() > 0.9 * mask.sum(), record["image"]
+        assert record["predicted_iou"] > 0.7  # measured 0.79 / 0.90 / 0.80
+        assert (out / f"photo-{record['image'].removesuffix('.jpg')}.png").is_file()

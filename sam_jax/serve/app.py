@@ -1,7 +1,7 @@
 """The HTTP application of `sam-jax serve` (Starlette, ASGI): a page and a small JSON API.
 
     GET  /                                  the click-to-segment page
-    GET  /healthz                           {"status": "ok", "model": ..., ...}
+    GET  /healthz                           {"status": "ok", "model": ..., "trained_for": ..., ...}
     POST /api/images                        multipart field `file` -> {"image_id", "width", "height"}
     POST /api/images/{image_id}/predict     {"points", "labels", "box", "multimask"} -> {"masks", "scores"}
     POST /api/images/{image_id}/automatic   AmgOptions fields -> generate_masks records (COCO RLE)
@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sam_jax.amg import AmgOptions, generate_masks
+from sam_jax.config import trained_for
 from sam_jax.masks import masks_to_coco_rle
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, check_prompts, decode, encode
@@ -237,6 +238,7 @@ class Server:
             {
                 "status": "ok",
                 "model": self.model_name,
+                "trained_for": trained_for(self.params.config),
                 "image_size": self.params.config.image_size,
                 "max_upload_bytes": self.max_upload_bytes,
                 "max_pixels": self.max_pixels,

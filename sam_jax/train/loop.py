@@ -53,8 +53,9 @@ def _resume(
 
 def _describe(config: SamConfig) -> str:
     encoder = config.image_encoder
-    width = encoder.embed_dim if isinstance(encoder, ViTConfig) else "/".join(map(str, encoder.embed_dims))
-    return f"{encoder.kind} {width}, image {config.image_size}"
+    if isinstance(encoder, ViTConfig):
+        return f"embed {encoder.embed_dim}, depth {encoder.depth}, image {config.image_size}"
+    return f"TinyViT {'/'.join(map(str, encoder.embed_dims))}, image {config.image_size}"
 
 
 def train(

@@ -28,7 +28,10 @@ from sam_jax.train.config import TrainConfig
 from sam_jax.train.losses import sam_loss
 from sam_jax.train.prompts import correction_click, noisy_boxes, sample_points_from, upsample_logits
 
-ALWAYS_FROZEN = ("prompt_encoder/pe_layer/positional_encoding_gaussian_matrix",)
+# Never trained: the random-Fourier features' fixed matrix (a buffer in the reference), and
+# BatchNorm's running statistics (TinyViT), which inference reads and fine-tuning keeps as
+# trained: small fine-tuning batches would estimate them worse.
+ALWAYS_FROZEN = ("prompt_encoder/pe_layer/positional_encoding_gaussian_matrix", "*/running_mean", "*/running_var")
 
 
 # ----------------------------------------------------------------------------- parameters

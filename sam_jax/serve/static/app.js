@@ -434,7 +434,7 @@ window.addEventListener("drop", (e) => {
 fetch("/healthz")
   .then((r) => r.json())
   .then((info) => {
-    $("model").textContent = `model: ${info.model}`;
+    $("model").textContent = info.trained_for ? `model: ${info.model}, trained on ${info.trained_for}` : `model: ${info.model}`;
     state.maxUploadBytes = info.max_upload_bytes || Infinity;
     const d = info.automatic_defaults || {};
     if (d.pred_iou_thresh !== undefined) $("pred-iou").value = d.pred_iou_thresh;
