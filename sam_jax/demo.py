@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sam_jax.compilation_cache import enable_from_environment
 from sam_jax.loading import EMBEDDED_AUTOMATIC_OPTIONS, load
 
 ASSETS = Path(__file__).parent / "assets"
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     photos = None if args.photos_checkpoint == "none" else args.photos_checkpoint
     try:
+        enable_from_environment()  # a second `make demo` loads its programs instead of compiling them
         s = run(Path(args.output), args.checkpoint, photos)
     except (OSError, ValueError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
