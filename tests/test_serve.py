@@ -112,6 +112,7 @@ def test_page_static_and_healthz(client):
     assert_error(client.get("/static/..%2f..%2fcli.py"), 404)
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["model"] == "tiny-shapes" and health["image_size"] == 128
+    assert health["trained_for"] == sam_jax.get_config("tiny-shapes").trained_for and "photos" in health["trained_for"]
 
 
 def test_predict_equals_library(client, params, sample, crop, sample_id):

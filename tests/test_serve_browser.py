@@ -103,7 +103,9 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             page.on("request", lambda r: r.url.endswith("/api/images") and uploads.append(r.method))
 
             page.goto(url)
-            wait_until(page, "document.getElementById('model').textContent.includes('tiny-shapes')")
+            wait_until(
+                page, "document.getElementById('model').textContent.includes('tiny-shapes, trained on synthetic')"
+            )
             assert page.input_value("#pred-iou") == "0.7"  # the server's page defaults for the embedded model
             page.set_input_files("#file", str(SAMPLE))
             wait_until(page, "!document.getElementById('view').hidden && document.getElementById('view').width")
