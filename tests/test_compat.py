@@ -373,19 +373,6 @@ def test_model_call_three_images_of_different_sizes(small, sam, encoder_calls):
     assert encoder_calls == [3]  # all images in one encoder call
 
 
-@pytest.mark.slow
-def test_model_call_on_vit_b(vit_b, encoder_calls):
-    """The full-size architecture (randomised vit_b, 1024 input) through the registry's `.pth`
-    path: three images of different sizes, each with other prompts, in one call."""
-    sam = sam_jax.sam_model_registry["vit_b"](checkpoint=vit_b.checkpoint)
-    assert sam.image_encoder.img_size == 1024 and sam.config == MODEL_REGISTRY["vit_b"]
-    images = [make_image(120, 180, 0), make_image(200, 90, 1), make_image(64, 64, 2)]
-    low_res = torch.as_tensor(np.random.default_rng(0).normal(0, 3, (1, 1, 256, 256)).astype(np.float32))
-    records = batched_input(ReferenceResize(1024), images, low_res)
-    print(assert_batched_parity(vit_b.ref(records, multimask_output=True), sam(records, multimask_output=True)))
-    assert encoder_calls == [3]
-
-
 def test_forward_on_raw_images_equals_predict(small, encoder_calls):
     params = small.params
     images = [make_image(150, 100, 4), make_image(90, 220, 5), make_image(256, 256, 6)]

@@ -190,12 +190,10 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
         "synthetic:size=64,length=50,max_objects=3",
         "--val-data",
         "synthetic:size=64,length=5,seed=7",
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--correction-rounds",
-        "1",
+        # CFG's options, so that the command's training step is the one the tests above
+        # compiled (the session's compilation cache hands it over).
+        *("--steps", "8", "--batch-size", "4", "--prompts-per-image", "2", "--lr", "2e-3", "--warmup", "2"),
+        *("--correction-rounds", "1", "--seed", "1"),
         "--checkpoint-dir",
         str(tmp_path / "run"),
         "--save-every",
@@ -214,8 +212,8 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
     assert sam_jax.load(tmp_path / "final").config == TINY
     result = run_cli(*args)  # the export is there: replaced only when asked
     assert result.returncode == 1 and "already holds a sam_jax checkpoint" in result.stderr
-    result = run_cli(*args, "--overwrite")  # nothing left to do: resumes at step 4 and stops
-    assert result.returncode == 0 and "resumed from step 4" in result.stdout, result.stdout + result.stderr
+    result = run_cli(*args, "--overwrite")  # nothing left to do: resumes at step 8 and stops
+    assert result.returncode == 0 and "resumed from step 8" in result.stdout, result.stdout + result.stderr
 
 
 def test_remat_and_bf16_steps():
