@@ -69,6 +69,7 @@ PACKAGED_MODELS = {
     )
 }
 
+
 def is_embedded_name(path: object) -> bool:
     """Whether `path` names an embedded or packaged model (a name is only looked up when no
     file of that name exists)."""

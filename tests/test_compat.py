@@ -104,7 +104,8 @@ def test_model_exposes_what_user_code_reads(small, sam):
     assert sam.image_encoder.img_size == small.ref.image_encoder.img_size == 256
     assert sam.mask_threshold == small.ref.mask_threshold and sam.image_format == small.ref.image_format
     assert sam.to(device="cuda") is sam and sam.to("cpu") is sam and sam.eval() is sam
-    assert isinstance(sam.device, jax.Device) and isinstance(sam.params, sam_jax.SamParams)
+    assert sam.device == torch.device("cpu") and isinstance(sam.jax_device, jax.Device)
+    assert isinstance(sam.params, sam_jax.SamParams)
 
 
 def test_registry_refuses_in_one_line(small, monkeypatch):

@@ -172,7 +172,13 @@ def generate(params: SamParams, image: np.ndarray, opts: AmgOptions) -> list[dic
             )
     grids = opts.layer_point_grids()
     crops = zip(crop_boxes, layer_idxs, strict=True)
-    data = _concat([_process_crop(params, image, box, grids[layer], opts) for box, layer in crops])
+    parts = [_process_crop(params, image, box, grids[layer], opts) for box, layer in crops]
+    data = _concat(parts)
+    if any(not part["rles"] for part in parts):
+        # The reference makes an empty crop's boxes `torch.tensor([])`, a float tensor: joined
+        # to the others it turns every crop box into floats, which its records and
+        # `metadata.csv` then show ("0.0,0.0,800.0,534.0"). The same values, the same types.
+        data["crop_boxes"] = np.asarray(data["crop_boxes"], np.float32)
     if len(crop_boxes) > 1 and data["rles"]:
         # Across crops, prefer masks from smaller crops (they saw the object at a higher resolution).
         scores = 1 / utils.box_area(data["crop_boxes"]).astype(np.float32)

@@ -19,8 +19,8 @@ class AmgOptions:
     Attributes:
         points_per_side: the grid has points_per_side**2 points; None when `point_grids` is given.
         points_per_batch: points decoded in one call (more is faster and uses more memory).
-        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables).
-        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        pred_iou_thresh: keep masks whose predicted IoU is above this (<= 0 disables).
+        stability_score_thresh: keep masks whose stability score is at least this (<= 0 disables).
         stability_score_offset: the logit shift used by the stability score.
         box_nms_thresh: box IoU above which the lower-scored of two masks of a crop is dropped.
         crop_n_layers: extra layers of crops; layer i has (2**i)**2 crops.
@@ -59,7 +59,9 @@ class AmgOptions:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{name} must be a number, got {v!r}")
             if not np.isfinite(v) or v < low or (high is not None and v > high):
-                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                bounds = (
+                    f"in [{low}, {high}]" if high is not None else f">= {low}" if low > -np.inf else "that is finite"
+                )
                 raise ValueError(f"{name} must be a number {bounds}, got {v}")
 
         if (self.points_per_side is None) == (self.point_grids is None):
@@ -70,7 +72,11 @@ class AmgOptions:
         integer("crop_n_layers", 0)
         integer("crop_n_points_downscale_factor", 1)
         integer("min_mask_region_area", 0)
-        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
+        # The reference filters only with a threshold above 0: any lower one (negative too)
+        # means no filter, and one above 1 keeps nothing a well-behaved score passes.
+        for name in ("pred_iou_thresh", "stability_score_thresh"):
+            number(name, -np.inf)
+        for name in ("box_nms_thresh", "crop_nms_thresh"):
             number(name, 0.0, 1.0)
         number("stability_score_offset", 0.0)
         number("crop_overlap_ratio", 0.0, 1.0)

@@ -2,7 +2,8 @@
 changing its imports (docs/porting.md).
 
 - `registry`: `sam_model_registry`, `build_sam` (a `Sam` from a checkpoint);
-- `model`: `Sam`, the model object (`sam(batched_input, multimask_output)`, `image_encoder.img_size`, ...);
+- `model`: `Sam`, the model object (`sam(batched_input, multimask_output)`, `sam.image_encoder(x)`, ...);
+- `modules`: the three networks callable as the reference's; `arrays`: results in the caller's array kind;
 - `predictor`: `SamPredictor` (`set_image`, `predict`, `predict_torch`, `get_image_embedding`, ...);
 - `transforms`: `ResizeLongestSide`.
 
@@ -10,7 +11,7 @@ changing its imports (docs/porting.md).
   first use (automatic masks pull in scipy).
 """
 
-from sam_jax.compat.model import ImageEncoderInfo, Sam
+from sam_jax.compat.model import Sam
 from sam_jax.compat.predictor import SamPredictor
 from sam_jax.compat.registry import (
     build_sam,
@@ -23,7 +24,6 @@ from sam_jax.compat.registry import (
 from sam_jax.compat.transforms import ResizeLongestSide
 
 __all__ = [
-    "ImageEncoderInfo",
     "ResizeLongestSide",
     "Sam",
     "SamPredictor",

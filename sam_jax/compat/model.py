@@ -9,31 +9,22 @@ mode) and return the model, so `sam.to(device=device)` lines run unchanged.
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from sam_jax import transforms
+from sam_jax.compat.arrays import as_kind, device_of, kind_of
+from sam_jax.compat.modules import ImageEncoder, MaskDecoder, PromptEncoder, float_array, preprocess
 from sam_jax.compat.transforms import check_size
 from sam_jax.config import SamConfig
 from sam_jax.end_to_end import check_record_prompts, check_records, encode_images, record_prompts
-from sam_jax.formats.reference import describe
+from sam_jax.formats.reference import describe, params_to_state_dict
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import MASK_THRESHOLD, check_params, decode_input_frame
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageEncoderInfo:
-    """What ported code reads of the reference's `sam.image_encoder`.
-
-    Attributes:
-        img_size: the side of the square model input (1024 for the official models).
-        patch_size: input pixels per embedding cell along a side (16 for the official models).
-    """
-
-    img_size: int
-    patch_size: int
 
 
 class Sam:
@@ -45,9 +36,12 @@ class Sam:
 
     Attributes:
         params: the `SamParams`, for the functional API (`sam_jax.predict(sam.params, ...)`).
-        image_encoder: `ImageEncoderInfo` (`img_size`, `patch_size`).
+        image_encoder, prompt_encoder, mask_decoder: the three networks, callable as the
+            reference's (channels first, any array kind in, the same kind out; `compat.modules`);
+            `image_encoder.img_size` and `.patch_size` as the reference's.
         mask_threshold: logits above it are mask pixels (0.0).
         image_format: "RGB", the channel order the model expects.
+        pixel_mean, pixel_std: (3, 1, 1), as the reference's buffers.
     """
 
     mask_threshold: float = MASK_THRESHOLD
@@ -55,15 +49,30 @@ class Sam:
 
     def __init__(self, params: SamParams) -> None:
         self.params = check_params(params)
-        self.image_encoder = ImageEncoderInfo(params.config.image_size, params.config.image_encoder.pixels_per_token)
+        self.image_encoder = ImageEncoder(params)
+        self.prompt_encoder = PromptEncoder(params)
+        self.mask_decoder = MaskDecoder(params)
+        self.pixel_mean = as_kind(np.reshape(params.config.pixel_mean, (3, 1, 1)).astype(np.float32), "numpy")
+        self.pixel_std = as_kind(np.reshape(params.config.pixel_std, (3, 1, 1)).astype(np.float32), "numpy")
 
     @property
     def config(self) -> SamConfig:
         return self.params.config
 
     @property
-    def device(self) -> jax.Device:
-        """The device holding the weights (the reference's `sam.device`)."""
+    def device(self) -> Any:
+        """Where ported code puts its tensors (the reference's `sam.device`): torch's CPU device
+        when torch is installed (results in torch come back on the device their inputs were
+        on), else the JAX device holding the weights (`jax_device`)."""
+        if is_torch_available():
+            import torch
+
+            return torch.device("cpu")
+        return self.jax_device
+
+    @property
+    def jax_device(self) -> jax.Device:
+        """The JAX device holding the weights."""
         leaf = jax.tree.leaves(self.params.weights)[0]
         return next(iter(leaf.devices())) if isinstance(leaf, jax.Array) else jax.devices()[0]
 
@@ -74,6 +83,44 @@ class Sam:
     def eval(self) -> Sam:
         """Does nothing and returns the model: it has no training mode."""
         return self
+
+    def train(self, mode: bool = True) -> Sam:
+        """`train(False)` is `eval()`; a training mode does not exist here (see `parameters`)."""
+        if mode:
+            raise NotImplementedError(TRAINING_HERE)
+        return self
+
+    def parameters(self, recurse: bool = True) -> Any:
+        """Not available: torch optimisers cannot update these weights (see `TRAINING_HERE`)."""
+        raise NotImplementedError(TRAINING_HERE)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights in the official format: reference keys -> torch tensors (numpy arrays
+        without torch), bit for bit; the reference model loads it with strict=True."""
+        state = params_to_state_dict(self.params)
+        if not is_torch_available():
+            return state
+        import torch
+
+        return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+
+    def preprocess(self, x: Any) -> Any:
+        """The reference `Sam.preprocess`: (B, 3, h, w) pixel values -> (B, 3, S, S)
+        normalised (the model's way) and padded; in `x`'s array kind."""
+        return preprocess(self.params, x)
+
+    def postprocess_masks(self, masks: Any, input_size: Any, original_size: Any) -> Any:
+        """The reference `Sam.postprocess_masks`: (B, M, L, L) low-res logits -> (B, M, H, W)
+        logits at `original_size`, the padding cropped at `input_size`; in `masks`' kind."""
+        side = self.config.low_res_mask_size
+        arr = float_array(masks, "masks", f"(B, M, {side}, {side})", 4)
+        up = transforms.postprocess_masks(
+            jnp.asarray(arr),
+            check_size(input_size, "input_size"),
+            check_size(original_size, "original_size"),
+            self.config.image_size,
+        )
+        return as_kind(up, kind_of(masks), device_of(masks))
 
     def __repr__(self) -> str:
         return f"Sam({describe(self.config)})"
@@ -94,7 +141,8 @@ class Sam:
             multimask_output: 3 masks per prompt (else 1).
         Returns:
             One dict per image: masks (B, C, H, W) bool, iou_predictions (B, C) float32,
-            low_res_logits (B, C, L, L) float32; jax arrays.
+            low_res_logits (B, C, L, L) float32; torch tensors when the records held torch
+            tensors, jax arrays when jax ones, else numpy arrays.
         """
         records = check_records(batched_input, "batched_input")
         if not isinstance(multimask_output, (bool, np.bool_)):
@@ -118,10 +166,24 @@ class Sam:
             masks, scores, low_res = decode_input_frame(
                 self.params, embedding, **record_prompts(record), multimask_output=bool(multimask_output)
             )
-            outputs.append({"masks": masks, "iou_predictions": scores, "low_res_logits": low_res})
+            kind, device = kind_of(*record.values()), device_of(*record.values())
+            out = {"masks": masks, "iou_predictions": scores, "low_res_logits": low_res}
+            outputs.append({k: as_kind(v, kind, device) for k, v in out.items()})
         return outputs
 
     forward = __call__
+
+
+# What a torch training call on the model object says: the weights are a pytree, trained by
+# JAX's own means.
+TRAINING_HERE = (
+    "sam-jax models are trained with JAX, not torch optimisers: `sam-jax finetune` or sam_jax.train.train "
+    "(optax; the weights are sam.params, a pytree for jax.grad); see docs/training.md"
+)
+
+
+def is_torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
 
 def resized_image(image: Any, size: int, name: str) -> np.ndarray:

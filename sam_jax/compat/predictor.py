@@ -2,8 +2,10 @@
 output shapes, over the functional `encode` / `decode`.
 
 `predict` returns numpy arrays exactly shaped as the reference's for every input form it
-accepts; `predict_torch` takes batched prompts in the resized image's frame (any array type)
-and returns jax arrays. Bad arguments raise one-line `ValueError`/`TypeError` naming them;
+accepts; `predict_torch` takes batched prompts in the resized image's frame and, as
+`get_image_embedding`, returns arrays of the kind it was given (`compat.arrays`: torch
+tensors for torch tensors, jax arrays for jax ones, numpy arrays that answer `.cpu()` and
+`.numpy()` otherwise). Bad arguments raise one-line `ValueError`/`TypeError` naming them;
 predicting before an image is set raises the reference's `RuntimeError`.
 """
 
@@ -15,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.compat.arrays import as_kind, device_of, kind_of, to_numpy
 from sam_jax.compat.model import Sam, resized_image
 from sam_jax.compat.transforms import ResizeLongestSide, check_size
 from sam_jax.end_to_end import encode_images, rename_arguments
@@ -24,17 +27,6 @@ from sam_jax.predictor import ImageEmbedding, check_image, check_prompts, decode
 # `decode`'s argument names -> the reference predictor's, for error messages.
 PREDICT_NAMES = {"points": "point_coords", "labels": "point_labels", "box": "box", "mask_input": "mask_input"}
 PREDICT_TORCH_NAMES = {**PREDICT_NAMES, "box": "boxes"}
-
-
-def as_numpy_if_array(value: Any) -> Any:
-    """`value` as numpy when it converts (torch CPU tensors, jax arrays, lists), else unchanged
-    for `check_prompts` to report."""
-    if value is None:
-        return None
-    try:
-        return np.asarray(value)
-    except Exception:
-        return value
 
 
 class SamPredictor:
@@ -66,7 +58,8 @@ class SamPredictor:
         self.reset_image()
 
     @property
-    def device(self) -> jax.Device:
+    def device(self) -> Any:
+        """The model's `device` (where ported code puts its tensors)."""
         return self.model.device
 
     def reset_image(self) -> None:
@@ -76,6 +69,7 @@ class SamPredictor:
         self.embedding: ImageEmbedding | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self.image_kind: tuple[str, Any] = ("numpy", None)  # the set image's array kind and torch device
 
     def _set(self, embedding: ImageEmbedding) -> None:
         self.embedding = embedding
@@ -94,11 +88,13 @@ class SamPredictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        arr = check_image(image)
+        kind = (kind_of(image), device_of(image))
+        arr = check_image(to_numpy(image))
         if image_format != self.model.image_format:
             arr = arr[..., ::-1]
         self.reset_image()
         self._set(encode(self.model.params, arr))
+        self.image_kind = kind
 
     def set_torch_image(self, transformed_image: Any, original_image_size: Any) -> None:
         """Computes the embedding of an image already resized (reference `set_torch_image`).
@@ -110,7 +106,7 @@ class SamPredictor:
             original_image_size: (H, W) of the image before resizing.
         """
         size = self.model.image_encoder.img_size
-        arr = as_numpy_if_array(transformed_image)
+        arr = to_numpy(transformed_image)
         if not isinstance(arr, np.ndarray):
             raise TypeError(f"transformed_image must be an array (1, 3, h, w), got {type(transformed_image).__name__}")
         if arr.ndim != 4 or arr.shape[:2] != (1, 3) or max(arr.shape[2:]) != size:
@@ -122,6 +118,7 @@ class SamPredictor:
         original = check_size(original_image_size, "original_image_size")
         self.reset_image()
         self._set(encode_images(self.model.params, [image], [original])[0])
+        self.image_kind = (kind_of(transformed_image), device_of(transformed_image))
 
     def _embedding(self, what: str = "before mask prediction") -> ImageEmbedding:
         if not self.is_image_set or self.embedding is None:
@@ -153,9 +150,7 @@ class SamPredictor:
         """
         embedding = self._embedding()
         params = self.model.params
-        point_coords, point_labels, box, mask_input = map(
-            as_numpy_if_array, (point_coords, point_labels, box, mask_input)
-        )
+        point_coords, point_labels, box, mask_input = map(to_numpy, (point_coords, point_labels, box, mask_input))
         if isinstance(box, np.ndarray) and box.shape == (1, 4):
             box = box[0]  # the reference's two box forms give the same (C, H, W) output
         try:
@@ -188,7 +183,7 @@ class SamPredictor:
         mask_input: Any = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    ) -> tuple[Any, Any, Any]:
         """Masks for a batch of prompt sets in the resized image's frame (reference `predict_torch`).
 
         Args:
@@ -197,15 +192,16 @@ class SamPredictor:
             boxes: (B, 4) XYXY in the resized image (`transform.apply_boxes_torch`).
             mask_input: (B, 1, L, L) low-res logits.
             multimask_output, return_logits: as `predict`.
-            Any array type (numpy, jax, torch on the CPU).
+            Any array kind (numpy, jax, torch).
         Returns:
-            masks (B, C, H, W), scores (B, C), low-res logits (B, C, L, L); jax arrays.
+            masks (B, C, H, W), scores (B, C), low-res logits (B, C, L, L), in the prompts'
+            array kind (torch tensors for torch tensors, on their device).
         """
         embedding = self._embedding()
         params = self.model.params
-        point_coords, point_labels, boxes, mask_input = map(
-            as_numpy_if_array, (point_coords, point_labels, boxes, mask_input)
-        )
+        given = (point_coords, point_labels, boxes, mask_input)
+        kind, device = kind_of(*given), device_of(*given)
+        point_coords, point_labels, boxes, mask_input = map(to_numpy, (point_coords, point_labels, boxes, mask_input))
         try:
             batched, *_ = check_prompts(point_coords, point_labels, boxes, mask_input, params.config.low_res_mask_size)
         except (ValueError, TypeError) as e:
@@ -216,7 +212,7 @@ class SamPredictor:
                 "predict_torch takes batched prompts: point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), "
                 f"mask_input (B, 1, {m}, {m}); one prompt set goes to predict"
             )
-        return decode_input_frame(
+        outputs = decode_input_frame(
             params,
             embedding,
             point_coords,
@@ -226,9 +222,11 @@ class SamPredictor:
             multimask_output=multimask_output,
             return_logits=return_logits,
         )
+        return tuple(as_kind(x, kind, device) for x in outputs)
 
-    def get_image_embedding(self) -> jax.Array:
-        """The set image's embedding, (1, C, E, E) (C = 256, E = 64 for the official models)."""
+    def get_image_embedding(self) -> Any:
+        """The set image's embedding, (1, C, E, E) (C = 256, E = 64 for the official models),
+        in the set image's array kind."""
         self._embedding("to generate an embedding")
         assert self.features is not None
-        return self.features
+        return as_kind(self.features, *self.image_kind)

@@ -1,8 +1,8 @@
 """`ResizeLongestSide`: the reference's `segment_anything.utils.transforms` class, same methods.
 
 The numpy methods return numpy (coordinates in float64, as the reference); the `*_torch`
-methods take any array (numpy, jax, torch on the CPU, nested lists) and return float32 jax
-arrays, computed in float32 as the reference's torch methods.
+methods take any array (numpy, jax, torch, nested lists), compute in float32 as the
+reference's torch methods, and return the kind they were given (`compat.arrays`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import transforms
+from sam_jax.compat.arrays import as_kind, device_of, kind_of, to_numpy
 from sam_jax.predictor import check_image
 
 
 def as_float_array(value: Any, name: str, form: str, dtype: type[np.floating]) -> np.ndarray:
     """`value` as a finite floating array of `dtype`; one line naming `name` and `form` otherwise."""
     try:
-        arr = np.asarray(value)
+        arr = np.asarray(to_numpy(value))
     except Exception:
         raise TypeError(f"{name} must be an array of numbers {form}, got {type(value).__name__}") from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -78,7 +79,7 @@ class ResizeLongestSide:
             raise ValueError(f"boxes must have shape (B, 4), got {arr.shape}")
         return self.apply_coords(arr.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
-    def apply_image_torch(self, image: Any) -> jax.Array:
+    def apply_image_torch(self, image: Any) -> Any:
         """(B, C, H, W) float images -> (B, C, h, w), antialiased bilinear (torch's `antialias=True`).
 
         As the reference warns, this may differ slightly from `apply_image` (the model's
@@ -89,10 +90,11 @@ class ResizeLongestSide:
         if arr.ndim != 4 or min(arr.shape) < 1:
             raise ValueError(f"image must have shape (B, C, H, W), got {arr.shape}")
         h, w = self.get_preprocess_shape(arr.shape[2], arr.shape[3], self.target_length)
-        return jax.image.resize(jnp.asarray(arr), (*arr.shape[:2], h, w), method="linear", antialias=True)
+        out = jax.image.resize(jnp.asarray(arr), (*arr.shape[:2], h, w), method="linear", antialias=True)
+        return as_kind(out, kind_of(image), device_of(image))
 
-    def apply_coords_torch(self, coords: Any, original_size: Any) -> jax.Array:
-        """`apply_coords` in float32 for arrays of any kind: (..., 2) -> float32 jax array."""
+    def apply_coords_torch(self, coords: Any, original_size: Any) -> Any:
+        """`apply_coords` in float32 for arrays of any kind: (..., 2) -> float32, the kind given."""
         arr = as_float_array(coords, "coords", "of shape (..., 2)", np.float32)
         if arr.ndim < 1 or arr.shape[-1] != 2:
             raise ValueError(f"coords must have shape (..., 2), got {arr.shape}")
@@ -101,11 +103,12 @@ class ResizeLongestSide:
         # float32 products with a float32 scale: the reference's torch arithmetic, bit for bit.
         arr[..., 0] *= np.float32(new_w / old_w)
         arr[..., 1] *= np.float32(new_h / old_h)
-        return jnp.asarray(arr)
+        return as_kind(arr, kind_of(coords), device_of(coords))
 
-    def apply_boxes_torch(self, boxes: Any, original_size: Any) -> jax.Array:
-        """`apply_boxes` in float32 for arrays of any kind: (4,) or (B, 4) -> (B, 4) float32 jax array."""
+    def apply_boxes_torch(self, boxes: Any, original_size: Any) -> Any:
+        """`apply_boxes` in float32 for arrays of any kind: (4,) or (B, 4) -> (B, 4) float32, the kind given."""
         arr = as_float_array(boxes, "boxes", "of shape (B, 4)", np.float32)
         if arr.ndim < 1 or arr.shape[-1] != 4:
             raise ValueError(f"boxes must have shape (B, 4), got {arr.shape}")
-        return self.apply_coords_torch(arr.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+        out = self.apply_coords_torch(arr.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+        return as_kind(to_numpy(out), kind_of(boxes), device_of(boxes))

@@ -16,8 +16,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from sam_jax.io import (
     atomic_write_bytes,
@@ -120,6 +120,10 @@ def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str) -> 
     owns = functools.partial(is_complete_masks, output_mode=output_mode)
     with write_directory(path, owns=owns, overwrite=False, what="automatic masks") as tmp:
         for i, record in enumerate(records):
-            Image.fromarray(record["segmentation"].astype(np.uint8) * 255).save(tmp / f"{i}.png")
+            # OpenCV's PNG encoder, as scripts/amg.py writes them: the same bytes.
+            ok, png = cv2.imencode(".png", record["segmentation"].astype(np.uint8) * 255)
+            if not ok:
+                raise OSError(f"{path}: could not encode mask {i} as PNG")
+            (tmp / f"{i}.png").write_bytes(png.tobytes())
         rows = [METADATA_HEADER] + [metadata_row(i, r) for i, r in enumerate(records)]
         (tmp / "metadata.csv").write_text("\n".join(rows))
