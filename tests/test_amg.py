@@ -240,6 +240,16 @@ def test_nothing_survives_returns_empty_list_even_with_crops(tiny_shapes_pair, s
     assert sam_jax.generate_masks(params, scenes[0], stability_score_thresh=1.0) == []
 
 
+def test_thresholds_at_or_below_zero_mean_no_filter(tiny_shapes_pair, scenes):
+    """As the reference: only a threshold above 0 filters, so -1 keeps what 0 keeps."""
+    params, _ = tiny_shapes_pair
+    options = dict(points_per_side=4, stability_score_thresh=0.0)
+    unfiltered = sam_jax.generate_masks(params, scenes[0], pred_iou_thresh=0.0, **options)
+    negative = sam_jax.generate_masks(params, scenes[0], pred_iou_thresh=-1.0, **options)
+    assert len(unfiltered) == len(negative) > 0
+    assert [r["predicted_iou"] for r in negative] == [r["predicted_iou"] for r in unfiltered]
+
+
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [

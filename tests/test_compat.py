@@ -180,21 +180,28 @@ def test_predict_torch_batched_prompts_in_the_resized_frame(predictors, image):
     }
     for name, (args, kwargs) in cases.items():
         expected = [x.numpy() for x in ref.predict_torch(*args, **kwargs)]
-        got = ours.predict_torch(*args, **kwargs)  # torch tensors in
-        assert all(isinstance(x, jax.Array) for x in got), name
-        assert_parity(expected, got, name)
-    # Numpy and jax arrays in, from our own transform: the same results.
-    as_jax = ours.transform.apply_coords_torch(pts.numpy(), (h, w))
+        got = ours.predict_torch(*args, **kwargs)  # torch tensors in, torch tensors out
+        assert all(isinstance(x, torch.Tensor) for x in got), name
+        assert_parity(expected, [x.numpy() for x in got], name)
+    # Numpy and jax arrays in, from our own transform: the same results, of the kind given.
+    as_numpy = ours.transform.apply_coords_torch(pts.numpy(), (h, w))
+    assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, t_pts.numpy())
+    as_jax = ours.transform.apply_coords_torch(jax.numpy.asarray(pts.numpy()), (h, w))
     assert isinstance(as_jax, jax.Array) and np.array_equal(as_jax, t_pts.numpy())
-    again = ours.predict_torch(as_jax, labels.numpy())
-    assert_parity(ours.predict_torch(t_pts, labels), again, "jax/numpy in")
+    again = ours.predict_torch(as_jax, jax.numpy.asarray(labels.numpy()))
+    assert all(isinstance(x, jax.Array) for x in again)
+    assert_parity([x.numpy() for x in ours.predict_torch(t_pts, labels)], again, "jax in")
+    numpy_out = ours.predict_torch(as_numpy, labels.numpy())
+    assert all(isinstance(x, np.ndarray) for x in numpy_out)
+    assert_parity(again, numpy_out, "numpy in")
 
 
 def test_set_image_bgr_set_torch_image_embedding_and_reset(small, sam, predictors, image):
     ref, ours = predictors
     assert ours.is_image_set and ours.original_size == ref.original_size and ours.input_size == ref.input_size
     assert ours.get_image_embedding().shape == tuple(ref.get_image_embedding().shape) == (1, 32, 16, 16)
-    assert ours.features is ours.get_image_embedding()
+    assert np.array_equal(ours.features, ours.get_image_embedding())  # the same values, as numpy (numpy image set)
+    assert isinstance(ours.get_image_embedding(), np.ndarray) and ours.get_image_embedding().cpu() is not None
     assert rel_err(ours.get_image_embedding(), ref.get_image_embedding().numpy()) < 1e-3
     assert ours.transform.target_length == 256 and ours.model is sam and ours.device == sam.device
 
@@ -303,8 +310,8 @@ def test_resize_longest_side_matches_the_reference():
                 ref.apply_boxes_torch(tensor[0, 0].repeat(2), (h, w)),
             ),
         ]:
-            assert isinstance(got, jax.Array) and got.dtype == np.float32 and got.shape == tuple(want.shape)
-            assert np.array_equal(got, want.numpy())  # float32 arithmetic, bit for bit
+            assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == want.shape
+            assert torch.equal(got, want)  # float32 arithmetic, bit for bit; torch in, torch out
 
 
 def test_apply_image_torch_resizes_by_the_last_two_axes():

@@ -59,9 +59,10 @@ class AmgOptions:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{name} must be a number, got {v!r}")
             if not np.isfinite(v) or v < low or (high is not None and v > high):
-                bounds = (
-                    f"in [{low}, {high}]" if high is not None else f">= {low}" if low > -np.inf else "that is finite"
-                )
+                if high is None:
+                    bounds = f">= {low}"
+                else:
+                    bounds = f"<= {high}" if low == -np.inf else f"in [{low}, {high}]"
                 raise ValueError(f"{name} must be a number {bounds}, got {v}")
 
         if (self.points_per_side is None) == (self.point_grids is None):
@@ -73,9 +74,9 @@ class AmgOptions:
         integer("crop_n_points_downscale_factor", 1)
         integer("min_mask_region_area", 0)
         # The reference filters only with a threshold above 0: any lower one (negative too)
-        # means no filter, and one above 1 keeps nothing a well-behaved score passes.
+        # means no filter, as there. Above 1 nothing would pass: refused, as a likely typo.
         for name in ("pred_iou_thresh", "stability_score_thresh"):
-            number(name, -np.inf)
+            number(name, -np.inf, 1.0)
         for name in ("box_nms_thresh", "crop_nms_thresh"):
             number(name, 0.0, 1.0)
         number("stability_score_offset", 0.0)
