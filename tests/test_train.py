@@ -237,38 +237,47 @@ def test_remat_and_bf16_steps():
     assert abs(float(m_remat["loss"]) - float(m_plain["loss"])) < 1e-5
 
 
-def test_data_parallel_over_devices_matches_one_device(tmp_path):
-    """The batch axis is sharded over every local device; the result equals one device's."""
-    code = """
-import os, sys, jax, numpy as np
+def one_step_and_run(batch: train.Batch) -> list[np.ndarray]:
+    """The loss and gradients of one step on `batch`, then the weights after CFG's 8-step run."""
+    weights = sam_jax.init(TINY, 0).weights
+    loss_fn = lambda w: train.forward_rounds(w, TINY, batch, jax.random.key(5), CFG, False)[0]  # noqa: E731
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(weights)
+    out = train.train(sam_jax.init(TINY, 0), [DATA], CFG, progress=False, log=lambda s: None)
+    return (
+        [np.asarray(loss)]
+        + [np.asarray(x) for x in jax.tree.leaves(out.weights)]
+        + [np.asarray(g) for g in jax.tree.leaves(grads)]
+    )
+
+
+FOUR_DEVICES = """
+import sys, jax, numpy as np
 sys.path.insert(0, {tests!r})
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-import sam_jax
-from sam_jax import train, transforms
-from test_train import TINY, DATA, CFG
-assert len(jax.devices()) == int(os.environ["N"]), jax.devices()
-weights = sam_jax.init(TINY, 0).weights
+from sam_jax import train
+from test_train import TINY, DATA, CFG, one_step_and_run
+assert len(jax.devices()) == 4, jax.devices()
 batch, _ = train.BatchStream([DATA], TINY, CFG).next_batch()
 batch = jax.device_put(batch, NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data")))
-loss_fn = lambda w: train.forward_rounds(w, TINY, batch, jax.random.key(5), CFG, False)[0]
-loss, grads = jax.jit(jax.value_and_grad(loss_fn))(weights)
-out = train.train(sam_jax.init(TINY, 0), [DATA], CFG, progress=False, log=lambda s: None)
-leaves = [np.asarray(x) for x in jax.tree.leaves(out.weights)] + [np.asarray(g) for g in jax.tree.leaves(grads)]
-np.savez({out!r} + os.environ["N"], np.asarray(loss), *leaves)
+np.savez({out!r}, *one_step_and_run(batch))
 """
-    tests = str(Path(__file__).parent)
-    for n in ("1", "4"):
-        env = {**os.environ, "N": n, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        subprocess.run(
-            [sys.executable, "-c", code.format(tests=tests, out=str(tmp_path / "w"))], env=env, check=True, timeout=600
-        )
-    one, four = np.load(tmp_path / "w1.npz"), np.load(tmp_path / "w4.npz")
+
+
+def test_data_parallel_over_devices_matches_one_device(tmp_path):
+    """The batch axis is sharded over every local device; the result equals one device's
+    (this process's, which has one)."""
+    assert len(jax.devices()) == 1
+    one_device = one_step_and_run(jax.device_put(train.BatchStream([DATA], TINY, CFG).next_batch()[0]))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    code = FOUR_DEVICES.format(tests=str(Path(__file__).parent), out=str(tmp_path / "w4.npz"))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
+    one, four = dict(enumerate(one_device)), np.load(tmp_path / "w4.npz")
     init = [np.asarray(x) for x in jax.tree.leaves(sam_jax.init(TINY, 0).weights)]
     n = len(init)
-    assert len(one.files) == len(four.files) == 1 + 2 * n
+    assert len(one) == len(four.files) == 1 + 2 * n
     # One step's loss and gradients: sharding changes only the order of the batch reductions.
-    np.testing.assert_allclose(four["arr_0"], one["arr_0"], rtol=1e-5)
-    grads = [(one[f"arr_{1 + n + i}"], four[f"arr_{1 + n + i}"]) for i in range(n)]
+    np.testing.assert_allclose(four["arr_0"], one[0], rtol=1e-5)
+    grads = [(one[1 + n + i], four[f"arr_{1 + n + i}"]) for i in range(n)]
     scale = max(float(np.abs(g).max()) for g, _ in grads)
     assert scale > 0
     for g1, g4 in grads:
@@ -276,8 +285,8 @@ np.savez({out!r} + os.environ["N"], np.asarray(loss), *leaves)
     # The whole 8-step loop on 4 devices. Adam turns reduction-order noise in near-zero
     # gradients into steps of up to the learning rate, so the runs drift apart elementwise
     # (measured: 0.16 of the distance trained, in L2); they must still train alike.
-    trained = [one[f"arr_{1 + i}"] - w for i, w in enumerate(init)]
-    apart = [four[f"arr_{1 + i}"] - one[f"arr_{1 + i}"] for i in range(n)]
+    trained = [one[1 + i] - w for i, w in enumerate(init)]
+    apart = [four[f"arr_{1 + i}"] - one[1 + i] for i in range(n)]
     norm = lambda xs: float(np.sqrt(sum(float((x**2).sum()) for x in xs)))  # noqa: E731
     assert norm(trained) > 0.5 and all(np.isfinite(four[f"arr_{1 + i}"]).all() for i in range(n))
     assert norm(apart) < 0.4 * norm(trained)
