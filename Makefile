@@ -24,13 +24,14 @@ browser:
 demo: setup
 	$(PY) -m sam_jax.demo --output demo-output
 
-# Everything, slow tests included (CI runs this).
+# Everything, slow tests included (CI runs this). Two workers: one test at a time leaves a
+# core idle while Python traces; more would need more memory than a small machine has.
 test: setup browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # Skips the tests marked slow (full-size vit_b / vit_h); for quick local iterations only.
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,8 @@ from pathlib import Path
 # every command the tests start share it: compiled programs (a test that compiles what another
 # already compiled loads it instead: the suite's largest cost on a CPU) and models converted on
 # first use (`lite-medsam`). Never the user's cache; removed at the end.
-SESSION_CACHE = Path(tempfile.mkdtemp(prefix="sam-jax-tests-"))
+# pytest-xdist workers inherit the folder from the controller through SAM_JAX_TEST_CACHE.
+SESSION_CACHE = Path(os.environ.get("SAM_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="sam-jax-tests-"))
 os.environ.update(
     {
         "JAX_COMPILATION_CACHE_DIR": str(SESSION_CACHE / "compilation"),
@@ -21,6 +22,7 @@ os.environ.update(
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         "SAM_JAX_COMPILATION_CACHE": str(SESSION_CACHE / "compilation"),
         "SAM_JAX_CACHE": str(SESSION_CACHE / "models"),
+        "SAM_JAX_TEST_CACHE": str(SESSION_CACHE),
     }
 )
 
@@ -45,7 +47,8 @@ torch.set_grad_enabled(False)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
