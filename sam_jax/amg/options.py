@@ -111,9 +111,10 @@ class AmgOptions:
                 f"crops fit in {_machine()}"
             )
         if self.points_per_side is not None and self.points_per_side > max_points_per_side():
+            side = int(self.points_per_side)
             raise ValueError(
-                f"points_per_side {self.points_per_side} makes a grid of {self.points_per_side**2} points; at most "
-                f"{max_points_per_side()} points per side fit in {_machine()}"
+                f"points_per_side {side} makes a grid of {side**2} points; at most {max_points_per_side()} points per "
+                f"side fit in {_machine()}"
             )
         # The reference filters only with a threshold above 0: any lower one (negative too)
         # means no filter, and one above 1 keeps nothing a well-behaved score passes.

@@ -105,8 +105,10 @@ class CheckpointStore:
         k = 1
         while (target := self.directory / f"{step}{DAMAGED_SUFFIX}{'' if k == 1 else f'-{k}'}").exists():
             k += 1
+        # The note first: a step folder with a note is still a step; a renamed one without it
+        # would be a folder the run directory's check refuses.
+        (source / DAMAGED_NOTE).write_text(f"step {step} of this run could not be resumed: {reason}\n")
         source.rename(target)
-        (target / DAMAGED_NOTE).write_text(f"step {step} of this run could not be resumed: {reason}\n")
         self.manager.reload()
         return target
 
