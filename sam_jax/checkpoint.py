@@ -139,6 +139,10 @@ def save(path: str | os.PathLike[str], params: SamParams, *, overwrite: bool = F
     Raises:
         FileExistsError: `path` holds other files, or a checkpoint and `overwrite` is False.
     """
+    if isinstance(path, SamParams) and not isinstance(params, SamParams):
+        raise TypeError("save takes the folder first, then the model: sam_jax.save(path, params)")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__} {path!r:.40}")
     if not isinstance(params, SamParams):
         raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
     with checkpoint_directory(path, overwrite) as tmp:

@@ -55,6 +55,14 @@ def _check_number(value: Any, name: str, low: float, high: float) -> float:
     return float(value)
 
 
+def _check_hidden(width: int, ratio: float, name: str) -> None:
+    """A hidden layer of `int(width * ratio)` units (the reference's rounding) must have one."""
+    if int(width * ratio) < 1:
+        raise ValueError(
+            f"{name} {ratio:g} leaves a hidden layer of width {width} with int({width} * {ratio:g}) = 0 units"
+        )
+
+
 def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name} must be a list, got {value!r}")
@@ -78,22 +86,32 @@ def config_to_json(config: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
-def config_from_json(cls: type[_C], d: Any) -> _C:
-    """Inverse of `config_to_json` for a flat config, tolerant of versions: unknown keys are
-    ignored and missing ones take their defaults (the dataclass turns lists back into tuples).
+def config_from_json(cls: type[_C], d: Any, prefix: str = "") -> _C:
+    """Inverse of `config_to_json` for a flat config. Fields missing from `d` that have a
+    default take it (an older version did not write them); a field this version does not
+    know is refused, naming it (`prefix` + name): it would change the model in a way this
+    version cannot honour, so reading on would silently build another model. The dataclass
+    turns lists back into tuples.
 
     Raises:
-        ValueError: `d` is not an object, lacks a required field, or a value is invalid.
+        ValueError: `d` is not an object, has an unknown field, lacks a required one, or a
+            value is invalid.
     """
     if not isinstance(d, dict):
         raise ValueError(f"a config must be a JSON object of fields, got {type(d).__name__}")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in fields}
+    unknown = [str(k) for k in d if k not in names]
+    if unknown:
+        raise ValueError(
+            f"unknown field {prefix}{unknown[0]} (not a field of {cls.__name__} in this sam-jax: misspelt, or "
+            "written by a newer version)"
+        )
     required = [f.name for f in fields if f.default is dataclasses.MISSING]
     missing = [name for name in required if name not in d]
     if missing:
         raise ValueError(f"the config lacks the field(s) {', '.join(missing)}")
-    names = {f.name for f in fields}
-    return cls(**{k: v for k, v in d.items() if k in names})
+    return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +153,7 @@ class ViTConfig:
         object.__setattr__(self, "global_attn_indexes", indexes)
         if self.embed_dim % self.num_heads:
             raise ValueError("invalid image encoder: embed_dim must be divisible by num_heads")
+        _check_hidden(self.embed_dim, self.mlp_ratio, "image_encoder.mlp_ratio")
 
     @property
     def pixels_per_token(self) -> int:
@@ -205,6 +224,9 @@ class TinyViTConfig:
         for name in ("mlp_ratio", "mbconv_expand_ratio"):
             object.__setattr__(self, name, _check_number(getattr(self, name), f"image_encoder.{name}", 0, 64))
         _check_int(self, "local_conv_size", 1, 31, "image_encoder.")
+        _check_hidden(self.embed_dims[0], self.mbconv_expand_ratio, "image_encoder.mbconv_expand_ratio")
+        for dim in self.embed_dims[1:]:
+            _check_hidden(dim, self.mlp_ratio, "image_encoder.mlp_ratio")
         _choice(self.stem, "image_encoder.stem", tuple(TINY_VIT_STEMS))
 
     @property
@@ -257,7 +279,7 @@ def encoder_from_dict(d: Any) -> ImageEncoderConfig:
         raise ValueError(f"image_encoder must be a JSON object of fields, got {type(d).__name__}")
     kind = _choice(d.get("kind"), "image_encoder.kind", tuple(ENCODER_KINDS))
     try:
-        return config_from_json(ENCODER_KINDS[kind], {k: v for k, v in d.items() if k != "kind"})
+        return config_from_json(ENCODER_KINDS[kind], {k: v for k, v in d.items() if k != "kind"}, "image_encoder.")
     except TypeError as e:
         raise ValueError(f"image_encoder: {e}") from None
 
@@ -398,7 +420,8 @@ class SamConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> SamConfig:
-        """Builds a config from `to_dict` output; unknown keys from newer versions are ignored.
+        """Builds a config from `to_dict` output; unknown fields are refused, missing ones with
+        a default take it (`config_from_json`).
         A config written before the encoder became a choice (its ViT fields at the top level,
         `LEGACY_VIT_FIELDS`) reads as the same model."""
         if not isinstance(d, dict):

@@ -22,6 +22,8 @@ import io
 import os
 import re
 import shutil
+import socket
+import stat
 import tempfile
 import threading
 import uuid
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # Decoded-pixel cap of every command that reads images (`--max-pixels`): 100 megapixels is
 # above any camera's default output and 300 MB as RGB; a larger image is refused from its header.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -57,6 +59,15 @@ class OutputExistsError(FileExistsError):
         return f"{self.filename}: {self.strerror}"
 
 
+def host_memory() -> int:
+    """This machine's physical memory in bytes (16 GiB where it cannot be read): what the
+    bounds on options that multiply memory (`--batch-size`, automatic-mask options) derive from."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
 def check_max_pixels(value: object, name: str = "max_pixels") -> int:
     """`value` as a positive pixel cap; raises naming `name` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -71,11 +82,18 @@ _QUARTER_TURNS = (5, 6, 7, 8)
 def image_header_size(data: bytes, name: str) -> tuple[int, int]:
     """(height, width) of the image as `decode_image` returns it (EXIF orientation applied),
     read from the file's header without decoding the pixels."""
+    h, w, _ = _image_header(data, name)
+    return h, w
+
+
+def _image_header(data: bytes, name: str) -> tuple[int, int, str]:
+    """(height, width, PIL mode) from the header (see `image_header_size`)."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
+            mode = im.mode
             if _orientation(im) in _QUARTER_TURNS:
                 w, h = h, w
     except Image.DecompressionBombError as e:
@@ -88,7 +106,7 @@ def image_header_size(data: bytes, name: str) -> tuple[int, int]:
         raise ImageError(
             f"{name}: not a readable image ({', '.join(map(str, e.args[:1])) or type(e).__name__})"
         ) from None
-    return int(h), int(w)
+    return int(h), int(w), mode
 
 
 def _orientation(im: Any) -> int | None:
@@ -122,7 +140,7 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_
     max_pixels = check_max_pixels(max_pixels)
     if not data:
         raise ImageError(f"{name}: empty file, not an image")
-    h, w = image_header_size(data, name)
+    h, w, mode = _image_header(data, name)
     if h * w > max_pixels:
         raise ImageTooLargeError(
             f"{name}: declares {w}x{h} pixels ({h * w}), over the cap of {max_pixels} (raise it with --max-pixels)"
@@ -130,25 +148,89 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = DEFAULT_
     import cv2
 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None and data[:2] == _JPEG_START and data[-2:] != _JPEG_END:
+        # `cv2.imread` decodes a truncated JPEG: libjpeg's file reader ends it with an
+        # end-of-image marker (and warns), where the in-memory reader fails. The same here.
+        bgr = cv2.imdecode(np.frombuffer(data + _JPEG_END, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
-        raise ImageError(f"{name}: cannot be read as an 8- or 16-bit image (convert float or exotic formats to 8-bit)")
+        if mode in _FLOAT_MODES:
+            raise ImageError(
+                f"{name}: cannot be read as an 8- or 16-bit image (it holds {mode!r} samples; convert it to 8-bit)"
+            )
+        raise ImageError(
+            f"{name}: cannot be read as an 8- or 16-bit image (damaged or truncated pixel data, "
+            "which OpenCV cannot decode)"
+        )
     return np.ascontiguousarray(bgr[..., ::-1])
 
 
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+# PIL modes of samples that are neither 8- nor 16-bit integers.
+_FLOAT_MODES = ("F", "I", "I;32", "I;32B", "I;32L", "I;16F", "F;32BF", "F;32F")
+
+
 def read_image_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The bytes of an image file, read only if its size is plausible for an image within the
-    cap (an uncompressed 16-bit RGBA image of `max_pixels`)."""
+    """The bytes of an image file, read only if it is a regular file (see `read_regular_file`)
+    whose size is plausible for an image within the cap (an uncompressed 16-bit RGBA image of
+    `max_pixels`)."""
     max_pixels = check_max_pixels(max_pixels)
-    path = Path(path)
+    limit = 8 * max_pixels + (1 << 20)
     try:
-        size = path.stat().st_size
-        if size > 8 * max_pixels + (1 << 20):
-            raise ImageError(
-                f"{path}: a {size}-byte file is larger than any image within the cap of {max_pixels} pixels"
-            )
-        return path.read_bytes()
+        return read_regular_file(path, limit, f"any image within the cap of {max_pixels} pixels")
+    except ValueError as e:
+        raise ImageError(str(e)) from None
     except OSError as e:
         raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(path: str | os.PathLike[str], mode: int) -> ValueError:
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+    return ValueError(f"{path}: is {kind}, not a regular file; refused without reading it")
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int, within: str = "") -> bytes:
+    """The bytes of the regular file at `path` (a link is followed), at most `limit` of them.
+
+    A FIFO, a device (`/dev/zero`), a socket or a folder is refused from its `stat`, before it
+    is opened (a FIFO would block the reader, a device never end); the file is then opened
+    without blocking and checked again, so nothing swapped in meanwhile is read either.
+
+    Raises:
+        ValueError: naming `path`: not a regular file, or over `limit` bytes (`within` says
+            what the limit is for).
+        OSError: it cannot be read (missing, no permission), naming `path`.
+    """
+    too_large = f"larger than {within or f'{limit} bytes'}"
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        if info.st_size > limit:
+            raise ValueError(f"{path}: a {info.st_size}-byte file is {too_large}")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _not_regular(path, os.fstat(fd).st_mode)
+            chunks, total = [], 0
+            while chunk := os.read(fd, min(1 << 24, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise ValueError(f"{path}: the file grew while read, {too_large}")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -226,22 +308,98 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, overwrite: 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise OutputExistsError(path, "exists; replace it with --overwrite (overwrite=True)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_INFIX}", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode(is_dir=False))
-        if overwrite:
-            os.replace(tmp, path)
-        else:  # a link fails if the name appeared meanwhile, where a rename would replace it
-            os.link(tmp, path)
-            os.unlink(tmp)
+        with _naming(path):
+            if overwrite:
+                os.replace(tmp, path)
+            else:  # a link fails if the name appeared meanwhile, where a rename would replace it
+                os.link(tmp, path)
+                os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# Temporary siblings are named `.<name>.tmp-<random>`; a temporary folder also holds
+# `TEMP_MARKER` (this process's host and id) until it is renamed into place, which is how a
+# later run recognises one a killed run left behind (`remove_abandoned_temporaries`).
+TEMP_INFIX = ".tmp-"
+TEMP_MARKER = ".sam-jax-partial"
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raises an OS error about a temporary sibling as one about `path`, the name the user
+    asked for (a permission error names the folder they can fix, not a name of ours)."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileExistsError) or TEMP_INFIX not in os.path.basename(str(e.filename or "")):
+            raise
+        raise type(e)(e.errno, f"{e.strerror or e}, cannot write", str(path)) from None
+
+
+def _temp_marker() -> bytes:
+    return f"{socket.gethostname()}\n{os.getpid()}\n".encode()
+
+
+def is_abandoned_temporary(folder: Path) -> bool:
+    """Whether `folder` is a temporary folder of `write_directory` whose process is gone: its
+    marker names this host and a process id that no longer runs. A live writer's, another
+    host's, and any folder without the marker are not."""
+    if TEMP_INFIX not in folder.name or not folder.name.startswith(".") or folder.is_symlink():
+        return False
+    try:
+        host, pid = (folder / TEMP_MARKER).read_text().split("\n")[:2]
+        if host != socket.gethostname() or int(pid) == os.getpid():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def remove_abandoned_temporaries(root: str | os.PathLike[str]) -> list[Path]:
+    """Removes the temporary folders that killed runs left under `root` (`is_abandoned_temporary`:
+    each holds the marker its writer put there); returns them. Nothing else is touched."""
+    removed = []
+    for folder, dirs, _ in os.walk(root):
+        here = Path(folder)
+        for d in list(dirs):
+            if TEMP_INFIX in d and is_abandoned_temporary(here / d):
+                shutil.rmtree(here / d, ignore_errors=True)
+                removed.append(here / d)
+                dirs.remove(d)
+    return removed
+
+
+def is_temporary(folder: Path) -> bool:
+    """Whether `folder` is a temporary folder of `write_directory` (live or abandoned)."""
+    return TEMP_INFIX in folder.name and (folder / TEMP_MARKER).is_file() and not folder.is_symlink()
+
+
+def _apply_umask(root: Path) -> None:
+    """Gives everything under `root` the permissions `open()` / `mkdir()` give under the umask
+    (some writers, safetensors for one, create their files with mode 600 whatever it is)."""
+    files, folders = default_mode(is_dir=False), default_mode(is_dir=True)
+    for folder, dirs, names in os.walk(root):
+        for d in dirs:
+            if not os.path.islink(os.path.join(folder, d)):
+                os.chmod(os.path.join(folder, d), folders)
+        for n in names:
+            if not os.path.islink(os.path.join(folder, n)):
+                os.chmod(os.path.join(folder, n), files)
+    os.chmod(root, folders)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -302,11 +460,14 @@ def write_directory(
     """
     path = Path(path).absolute()
     replacing = check_directory_target(path, owns, overwrite, what)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_INFIX}", dir=path.parent))
     try:
+        (tmp / TEMP_MARKER).write_bytes(_temp_marker())
         yield tmp
-        os.chmod(tmp, default_mode(is_dir=True))
+        (tmp / TEMP_MARKER).unlink()
+        _apply_umask(tmp)
         if replacing and check_directory_target(path, owns, overwrite, what):
             if _exchange(tmp, path):
                 shutil.rmtree(tmp)

@@ -329,6 +329,7 @@ def decode(
     multimask_output = _check_flag(multimask_output, "multimask_output")
     return_logits = _check_flag(return_logits, "return_logits")
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    _check_finite_embedding(embedding)
     size, scale = params.config.image_size, params.config.coordinate_scale
     if pts is not None:
         pts = transforms.apply_coords(pts, embedding.original_size, size, scale)
@@ -348,6 +349,33 @@ def _check_embedding(params: SamParams, embedding: Any) -> None:
         raise ValueError(
             f"embedding has shape {tuple(embedding.image_embedding.shape)}, but this model expects ({e}, {e}, {c})"
         )
+    for name in ("original_size", "input_size"):
+        size = getattr(embedding, name)
+        if not (
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size)
+        ):
+            raise ValueError(f"embedding.{name} must be (height, width), two integers >= 1, got {size!r}")
+    if max(embedding.input_size) > cfg.image_size:
+        raise ValueError(
+            f"embedding.input_size {embedding.input_size} exceeds this model's image size {cfg.image_size}"
+        )
+
+
+def _check_finite_embedding(embedding: ImageEmbedding) -> None:
+    """Refuses an embedding holding NaN or infinity (its masks would be empty and its scores
+    NaN). Checked once per embedding, after every other argument (the answer is kept on it):
+    one small reduction where the embedding is."""
+    if not getattr(embedding, "_finite", False):
+        if not bool(_all_finite(embedding.image_embedding)):
+            raise ValueError("embedding.image_embedding holds NaN or infinite values")
+        object.__setattr__(embedding, "_finite", True)
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
 
 
 def _decode_in_input_frame(
@@ -465,6 +493,7 @@ def decode_input_frame(
     multimask_output = _check_flag(multimask_output, "multimask_output")
     return_logits = _check_flag(return_logits, "return_logits")
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
+    _check_finite_embedding(embedding)
     return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
 
 

@@ -9,6 +9,8 @@ candidates) and raise the NMS thresholds so many masks reach the comparison.
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import numpy as np
@@ -301,3 +303,36 @@ def test_masks_to_boxes_matches_reference():
     masks[0] = False
     ours = np.asarray(sam_jax.amg.masks_to_boxes(masks))
     np.testing.assert_array_equal(ours, batched_mask_to_box(torch.as_tensor(masks)).numpy())
+
+
+def test_options_that_multiply_memory_are_bounded_by_the_machine(tiny_shapes_pair, monkeypatch):
+    from sam_jax.amg import options
+
+    monkeypatch.setattr(options, "host_memory", lambda: 8 << 30)  # a quarter: 2 GiB
+    assert (options.max_crop_layers(), options.max_points_per_side()) == (9, 5792)
+    started = time.perf_counter()
+    for kwargs, message in (
+        (
+            dict(crop_n_layers=99),
+            "crop_n_layers 99 makes a billion or more crops; at most 9 layers' crops fit in a "
+            "quarter of this machine's 8 GiB",
+        ),
+        (dict(crop_n_layers=10**9), "crop_n_layers 1000000000 makes a billion or more crops"),
+        (dict(crop_n_layers=10), "crop_n_layers 10 makes 1398101 crops; at most 9"),
+        (
+            dict(points_per_side=10**6),
+            "points_per_side 1000000 makes a grid of 1000000000000 points; at most 5792 points per side fit",
+        ),
+    ):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+            sam_jax.AmgOptions(**kwargs)
+    params = tiny_shapes_pair[0]
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(
+        ValueError, match=r"^points_per_batch 100000 needs .* GiB for one batch of this model's decoder"
+    ):
+        sam_jax.generate_masks(params, image, points_per_batch=100_000)
+    # Within the bounds, a tiny image is refused from the layers' sizes, before 4**9 crop boxes are made.
+    with pytest.raises(ValueError, match="an image of 8x8 pixels is too small for crop_n_layers=9: its layer-4"):
+        sam_jax.generate_masks(params, image, crop_n_layers=9, points_per_side=1)
+    assert time.perf_counter() - started < 5

@@ -148,3 +148,19 @@ def test_cli_refuses_bad_arguments_in_one_line(folder, tmp_path, capsys, extra):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("sam-jax: error:"), err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--crop-n-layers", "99"), "--crop-n-layers 99 makes a billion or more crops; at most"),
+        (("--points-per-side", "1000000"), "--points-per-side 1000000 makes a grid of 1000000000000 points; at most"),
+        (("--points-per-batch", "10000000"), "--points-per-batch 10000000 needs"),
+    ],
+)
+def test_cli_bounds_work_multiplying_options_by_the_machine(folder, tmp_path, capsys, extra, needle):
+    args = ["amg", "--checkpoint", "tiny-shapes", "--input", str(folder), "--output", str(tmp_path / "o"), *extra]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sam-jax: error: {needle}") and "quarter of this machine's" in err
+    assert not (tmp_path / "o").exists()

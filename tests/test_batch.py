@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import pytest
 from PIL import Image
 
 import sam_jax
-from sam_jax import jobs
+from sam_jax import io, jobs
 from sam_jax.embedding_files import is_complete_embedding
+from sam_jax.jobs import embed as embed_job
+from sam_jax.jobs import layout
 from sam_jax.testing import TINY
 
 # Sizes of different aspect ratios (the padding differs per image within one batch).
@@ -211,9 +214,9 @@ def test_corrupt_image_is_recorded_and_the_rest_succeed(tmp_path, model):
     assert "broken.png" in lines[0] and "not a readable image" in lines[0], result.stderr
     assert lines[-1].startswith("sam-jax: error: 1 image(s) failed") and "failures.tsv" in lines[-1], result.stderr
     assert len(_outputs(tmp_path / "out")) == 4
-    record = (tmp_path / "out" / "failures.tsv").read_text().splitlines()
-    assert len(record) == 1 and record[0].split("\t")[0].endswith("broken.png")
-    assert "not a readable image" in record[0]
+    record = layout.read_failures(tmp_path / "out" / "failures.tsv")
+    assert len(record) == 1 and record[0][0].endswith("broken.png")
+    assert "not a readable image" in record[0][1]
 
 
 def test_cli_refuses_bad_arguments_in_one_line(tmp_path, model):
@@ -228,3 +231,122 @@ def test_cli_refuses_bad_arguments_in_one_line(tmp_path, model):
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("sam-jax: error:"), (
             result.stderr
         )
+
+
+# ----------------------------------------------------------------------------- hostile inputs (issue 33)
+
+
+@pytest.fixture(scope="module")
+def params() -> sam_jax.SamParams:
+    return sam_jax.init(TINY, 3)
+
+
+BROKEN = b"\x89PNG\r\n\x1a\nnot really"
+
+
+def test_a_users_failures_file_is_refused_before_the_job_and_never_touched(tmp_path, params):
+    _images(tmp_path / "in", 1)
+    (tmp_path / "in" / "broken.png").write_bytes(BROKEN)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = b"name\tscore\nalice\t3\n"  # one tab per line: the shape of ours, without our marker
+    (out / "failures.tsv").write_bytes(mine)
+    with pytest.raises(FileExistsError, match=r"failures\.tsv: exists and was not written by sam-jax"):
+        jobs.embed_images(params, tmp_path / "in", out)
+    (tmp_path / "in" / "broken.png").unlink()  # with nothing to fail, it is still not removed
+    with pytest.raises(FileExistsError, match=r"failures\.tsv: exists and was not written by sam-jax"):
+        jobs.embed_images(params, tmp_path / "in", out)
+    assert [p.name for p in out.iterdir()] == ["failures.tsv"] and (out / "failures.tsv").read_bytes() == mine
+
+
+def test_names_are_escaped_in_the_failures_file_and_reruns_finish(tmp_path, params):
+    names = ["tab\tname.png", "new\nline.png", "back\\slash.png"]
+    for name in names:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(BROKEN)
+    _images(tmp_path / "in", 1)
+    for _ in range(2):  # the second run reads back the file the first wrote, and rewrites it
+        report = jobs.embed_images(params, tmp_path / "in", tmp_path / "out")
+        assert report.written + report.skipped == 1 and len(report.failures) == 3
+        text = (tmp_path / "out" / "failures.tsv").read_text()
+        assert text.count("\n") == 4 and all(line.count("\t") == 1 for line in text.splitlines()[1:])
+        assert sorted(p for p, _ in layout.read_failures(tmp_path / "out" / "failures.tsv")) == sorted(
+            str(tmp_path / "in" / n) for n in names
+        )
+    for name in names:  # repaired: the job's own failures file goes
+        Image.new("RGB", (8, 8)).save(tmp_path / "in" / name, format="PNG")
+    assert jobs.embed_images(params, tmp_path / "in", tmp_path / "out").ok
+    assert not (tmp_path / "out" / "failures.tsv").exists()
+
+
+def test_inputs_that_are_not_regular_files_are_refused_unopened(tmp_path, params):
+    _images(tmp_path / "in", 1)
+    os.mkfifo(tmp_path / "in" / "x.png")  # opened, it would block forever
+    (tmp_path / "in" / "z.png").symlink_to("/dev/zero")  # read, it would never end
+    done: list[jobs.JobReport] = []
+    worker = threading.Thread(target=lambda: done.append(jobs.embed_images(params, tmp_path / "in", tmp_path / "o")))
+    worker.start()
+    worker.join(120)
+    assert done, "the job hung on a FIFO or a device"
+    reasons = dict(done[0].failures)
+    assert done[0].written == 1 and len(reasons) == 2
+    assert reasons[str(tmp_path / "in" / "x.png")].endswith(
+        "is a FIFO (named pipe), not a regular file; refused without reading it"
+    )
+    assert "is a character device, not a regular file" in reasons[str(tmp_path / "in" / "z.png")]
+    os.mkfifo(tmp_path / "list.txt")
+    with pytest.raises(ValueError, match=r"list\.txt: is a FIFO \(named pipe\), not a regular file"):
+        jobs.discover_inputs(tmp_path / "list.txt")
+
+
+def test_temporary_folders_are_never_inputs_and_those_of_killed_runs_are_removed(tmp_path, params):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "img.png")
+    # A write of automatic masks into the input folder, killed half way: its temporary folder
+    # (a mask PNG, no metadata.csv yet) is left behind by a process that no longer runs.
+    code = (
+        "import os, sys\n"
+        "from sam_jax.io import write_directory\n"
+        "with write_directory(sys.argv[1], owns=lambda p: False, overwrite=False, what='masks') as tmp:\n"
+        "    (tmp / '0.png').write_bytes(open(sys.argv[2], 'rb').read())\n"
+        "    os._exit(9)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(photos / "img"), str(photos / "img.png")], timeout=300)
+    assert killed.returncode == 9
+    (left,) = [p for p in photos.iterdir() if ".tmp-" in p.name]
+    mine = photos / ".my.tmp-folder"  # a user's folder of that shape, without the writer's marker
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    report = jobs.embed_images(params, photos, photos)
+    assert report.ok and report.total == 1  # the mask PNG left inside was not taken for an image
+    assert not left.exists() and (mine / "keep.txt").read_text() == "mine"
+    # A live writer's temporary folder (this process's) is neither an input nor removed.
+    with io.write_directory(photos / "live", owns=lambda p: False, overwrite=False, what="masks") as tmp:
+        Image.new("RGB", (8, 8)).save(tmp / "0.png")
+        assert [it.key for it in jobs.discover_inputs(photos)] == ["img.png"]
+        assert jobs.embed_images(params, photos, photos).skipped == 1 and tmp.exists()
+
+
+def test_an_output_another_run_wrote_meanwhile_counts_as_done(tmp_path, params, monkeypatch):
+    _images(tmp_path / "in", 2)
+    real = embed_job.atomic_write_bytes
+
+    def another_run_first(path, data, **kwargs):
+        if path.name == "img000.npz":
+            real(path, data)  # a second job on the same output finished this image first
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"the user's")  # something else appeared
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(embed_job, "atomic_write_bytes", another_run_first)
+    report = jobs.embed_images(params, tmp_path / "in", tmp_path / "out")
+    assert report.skipped == 1 and report.written == 0
+    assert report.failures == [
+        (
+            str(tmp_path / "in" / "img001.png"),
+            f"output {tmp_path / 'out' / 'img001.npz'} appeared meanwhile; left untouched",
+        )
+    ]
+    assert (tmp_path / "out" / "img001.npz").read_bytes() == b"the user's"

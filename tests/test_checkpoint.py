@@ -43,14 +43,32 @@ def test_failed_save_leaves_previous_checkpoint(small, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
-def test_config_tolerates_unknown_and_missing_fields(small, tmp_path):
+def test_config_fills_missing_fields_and_refuses_unknown_ones(small, tmp_path):
+    """A field an older version did not write takes its default: the model is the one it
+    meant. A field this version does not know is refused: it changes the model in a way this
+    version cannot honour (or is a typo), so loading on would silently build another model."""
     sam_jax.save(tmp_path / "ck", small.params)
     meta_path = tmp_path / "ck" / checkpoint.META_FILE
     meta = json.loads(meta_path.read_text())
-    meta["config"]["a_field_from_the_future"] = 1
     del meta["config"]["pixel_std"]  # written by an older version: the default applies
     meta_path.write_text(json.dumps(meta))
     assert sam_jax.load(tmp_path / "ck").config == small.params.config
+    meta["config"]["a_field_from_the_future"] = 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as info:
+        sam_jax.load(tmp_path / "ck")
+    assert str(info.value) == (
+        f"{meta_path}: invalid config: unknown field a_field_from_the_future (not a field of SamConfig in this "
+        "sam-jax: misspelt, or written by a newer version)"
+    )
+
+
+def test_save_names_a_bad_path_argument(small, tmp_path):
+    with pytest.raises(TypeError, match=r"^path must be a folder path \(str or os.PathLike\), got NoneType None$"):
+        sam_jax.save(None, small.params)
+    with pytest.raises(TypeError, match=r"^save takes the folder first, then the model: sam_jax.save\(path, params\)$"):
+        sam_jax.save(small.params, tmp_path / "ck")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_accepts_rel_pos_tables_of_another_length(small, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,24 @@ def test_coco_refuses_malformed_annotation(tmp_path):
     bad = {**POLYGON, "image_id": 99}
     with pytest.raises(DataError, match=r"ann\.json.*annotations\[0\]"):
         CocoDataset(_coco_json(tmp_path, [bad]), tmp_path / "images")
+
+
+@pytest.mark.parametrize(
+    "segmentation,needle",
+    [
+        ({**_rle_box(), "counts": "!!!!"}, "segmentation RLE is not a valid compressed RLE string"),
+        ({**_rle_box(), "counts": "0"}, f"segmentation RLE counts sum to 0, not height x width = {H * W}"),
+        ({**_rle_box(), "counts": ""}, f"segmentation RLE counts sum to 0, not height x width = {H * W}"),
+        ({**_rle_box(), "counts": _rle_box()["counts"][:-1]}, "segmentation RLE"),
+        ([[2, 2, 12, 2, float("nan"), 8, 2, 8]], "a polygon must be a list of finite numbers"),
+        ({"size": [H, W], "counts": [H * W - 1, 1.5]}, "uncompressed RLE counts must be integers >= 0"),
+    ],
+)
+def test_coco_refuses_damaged_segmentations_naming_the_file(tmp_path, segmentation, needle):
+    """pycocotools reads a damaged RLE string past its end or raises without naming the
+    file, and rasterises a NaN polygon to nothing (the data then looks empty)."""
+    with pytest.raises(DataError, match=rf"ann\.json: annotations\[0\]: {re.escape(needle)}"):
+        CocoDataset(_coco_json(tmp_path, [{**POLYGON, "segmentation": segmentation}]), tmp_path / "images")
 
 
 # ----------------------------------------------------------------------------- families

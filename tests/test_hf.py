@@ -408,3 +408,17 @@ def test_model_type_is_checked_against_the_config(folders, tmp_path, capsys):
     assert main([str(folder), str(tmp_path / "c"), "--decoder-num-heads", "4"]) == 1
     assert "contradicts" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_export_follows_the_umask(small, tmp_path):
+    """safetensors creates its file with mode 600; every file of the folder gets what the umask gives."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        hf.export_hf(small.params, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes == {name: 0o640 for name in ("config.json", "preprocessor_config.json", hf.SAFETENSORS_FILE)}
+    assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o750

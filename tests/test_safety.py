@@ -219,6 +219,41 @@ def test_images_are_read_as_the_reference_reads_them(tmp_path):
         io.read_image(tmp_path / "float.tif")
 
 
+def test_truncated_jpegs_and_gifs_are_read_as_the_reference_reads_them(tmp_path):
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "whole.jpg"), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])  # a download that stopped half way
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "anim.gif")
+    for name in ("cut.jpg", "anim.gif"):
+        theirs = cv2.imread(str(tmp_path / name))  # the reference's scripts/amg.py
+        assert theirs is not None, name
+        np.testing.assert_array_equal(io.read_image(tmp_path / name), cv2.cvtColor(theirs, cv2.COLOR_BGR2RGB))
+    assert [it.key for it in jobs.discover_inputs(tmp_path)] == ["anim.gif", "cut.jpg", "whole.jpg"]
+    (tmp_path / "header.jpg").write_bytes(data[:200])  # too little for OpenCV too
+    assert cv2.imread(str(tmp_path / "header.jpg")) is None
+    with pytest.raises(io.ImageError, match=r"header\.jpg: cannot be read .*\(damaged or truncated pixel data"):
+        io.read_image(tmp_path / "header.jpg")
+
+
+def test_write_errors_name_the_users_path_not_a_temporary_one(tmp_path, monkeypatch):
+    def denied(*args, prefix: str = "", dir: str = "", **kwargs):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "abc123"))
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(io.tempfile, "mkdtemp", denied)
+    for write in (
+        lambda: io.atomic_write_bytes(tmp_path / "out.npz", b"x"),
+        lambda: sam_jax.save(tmp_path / "ck", sam_jax.init(TINY, 0)),
+    ):
+        with pytest.raises(PermissionError) as info:
+            write()
+        assert ".tmp-" not in str(info.value) and str(info.value).endswith(
+            f"Permission denied, cannot write: '{info.value.filename}'"
+        )
+        assert info.value.filename in (str(tmp_path / "out.npz"), str(tmp_path / "ck"))
+
+
 def test_extreme_aspect_ratio_works_and_a_job_finishes(tiny_shapes, tmp_path):
     strip = np.full((5, 3000, 3), 120, np.uint8)
     masks, _, _ = sam_jax.predict(tiny_shapes, strip, [[1500, 2]])
@@ -321,6 +356,9 @@ def test_memory_budget_serves_in_order_and_bounds_what_is_held():
         (("normalize",), "zscore", "normalize must be one of mean_std, min_max, got 'zscore'"),
         ((), [1, 2], "a config must be a JSON object of fields, got list"),
         ((), None, "a config must be a JSON object of fields, got NoneType"),
+        (("image_encoder", "mlp_ratio"), 0.001, "image_encoder.mlp_ratio 0.001 leaves a hidden layer of width 64"),
+        (("a_field_from_the_future",), 1, "unknown field a_field_from_the_future (not a field of SamConfig"),
+        (("image_encoder", "window_sise"), 4, "unknown field image_encoder.window_sise (not a field of ViTConfig"),
     ],
 )
 def test_crafted_configs_are_refused_in_one_line(small, tmp_path, field, value, needle):
@@ -466,22 +504,31 @@ def test_resume_with_another_model_is_one_line(tmp_path, tiny_params):
         train.train(tiny_params, [DATA], CFG, str(tmp_path / "run"), resume=False, **QUIET)
 
 
-def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, tiny_params):
+def test_damaged_latest_step_is_set_aside_and_the_resume_saves_its_step_again(tmp_path, tiny_params):
     run_dir = tmp_path / "run"
     first, _ = run_with_steps(run_dir, [1, 2], tiny_params, CFG)
     victim = max((run_dir / "2" / "weights").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
     victim.write_bytes(bytes(data))
+    damaged = snapshot(run_dir / "2")
     lines: list[str] = []
-    # A run of one step: resumed from step 1, nothing is left to train.
-    resumed = train.train(
-        tiny_params, [DATA], dataclasses.replace(CFG, steps=1), str(run_dir), progress=False, log=lines.append
-    )
+    # Resumed from step 1 with another learning rate: step 2 is trained and saved again.
+    cfg = dataclasses.replace(CFG, steps=2, learning_rate=CFG.learning_rate * 2)
+    train.train(tiny_params, [DATA], cfg, str(run_dir), save_every=1, progress=False, log=lines.append)
     assert any(f"{run_dir / '2'}" in line and "trying the step before it" in line for line in lines), lines
     assert any("resumed from step 1" in line for line in lines), lines
-    for a, b in zip(jax.tree.leaves(resumed.weights), jax.tree.leaves(first), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert any(f"learning_rate {CFG.learning_rate!r} -> {cfg.learning_rate!r}" in line for line in lines), lines
+    aside = run_dir / "2.damaged"
+    assert any(f"damaged step 2 moved aside to {aside} (kept, not deleted)" in line for line in lines), lines
+    notes = {k: v for k, v in snapshot(aside).items() if k != train.store.DAMAGED_NOTE}
+    assert notes == damaged  # moved, byte for byte
+    assert "could not be resumed" in (aside / train.store.DAMAGED_NOTE).read_text()
+    resumed = train.CheckpointStore(str(run_dir), keep=5)  # the run folder, set-aside step included, is accepted
+    assert resumed.steps() == [2, 1]
+    weights, _ = resumed.restore(2, train.make_optimizer(cfg).init(train.partition(tiny_params.weights, cfg.freeze)[0]))
+    resumed.close()
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(first), strict=True))
 
 
 def test_damaged_weights_give_one_line(small, tmp_path):

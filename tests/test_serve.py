@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import logging
 import socket
 import struct
 import subprocess
@@ -523,3 +524,56 @@ def test_server_faults_are_json_without_traceback(params, sample_id, client):
 def test_bad_content_length(client, sample_id):
     r = client.post(f"/api/images/{sample_id}/predict", content=b"{}", headers={"content-length": "abc"})
     assert_error(r, 400, "Content-Length")
+
+
+def test_a_stalled_or_abandoned_body_holds_no_connection_and_logs_no_traceback(params):
+    from urllib.parse import urlsplit
+
+    from sam_jax.serve import serve_in_thread
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep, ours = Keep(), logging.getLogger("sam_jax.serve")
+    head = (
+        b"POST /api/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+    )
+    with serve_in_thread(create_app(params, body_timeout=2.0)) as base:
+        address = (urlsplit(base).hostname, urlsplit(base).port)
+        loggers = [logging.getLogger("uvicorn.error"), ours]
+        level = ours.level
+        ours.setLevel(logging.INFO)
+        for lg in loggers:
+            lg.addHandler(keep)
+        try:
+            # 10 of the 1000 bytes announced, then nothing: answered 408, the connection closed.
+            started = time.perf_counter()
+            with socket.create_connection(address, timeout=30) as s:
+                s.sendall(head + b"0123456789")
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408 "), reply
+            assert b"the request body stopped arriving (10 bytes in; the server waits 2 s" in reply
+            assert time.perf_counter() - started < 15
+            # A client that goes away half way through its body: one line in the log, no traceback.
+            with socket.create_connection(address, timeout=30) as s:
+                s.sendall(head + b"0123456789")
+            deadline = time.monotonic() + 10
+            while not records and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            for lg in loggers:
+                lg.removeHandler(keep)
+            ours.setLevel(level)
+        with socket.create_connection(address, timeout=30) as s:  # still serving
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+    lines = [r.getMessage() for r in records]
+    assert lines == ["POST /api/images: the client disconnected before its request body arrived"], lines
+    assert not any(r.exc_info for r in records)

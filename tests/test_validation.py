@@ -111,3 +111,21 @@ def test_load_and_config_errors(tmp_path):
     with pytest.raises(ValueError, match="invalid SamConfig: image_size 1000 is not a multiple of patch_size 16"):
         sam_jax.get_config("vit_b/image_size=1000")
     assert sam_jax.get_config("vit_b/image_size=512").image_size == 512
+
+
+@pytest.mark.parametrize(
+    "sizes,values,needle",
+    [
+        (((0, 0), (0, 0)), 0.0, r"embedding.original_size must be \(height, width\), two integers >= 1, got \(0, 0\)"),
+        (((40, 60), (0, 64)), 0.0, r"embedding.input_size must be \(height, width\), two integers >= 1"),
+        (((40, 60), (43, 9999)), 0.0, r"embedding.input_size \(43, 9999\) exceeds this model's image size 256"),
+        (((40, 60), (171, 256)), np.nan, "embedding.image_embedding holds NaN or infinite values"),
+        (((40, 60), (171, 256)), np.inf, "embedding.image_embedding holds NaN or infinite values"),
+    ],
+)
+def test_decode_refuses_impossible_embeddings(small, sizes, values, needle):
+    emb = sam_jax.encode(small.params, IMAGE)
+    assert (emb.original_size, emb.input_size) == ((40, 60), (171, 256))
+    contents = emb.image_embedding.at[0, 0, 0].set(values) if values else emb.image_embedding
+    with pytest.raises(ValueError, match=f"^{needle}"):
+        sam_jax.decode(small.params, predictor.ImageEmbedding(contents, *sizes), [[1, 1]])

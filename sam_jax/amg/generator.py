@@ -163,13 +163,15 @@ def generate(params: SamParams, image: np.ndarray, opts: AmgOptions) -> list[dic
     """`generate_masks` with checked arguments: an (H, W, 3) uint8 image and `AmgOptions`
     (for callers that check once and run many images, as the batch job does)."""
     orig_size = image.shape[:2]
+    cfg = params.config
+    opts.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
+    layer = utils.first_empty_crop_layer(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
+    if layer is not None:  # found from the layers' sizes, before any crop box is made
+        raise ValueError(
+            f"an image of {orig_size[1]}x{orig_size[0]} pixels is too small for crop_n_layers="
+            f"{opts.crop_n_layers}: its layer-{layer} crops are empty; use fewer crop layers"
+        )
     crop_boxes, layer_idxs = utils.generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
-    for (x0, y0, x1, y1), layer in zip(crop_boxes, layer_idxs, strict=True):
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(
-                f"an image of {orig_size[1]}x{orig_size[0]} pixels is too small for crop_n_layers="
-                f"{opts.crop_n_layers}: its layer-{layer} crops are empty; use fewer crop layers"
-            )
     grids = opts.layer_point_grids()
     crops = zip(crop_boxes, layer_idxs, strict=True)
     parts = [_process_crop(params, image, box, grids[layer], opts) for box, layer in crops]

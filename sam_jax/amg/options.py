@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from sam_jax.amg import utils
+from sam_jax.io import host_memory
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Host bytes per crop (its box, its per-crop results) and per point of a layer's grid (the
+# grid in float64 and the temporaries that build and scale it): upper estimates, from which
+# the bounds on `crop_n_layers` and `points_per_side` follow (a quarter of host memory).
+CROP_BYTES = 2048
+GRID_POINT_BYTES = 64
+
+
+def memory_budget() -> int:
+    """Bytes that one set of options may plan for: a quarter of this machine's memory (as
+    `--batch-size`'s bound)."""
+    return host_memory() // 4
+
+
+def _machine() -> str:
+    return f"a quarter of this machine's {host_memory() / 2**30:.0f} GiB"
+
+
+def max_crop_layers() -> int:
+    """The most crop layers whose crops' records fit `memory_budget` (layer i has 4**i crops)."""
+    layers, crops = 0, 1
+    while (crops + 4 ** (layers + 1)) * CROP_BYTES <= memory_budget():
+        layers, crops = layers + 1, crops + 4 ** (layers + 1)
+    return layers
+
+
+def max_points_per_side() -> int:
+    """The largest grid side whose points fit `memory_budget`."""
+    return max(1, math.isqrt(memory_budget() // GRID_POINT_BYTES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +103,20 @@ class AmgOptions:
         integer("crop_n_layers", 0)
         integer("crop_n_points_downscale_factor", 1)
         integer("min_mask_region_area", 0)
+        # Options that multiply memory are bounded by this machine's before anything is built
+        # (their work grows with them too: 4**i crops in layer i, points_per_side**2 prompts).
+        if self.crop_n_layers > max_crop_layers():
+            crops = "a billion or more" if self.crop_n_layers > 14 else str((4 ** (self.crop_n_layers + 1) - 1) // 3)
+            raise ValueError(
+                f"crop_n_layers {self.crop_n_layers} makes {crops} crops; at most {max_crop_layers()} layers' "
+                f"crops fit in {_machine()}"
+            )
+        if self.points_per_side is not None and self.points_per_side > max_points_per_side():
+            side = int(self.points_per_side)
+            raise ValueError(
+                f"points_per_side {side} makes a grid of {side**2} points; at most {max_points_per_side()} points per "
+                f"side fit in {_machine()}"
+            )
         # The reference filters only with a threshold above 0: any lower one (negative too)
         # means no filter, as there. Above 1 nothing would pass: refused, as a likely typo.
         for name in ("pred_iou_thresh", "stability_score_thresh"):
@@ -107,11 +151,29 @@ class AmgOptions:
                 if not np.all((arr >= 0) & (arr <= 1)):
                     raise ValueError(f"point_grids[{i}] must hold (x, y) coordinates normalised to [0, 1]")
                 grids.append(arr.astype(np.float64))
+            points = sum(len(g) for g in grids)
+            if points * GRID_POINT_BYTES > memory_budget():
+                raise ValueError(
+                    f"point_grids hold {points} points; at most {memory_budget() // GRID_POINT_BYTES} fit in "
+                    f"{_machine()}"
+                )
             if len(grids) < self.crop_n_layers + 1:
                 raise ValueError(
                     f"point_grids must hold one grid per crop layer ({self.crop_n_layers + 1}), got {len(grids)}"
                 )
             object.__setattr__(self, "point_grids", tuple(grids))
+
+    def check_memory(self, embedding_size: int, prompt_embed_dim: int, low_res_size: int, name: str = "") -> None:
+        """Refuses a `points_per_batch` whose decoder work for one batch (each point's copy of
+        the image tokens and its candidates' low-res logits, float32) would not fit
+        `memory_budget`; `name` is how the message names the option (default its field name)."""
+        per_point = 4 * (2 * embedding_size**2 * prompt_embed_dim + 4 * low_res_size**2)
+        if self.points_per_batch * per_point > memory_budget():
+            raise ValueError(
+                f"{name or 'points_per_batch'} {self.points_per_batch} needs "
+                f"{self.points_per_batch * per_point / 2**30:.1f} GiB for one batch of this model's decoder; at most "
+                f"{max(memory_budget() // per_point, 1)} points fit in {_machine()}"
+            )
 
     def layer_point_grids(self) -> tuple[np.ndarray, ...]:
         if self.point_grids is not None:

@@ -60,6 +60,24 @@ def generate_crop_boxes(
     return boxes, layers
 
 
+def first_empty_crop_layer(im_size: tuple[int, int], n_layers: int, overlap_ratio: float) -> int | None:
+    """The first layer whose crops (`generate_crop_boxes`) include an empty one, or None;
+    found from each layer's first and last crop, without making the 4**i boxes of a layer."""
+    im_h, im_w = im_size
+    short_side = min(im_h, im_w)
+    for i_layer in range(n_layers):
+        n_per_side = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n_per_side))
+        for length in (im_w, im_h):
+            crop = math.ceil((overlap * (n_per_side - 1) + length) / n_per_side)
+            # x0 = (crop - overlap) * i is linear in i: its ends decide whether some crop is empty.
+            for i in (0, n_per_side - 1):
+                x0 = int((crop - overlap) * i)
+                if min(x0 + crop, length) <= x0:
+                    return i_layer + 1
+    return None
+
+
 def is_box_near_crop_edge(
     boxes: np.ndarray, crop_box: list[int], orig_box: list[int], atol: float = 20.0
 ) -> np.ndarray:

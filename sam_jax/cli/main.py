@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -337,15 +338,20 @@ def amg(args: argparse.Namespace) -> int:
     from sam_jax.amg import AmgOptions
     from sam_jax.config import get_config
 
-    names = [flag.lstrip("-").replace("-", "_") for flag in _AMG_FLAGS]
-    options = AmgOptions(
-        **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
-        output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
-    )
+    names = {flag.lstrip("-").replace("-", "_"): flag for flag in _AMG_FLAGS}
+    try:
+        options = AmgOptions(
+            **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
+            output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
+        )
+    except (ValueError, TypeError) as e:  # the message names the option as the command line does
+        raise type(e)(re.sub(r"\b[a-z_]+\b", lambda m: names.get(m.group(0), m.group(0)), str(e))) from None
 
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
         if args.model_type is not None and get_config(args.model_type) != params.config:
             raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
+        cfg = params.config
+        options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size, "--points-per-batch")
         devices = None
         if args.device is not None:
             import jax

@@ -7,7 +7,7 @@ is a pure function of `i` (the trainer's resumable data order relies on it). Sou
   Families (`FAMILIES`): `classic`, `broad` and the held-out `heldout-family`.
 - `FolderDataset`: an image folder with one PNG per object instance, laid out as::
 
-      root/images/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp>
+      root/images/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp|gif>
       root/masks/<name>/<anything>.png      one PNG per instance; nonzero pixels are the mask
 
 - `CocoDataset`: COCO-style instance annotations (polygons, RLE or uncompressed RLE).

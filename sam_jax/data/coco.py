@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,8 +59,14 @@ def _polygons(segmentation: list[Any], where: str) -> list[list[float]]:
     """The polygons of a polygon segmentation, without degenerate ones (< 3 points)."""
     polygons = []
     for polygon in segmentation:
-        if not isinstance(polygon, list) or len(polygon) % 2 or not all(isinstance(v, (int, float)) for v in polygon):
-            raise DataError(f"{where}: a polygon must be a list of numbers x1, y1, x2, y2, ...; got {polygon!r:.100}")
+        if (
+            not isinstance(polygon, list)
+            or len(polygon) % 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in polygon)
+        ):
+            raise DataError(
+                f"{where}: a polygon must be a list of finite numbers x1, y1, x2, y2, ...; got {polygon!r:.100}"
+            )
         # pycocotools reads a 4-number list as a box, so drop those too: they enclose no area.
         if len(polygon) >= 6:
             polygons.append(polygon)
@@ -85,12 +92,46 @@ def _coco_rle(segmentation: Any, image: _CocoImage, where: str) -> dict[str, Any
         raise DataError(f"{where}: segmentation is {size!r} (height, width) but image {image.path} is [{h}, {w}]")
     counts = segmentation["counts"]
     if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise DataError(f"{where}: uncompressed RLE counts must be integers >= 0")
         if sum(counts) != h * w:
             raise DataError(f"{where}: uncompressed RLE counts sum to {sum(counts)}, not height x width = {h * w}")
         return mask_utils.frPyObjects(segmentation, h, w)
     if not isinstance(counts, (str, bytes)):
         raise DataError(f"{where}: RLE counts must be a list of ints or a compressed string")
+    total = _compressed_rle_total(counts)
+    if total != h * w:
+        found = "is not a valid compressed RLE string" if total is None else f"counts sum to {total}"
+        raise DataError(f"{where}: segmentation RLE {found}, not height x width = {h * w}")
     return {"size": [h, w], "counts": counts}
+
+
+def _compressed_rle_total(counts: str | bytes) -> int | None:
+    """The pixels a COCO compressed RLE string covers (the sum of its runs, as pycocotools'
+    `rleFrString` reads them), or None when it is malformed: a character outside the
+    encoding, a run cut short at the end, or a negative run. pycocotools itself reads such
+    strings past their end or leaves runs undefined, so they are checked here first."""
+    text = counts.encode() if isinstance(counts, str) else counts
+    runs: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text) or not 48 <= text[p] < 48 + 64:
+                return None
+            c = text[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return sum(runs)
 
 
 class _CocoEntry(NamedTuple):

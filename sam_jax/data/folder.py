@@ -75,7 +75,7 @@ class _FolderEntry(NamedTuple):
 class FolderDataset:
     """Images with one mask PNG per instance, laid out as::
 
-        root/images/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp>
+        root/images/<name>.<jpg|jpeg|png|bmp|tif|tiff|webp|gif>
         root/masks/<name>/<anything>.png      one PNG per instance; nonzero pixels are the mask
 
     Samples are in sorted order of <name>; each sample's masks in sorted order of file name.

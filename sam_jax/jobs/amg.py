@@ -62,6 +62,8 @@ def generate_masks_for_images(
     options = AmgOptions() if options is None else options
     if not isinstance(options, AmgOptions):
         raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    cfg = params.config
+    options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
     mode = options.output_mode
     reader = Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
     job = Job.plan(
@@ -81,13 +83,16 @@ def generate_masks_for_images(
     def process(replica: SamParams, entry: Loaded) -> str | None:
         """Masks of one image, written; the reason it failed otherwise."""
         assert entry.image is not None  # failures never reach here
+        target = masks_output_path(out, entry.item, mode)
         try:
             records = generate(replica, entry.image, options)
-            write_masks(masks_output_path(out, entry.item, mode), records, mode)
+            write_masks(target, records, mode)
         except ValueError as e:  # this image cannot be processed (e.g. too small for the crops)
             return one_line(e)
-        except FileExistsError as e:
-            return f"output {e.filename} appeared meanwhile; left untouched"
+        except FileExistsError:
+            with lock:
+                job.appeared_meanwhile(entry.item, target)
+            return None
         finally:
             reader.budget.release(entry.held)
         with lock:

@@ -20,6 +20,7 @@ from sam_jax.io import (
     MemoryBudget,
     atomic_write_bytes,
     check_max_pixels,
+    host_memory,
 )
 from sam_jax.jobs import layout
 from sam_jax.jobs.engine import (
@@ -28,7 +29,6 @@ from sam_jax.jobs.engine import (
     Loaded,
     Reader,
     batches,
-    host_memory,
     host_threads,
     load_for_encoder,
     loaded_in_order,
@@ -114,11 +114,12 @@ def embed_images(
         host = np.asarray(emb)  # waits for this batch only; the next one is already dispatched
         for entry, e in zip(batch, host, strict=False):
             data = embedding_bytes(e, entry.original_size, entry.input_size)
+            target = layout.output_path(out, entry.item)
             try:
-                atomic_write_bytes(layout.output_path(out, entry.item), data, overwrite=False)
+                atomic_write_bytes(target, data, overwrite=False)
                 report.written += 1
-            except FileExistsError as err:  # something appeared there while the job ran
-                job.record_failure(entry.item, f"output {err.filename} appeared meanwhile; left untouched")
+            except FileExistsError:  # something appeared there while the job ran
+                job.appeared_meanwhile(entry.item, target)
         if progress:
             progress(len(batch))
 

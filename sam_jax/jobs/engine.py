@@ -24,7 +24,10 @@ from sam_jax.io import (
     MemoryBudget,
     decode_image,
     decoded_bytes,
+    is_temporary,
     read_image_bytes,
+    read_regular_file,
+    remove_abandoned_temporaries,
 )
 from sam_jax.jobs import layout
 from sam_jax.jobs.layout import InputItem, is_complete_masks
@@ -32,6 +35,8 @@ from sam_jax.jobs.layout import InputItem, is_complete_masks
 _log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".lst")
+# The largest list file read (a million paths of 100 characters).
+MAX_LIST_BYTES = 100 << 20
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -59,8 +64,11 @@ def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str
         ValueError: a folder without images, a list naming nothing, an unsupported file, or
             two inputs that would write the same output.
 
-    A folder search skips a job's output folder inside it (`exclude`) and every folder of
-    automatic masks a job wrote (their mask PNGs are outputs, not new inputs).
+    A folder search skips a job's output folder inside it (`exclude`), every folder of
+    automatic masks a job wrote (their mask PNGs are outputs, not new inputs) and the
+    temporary folders of writes in progress or killed (`sam_jax.io.is_temporary`). Entries
+    that are not regular files (a FIFO, a link to a device) are listed like any image and
+    refused when read, before they are opened.
     """
     root = Path(path)
     if not root.exists():
@@ -73,7 +81,9 @@ def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str
             dirs[:] = sorted(
                 d
                 for d in dirs
-                if (skip is None or (here / d).resolve() != skip) and not is_complete_masks(here / d, "binary_mask")
+                if (skip is None or (here / d).resolve() != skip)
+                and not is_temporary(here / d)
+                and not is_complete_masks(here / d, "binary_mask")
             )
             items.extend(
                 InputItem(here / f, (here / f).relative_to(root).as_posix())
@@ -84,7 +94,11 @@ def discover_inputs(path: str | os.PathLike[str], exclude: str | os.PathLike[str
             raise ValueError(f"input folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     elif root.suffix.lower() in LIST_SUFFIXES:
         items = []
-        for n, line in enumerate(root.read_text().splitlines(), 1):
+        try:
+            text_of_list = read_regular_file(root, MAX_LIST_BYTES).decode("utf-8", "surrogateescape")
+        except ValueError as e:
+            raise ValueError(f"input list {e}") from None
+        for n, line in enumerate(text_of_list.splitlines(), 1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
@@ -203,13 +217,6 @@ def host_threads(threads: int | None) -> int:
     return threads or min(os.cpu_count() or 1, 8)
 
 
-def host_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 << 30
-
-
 def batches(loaded: Iterator[Loaded], batch_size: int, on_failure: Callable[[Loaded], None]) -> Iterator[list[Loaded]]:
     batch: list[Loaded] = []
     for entry in loaded:
@@ -247,6 +254,7 @@ class Job:
     todo: list[InputItem]
     report: JobReport
     failures_path: Path
+    is_ours: Callable[[Path], bool]
 
     @classmethod
     def plan(
@@ -263,20 +271,28 @@ class Job:
 
         An output that exists and `is_ours` is complete (outputs appear by an atomic rename)
         and is skipped; one that exists and is not ours is something the user put there: it
-        is recorded as a failure and never touched.
+        is recorded as a failure and never touched. A file of the user's where the failures
+        file goes is refused before anything is done; temporary folders that killed runs left
+        in the output folder are removed (`sam_jax.io.remove_abandoned_temporaries`).
         """
         index = jax.process_index() if process_index is None else process_index
         count = jax.process_count() if process_count is None else process_count
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output {str(output_dir)!r} exists and is not a folder")
+        failures_path = layout.failures_file(out, index, count)
+        layout.check_failures_file(failures_path)
+        if out.is_dir():
+            for left in remove_abandoned_temporaries(out):
+                _log.info("removed %s, left behind by a killed run", left)
         items = discover_inputs(inputs, exclude=out) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
         share = process_share(items, index, count)
         job = cls(
             out,
             [],
             JobReport(total=len(share), skipped=0, written=0, failures=[]),
-            layout.failures_file(out, index, count),
+            failures_path,
+            is_ours,
         )
         for it in share:
             target = output_of(out, it)
@@ -289,6 +305,14 @@ class Job:
         if progress and len(share) > len(job.todo):
             progress(len(share) - len(job.todo))
         return job
+
+    def appeared_meanwhile(self, item: InputItem, target: Path) -> None:
+        """Something appeared at `target` while the job ran: a complete output of ours (a
+        second run on the same output wrote it) counts as done; anything else is a failure."""
+        if self.is_ours(target):
+            self.report.skipped += 1
+        else:
+            self.record_failure(item, f"output {target} appeared meanwhile; left untouched")
 
     def record_failure(self, item: InputItem, reason: str) -> None:
         """Logs an image that failed and rewrites the failures file (atomically) with it."""

@@ -4,7 +4,8 @@ complete outputs, records as a failure anything else in their place, and never t
 - `sam-jax embed`: `OUT/<image path relative to the input>.npz` (`sam_jax.io` embedding files);
 - `sam-jax amg`: per image the reference `scripts/amg.py` layout, a folder of `<i>.png` masks
   with `metadata.csv`, or with COCO RLE one `OUT/<...>.json` list of records;
-- `failures.tsv` (or `failures.I-of-N.tsv` per process): the images that failed, and why.
+- `failures.tsv` (or `failures.I-of-N.tsv` per process): the images that failed, and why,
+  after a marker line that makes it recognisably a job's (`FAILURES_MARKER`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from sam_jax.io import (
+    OutputExistsError,
     atomic_write_bytes,
     only_names,
     write_directory,
@@ -43,20 +45,66 @@ def failures_file(output_dir: Path, process_index: int, process_count: int) -> P
     return output_dir / name
 
 
+# The first line of every failures file a job writes: how a job recognises its own (a file
+# without it is the user's, never replaced or removed), and how to read the rest.
+FAILURES_MARKER = (
+    "# sam-jax failures: path<TAB>reason per line; backslash, tab, CR and newline escaped as \\\\ \\t \\r \\n"
+)
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
+_UNESCAPES = {"\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
+
+
+def escape_field(text: str) -> str:
+    """`text` as one field of a failures line: no tab or line break is left in it."""
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
+def unescape_field(field: str) -> str:
+    out, chars = [], iter(field)
+    for c in chars:
+        out.append(_UNESCAPES.get(next(chars, ""), "\\") if c == "\\" else c)
+    return "".join(out)
+
+
 def is_failures_file(path: Path) -> bool:
-    """Whether `path` is a failures file as jobs write them (lines of path TAB reason)."""
+    """Whether `path` is a failures file a job wrote: a regular file whose first line is the
+    marker jobs write (whatever the rest looks like, a file without it is the user's)."""
     try:
-        return all(line.count("\t") == 1 for line in path.read_text().splitlines())
+        if path.is_symlink() or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            return f.readline(len(FAILURES_MARKER) + 2).rstrip(b"\n").decode() == FAILURES_MARKER
     except (OSError, UnicodeDecodeError):
         return False
 
 
+def read_failures(path: Path) -> list[tuple[str, str]]:
+    """The (path, reason) pairs of a failures file a job wrote."""
+    lines = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")[:-1]  # names may hold any byte
+    if not lines or lines[0] != FAILURES_MARKER:
+        raise ValueError(f"{path}: not a failures file written by sam-jax")
+    pairs = [line.split("\t") for line in lines[1:]]
+    return [(unescape_field(p), unescape_field(r)) for p, r in pairs]
+
+
+def check_failures_file(path: Path) -> None:
+    """Refuses, before a job starts, a file of the user's where its failures file goes."""
+    if (path.exists() or path.is_symlink()) and not is_failures_file(path):
+        raise OutputExistsError(
+            path,
+            "exists and was not written by sam-jax (a job's failures file starts with its marker line); "
+            "it is left untouched: move it, or choose another output folder",
+        )
+
+
 def write_failures(path: Path, failures: list[tuple[str, str]]) -> None:
+    """Writes the failures file (atomically), or removes the one an earlier run wrote when
+    nothing failed; a file of the user's there is refused and never touched."""
     if failures:
-        if path.exists() and not is_failures_file(path):
-            raise ValueError(f"{path} exists and is not a failures file written by sam-jax; left untouched")
-        atomic_write_bytes(path, "".join(f"{p}\t{r}\n" for p, r in failures).encode())
-    elif path.is_file() and is_failures_file(path):
+        check_failures_file(path)
+        lines = [FAILURES_MARKER] + [f"{escape_field(p)}\t{escape_field(r)}" for p, r in failures]
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+    elif is_failures_file(path):
         path.unlink()  # a re-run that succeeded everywhere clears its old record
 
 

@@ -33,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -56,6 +56,10 @@ MAX_POINTS_PER_BATCH = 256
 # Room for the multipart headers around the file, and the largest JSON body.
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_JSON_BYTES = 1 * 2**20
+# A request body that stalls: no byte for this many seconds (`create_app(body_timeout=...)`),
+# or the whole body not in after this factor times it, is answered 408 and its connection closed.
+BODY_IDLE_TIMEOUT = 30.0
+BODY_TIMEOUT_FACTOR = 10
 
 _JSON_ACCEPTED = f"JSON bodies of at most {MAX_JSON_BYTES} bytes"
 PREDICT_FIELDS = ("points", "labels", "box", "multimask")
@@ -78,10 +82,11 @@ T = TypeVar("T")
 class ApiError(Exception):
     """A request the server refuses: answered as `{"error": message}` with `status`."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,7 @@ def create_app(
     host_threads: int = 2,
     automatic_defaults: dict[str, Any] | None = None,
     warm_up: bool = False,
+    body_timeout: float = BODY_IDLE_TIMEOUT,
 ) -> Starlette:
     """The ASGI application serving `params`.
 
@@ -130,6 +136,8 @@ def create_app(
             the API's defaults stay the reference's.
         warm_up: on start-up, compile the decoder for the page's usual prompt shapes (on the
             device thread, so requests queue behind it).
+        body_timeout: seconds a request body may stall (no byte arriving) before it is
+            answered 408; the whole body may take `BODY_TIMEOUT_FACTOR` times this.
     Returns:
         A Starlette application (run it with uvicorn; one process: the cache lives in it).
     """
@@ -143,11 +151,14 @@ def create_app(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if isinstance(body_timeout, bool) or not isinstance(body_timeout, (int, float)) or not 0 < body_timeout < math.inf:
+        raise ValueError(f"body_timeout must be a finite number of seconds > 0, got {body_timeout!r}")
     defaults = dict(automatic_defaults or {})
     unknown = sorted(set(defaults) - set(AMG_FIELDS))
     if unknown:
         raise ValueError(f"automatic_defaults has unknown option(s) {', '.join(unknown)}")
     server = Server(params, model_name, max_upload_bytes, max_pixels, cache_bytes, max_points, host_threads, defaults)
+    server.body_timeout = float(body_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -166,7 +177,7 @@ def create_app(
         Route("/api/images/{image_id}/predict", server.predict, methods=["POST"]),
         Route("/api/images/{image_id}/automatic", server.automatic, methods=["POST"]),
     ]
-    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}
+    handlers = {ApiError: _api_error, ClientGone: _client_gone, HTTPException: _http_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.server = server
     return app
@@ -211,6 +222,7 @@ class Server:
         self.device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-jax-device")
         self.host = ThreadPoolExecutor(max_workers=host_threads, thread_name_prefix="sam-jax-host")
         self.pending: dict[str, asyncio.Future[CachedImage]] = {}
+        self.body_timeout = BODY_IDLE_TIMEOUT
         package = resources.files("sam_jax.serve") / "static"
         self.index_html = (package / "index.html").read_bytes()
         self.static_files = {name: (package / name).read_bytes() for name in _STATIC}
@@ -252,7 +264,7 @@ class Server:
         if not content_type.lower().startswith("multipart/form-data"):
             raise ApiError(415, "POST /api/images takes multipart/form-data with the image file in field 'file'")
         accepted = f"image files of at most {self.max_upload_bytes} bytes"
-        body = await _read_body(request, self.max_upload_bytes + MULTIPART_OVERHEAD, accepted)
+        body = await _read_body(request, self.max_upload_bytes + MULTIPART_OVERHEAD, accepted, self.body_timeout)
         data = await _file_field(request.headers, body, "file")
         if len(data) > self.max_upload_bytes:
             raise ApiError(413, f"the file is {len(data)} bytes; the server accepts {accepted}")
@@ -264,7 +276,7 @@ class Server:
 
     async def predict(self, request: Request) -> Response:
         entry = self._entry(request)
-        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED), required=True)
+        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED, self.body_timeout), required=True)
         points, labels, box, multimask = _prompt(body, self.max_points, self.params.config.low_res_mask_size)
         prompt = (entry.embedding, points, labels, box, multimask)
         masks, scores = await self._run(self.device, self.decode_prompt, *prompt)
@@ -273,7 +285,7 @@ class Server:
 
     async def automatic(self, request: Request) -> Response:
         entry = self._entry(request)
-        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED), required=False)
+        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED, self.body_timeout), required=False)
         options = _automatic_options(body)
         try:
             image = await self._run(self.host, functools.partial(decode_upload, max_pixels=self.max_pixels), entry.data)
@@ -367,8 +379,14 @@ def _forget(pending: dict[str, Any], key: str, future: asyncio.Future[Any]) -> N
 # ----------------------------------------------------------------------------- requests
 
 
-async def _read_body(request: Request, limit: int, accepted: str) -> bytes:
-    """The request body, refused with 413 (saying `accepted`) as soon as it is known to exceed `limit` bytes."""
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived: nobody to answer."""
+
+
+async def _read_body(request: Request, limit: int, accepted: str, idle_timeout: float = BODY_IDLE_TIMEOUT) -> bytes:
+    """The request body, refused with 413 (saying `accepted`) as soon as it is known to exceed `limit` bytes,
+    and with 408 when no byte of it arrives for `idle_timeout` seconds or the whole of it takes longer
+    than `BODY_TIMEOUT_FACTOR` times that (a client that stalls holds no connection for long)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.isdigit():
@@ -376,7 +394,24 @@ async def _read_body(request: Request, limit: int, accepted: str) -> bytes:
         if int(length) > limit:
             raise ApiError(413, f"the request body is {int(length)} bytes; the server accepts {accepted}")
     chunks, total = [], 0
-    async for chunk in request.stream():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TIMEOUT_FACTOR * idle_timeout
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(idle_timeout, deadline - loop.time())
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408,
+                f"the request body stopped arriving ({total} bytes in; the server waits {idle_timeout:g} s for "
+                f"more, {BODY_TIMEOUT_FACTOR * idle_timeout:g} s in all)",
+                {"Connection": "close"},  # the rest of the body will not be read: nor is the connection kept
+            ) from None
+        except ClientDisconnect:
+            raise ClientGone() from None
         total += len(chunk)
         if total > limit:
             raise ApiError(413, f"the request body exceeds {limit} bytes; the server accepts {accepted}")
@@ -502,7 +537,13 @@ def _automatic_options(body: Any) -> dict[str, Any]:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # One line in the log, no traceback: a client closing its connection is no fault of the server's.
+    log.info("%s %s: the client disconnected before its request body arrived", request.method, request.url.path)
+    return Response(status_code=400)  # sent to no one: the connection is gone
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -26,29 +26,48 @@ def _resume(
 ) -> tuple[int, int, Any, Any]:
     """(step, data cursor, weights, optimiser state) of the newest intact step of a run.
 
-    The run's model is checked against `config` from the metadata first (restoring another
-    model's arrays would fail deep inside orbax); a damaged step is named and the previous
-    one tried.
+    Each step's model is checked against `config` from its metadata first (restoring another
+    model's arrays would fail deep inside orbax). A damaged step is named and the previous
+    one tried; once an intact one is found, the damaged newer ones are set aside (renamed in
+    the run folder, never deleted), so the resumed run can save their step numbers again.
+    If no step is intact, nothing is moved.
     """
-    latest = store.steps()[0]
-    run_config = SamConfig.from_dict(store.read_meta(latest)["config"])
-    if run_config != config:
-        raise ValueError(
-            f"checkpoint directory {store.directory}: the run there trains another model "
-            f"({_describe(run_config)}, not {_describe(config)}); resume with the same --config/--init or choose "
-            "a new folder"
-        )
+    damaged: list[tuple[int, str]] = []
     for step in store.steps():
         try:
             meta = store.read_meta(step)
+            run_config = SamConfig.from_dict(meta["config"])
+        except ValueError as e:
+            log(f"warning: {e}; trying the step before it")
+            damaged.append((step, str(e)))
+            continue
+        if run_config != config:
+            raise ValueError(
+                f"checkpoint directory {store.directory}: the run there trains another model "
+                f"({_describe(run_config)}, not {_describe(config)}); resume with the same --config/--init or choose "
+                "a new folder"
+            )
+        try:
             weights, restored = store.restore(step, opt_state)
         except ValueError as e:
             log(f"warning: {e}; trying the step before it")
+            damaged.append((step, str(e)))
             continue
-        if TrainConfig.from_dict(meta["train"]) != cfg:
-            log(f"note: resuming {store.directory} with changed training options")
+        for bad, reason in damaged:
+            log(f"note: damaged step {bad} moved aside to {store.set_aside(bad, reason)} (kept, not deleted)")
+        run_cfg = TrainConfig.from_dict(meta["train"])
+        if run_cfg != cfg:
+            changes = _changes(run_cfg, cfg)
+            log(f"note: resuming {store.directory} from step {step} with changed training options: {changes}")
         return step, int(meta["data_cursor"]), weights, restored
     raise ValueError(f"checkpoint directory {store.directory}: no step of the run can be read (see the warnings)")
+
+
+def _changes(before: TrainConfig, after: TrainConfig) -> str:
+    """The options that differ, `name run -> now`, and what a resume keeps."""
+    old, new = before.to_dict(), after.to_dict()
+    changed = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k))
+    return f"{changed} (the run's own weights are resumed: the starting weights given now are not read)"
 
 
 def _describe(config: SamConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,39 @@ class CheckpointStore:
         checkpoint.check_finite(weights, f"{where}/weights")
         return weights, r["opt_state"]
 
+    def set_aside(self, step: int, reason: str) -> Path:
+        """Moves a damaged step out of the run (renamed, never deleted): `<step>.damaged[-k]`,
+        with `DAMAGED_NOTE` saying why, so a resume can write that step again.
+
+        Returns:
+            Where the step now is.
+        """
+        source = self.directory / str(step)
+        k = 1
+        while (target := self.directory / f"{step}{DAMAGED_SUFFIX}{'' if k == 1 else f'-{k}'}").exists():
+            k += 1
+        # The note first: a step folder with a note is still a step; a renamed one without it
+        # would be a folder the run directory's check refuses.
+        (source / DAMAGED_NOTE).write_text(f"step {step} of this run could not be resumed: {reason}\n")
+        source.rename(target)
+        self.manager.reload()
+        return target
+
     def close(self) -> None:
         self.manager.close()
+
+
+# A damaged step set aside (`CheckpointStore.set_aside`): `<step>.damaged` (or `-2`, `-3`, ...)
+# holding this note; it stays in the run folder and no longer counts as a step.
+DAMAGED_SUFFIX = ".damaged"
+DAMAGED_NOTE = "SAM_JAX_DAMAGED_STEP.txt"
 
 
 def _is_run_entry(entry: Path) -> bool:
     if ".orbax-checkpoint-tmp" in entry.name:  # a save a kill interrupted; orbax ignores it
         return True
+    if re.fullmatch(rf"\d+{re.escape(DAMAGED_SUFFIX)}(-\d+)?", entry.name):
+        return entry.is_dir() and (entry / DAMAGED_NOTE).is_file()
     return entry.name.isdigit() and entry.is_dir() and entry.joinpath(*checkpoint.RUN_META_FILE).is_file()
 
 
