@@ -61,6 +61,17 @@ def weights_digest(weights: Any) -> str:
     return h.hexdigest()
 
 
+def tree_digest(tree: Any) -> str:
+    """SHA-256 of any pytree's leaves as stored (dtype, shape, bytes), in tree order: the
+    optimiser state's checksum, whose leaves are not all float32."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}{a.shape};".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
 def check_finite(weights: Any, source: str) -> None:
     """Raises ValueError naming `source` and the first weight holding NaN or infinity."""
     for path, leaf in flatten_weights(weights):

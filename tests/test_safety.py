@@ -484,7 +484,9 @@ def run_with_steps(run_dir: Path, steps: list[int], params: sam_jax.SamParams, c
     saved = []
     for step in steps:
         weights = jax.tree.map(lambda x, k=step: np.asarray(x) + np.float32(k), params.weights)
-        store.save(step, weights, opt_state, train.step_metadata(params.config, cfg, step, step * 4, {}, weights))
+        store.save(
+            step, weights, opt_state, train.step_metadata(params.config, cfg, step, step * 4, {}, weights, opt_state)
+        )
         saved.append(weights)
     store.close()
     return saved
@@ -506,7 +508,7 @@ def test_resume_with_another_model_is_one_line(tmp_path, tiny_params):
 
 def test_damaged_latest_step_is_set_aside_and_the_resume_saves_its_step_again(tmp_path, tiny_params):
     run_dir = tmp_path / "run"
-    first, _ = run_with_steps(run_dir, [1, 2], tiny_params, CFG)
+    _, before = run_with_steps(run_dir, [1, 2], tiny_params, CFG)
     victim = max((run_dir / "2" / "weights").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
@@ -528,7 +530,26 @@ def test_damaged_latest_step_is_set_aside_and_the_resume_saves_its_step_again(tm
     assert resumed.steps() == [2, 1]
     weights, _ = resumed.restore(2, train.make_optimizer(cfg).init(train.partition(tiny_params.weights, cfg.freeze)[0]))
     resumed.close()
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(first), strict=True))
+    # Step 2 written again from step 1 (the steps saved here carry a fresh optimiser state, whose
+    # warm-up starts at a learning rate of 0, so its weights are step 1's, not the damaged step's).
+    assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(weights), jax.tree.leaves(before), strict=True))
+
+
+def test_damaged_optimiser_state_is_named_on_restore(tmp_path, tiny_params):
+    run_with_steps(tmp_path / "run", [1], tiny_params, CFG)
+    victim = max(
+        (tmp_path / "run" / "1" / "opt_state").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0
+    )
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
+    victim.write_bytes(bytes(data))
+    store = train.CheckpointStore(str(tmp_path / "run"), keep=5)
+    template = train.make_optimizer(CFG).init(train.partition(tiny_params.weights, CFG.freeze)[0])
+    with pytest.raises(
+        ValueError, match=rf"^{tmp_path / 'run' / '1'}/opt_state: |^{tmp_path / 'run' / '1'}: unreadable"
+    ):
+        store.restore(1, template)
+    store.close()
 
 
 def test_damaged_weights_give_one_line(small, tmp_path):

@@ -185,7 +185,7 @@ def train(
                     done,
                     weights,
                     opt_state,
-                    step_metadata(params.config, cfg, done, cursor, {**running, **figures}, weights),
+                    step_metadata(params.config, cfg, done, cursor, {**running, **figures}, weights, opt_state),
                 )
         else:
             step = cfg.steps

@@ -92,6 +92,9 @@ class CheckpointStore:
         if expected is not None and checkpoint.weights_digest(weights) != expected:
             raise ValueError(f"{where}/weights: the weights do not match the checksum in its metadata")
         checkpoint.check_finite(weights, f"{where}/weights")
+        expected = meta.get("opt_state_sha256")
+        if expected is not None and checkpoint.tree_digest(r["opt_state"]) != expected:
+            raise ValueError(f"{where}/opt_state: the optimiser state does not match the checksum in its metadata")
         return weights, r["opt_state"]
 
     def set_aside(self, step: int, reason: str) -> Path:
@@ -146,14 +149,22 @@ def check_run_directory(directory: str | os.PathLike[str]) -> None:
 
 
 def step_metadata(
-    config: SamConfig, cfg: TrainConfig, step: int, cursor: int, figures: dict[str, float], weights: Any
+    config: SamConfig,
+    cfg: TrainConfig,
+    step: int,
+    cursor: int,
+    figures: dict[str, float],
+    weights: Any,
+    opt_state: Any,
 ) -> dict[str, Any]:
     """A step's `meta` item: what `sam_jax.load` and a resume read (the model, the options,
-    the data cursor, the weights' checksum), and the run's figures at that step."""
+    the data cursor, the checksums of the weights and of the optimiser state), and the run's
+    figures at that step."""
     return {
         "format": checkpoint.FORMAT,
         "version": checkpoint.VERSION,
         "weights_sha256": checkpoint.weights_digest(weights),
+        "opt_state_sha256": checkpoint.tree_digest(opt_state),
         "config": config.to_dict(),
         "train": cfg.to_dict(),
         "step": step,
