@@ -234,7 +234,8 @@ def test_truncated_jpegs_and_gifs_are_read_as_the_reference_reads_them(tmp_path)
     assert cv2.imread(str(tmp_path / "header.jpg")) is None
     with pytest.raises(
         io.ImageError,
-        match=r"header\.jpg: (cannot be read .*\(damaged or truncated pixel data|not a readable image \(Truncated File Read)",
+        match=r"header\.jpg: (cannot be read .*\(damaged or truncated pixel data"
+        r"|not a readable image \(Truncated File Read)",
     ):
         io.read_image(tmp_path / "header.jpg")
 

@@ -128,7 +128,10 @@ def test_training_fits_a_batch():
 
 def test_frozen_parameters_stay_bit_identical():
     params = sam_jax.init(TINY, 0)
-    cfg = dataclasses.replace(CFG, steps=3, freeze=("image_encoder", "mask_decoder/iou_prediction_head"))
+    # Point prompts only: one step program (what is frozen does not depend on the prompt kind).
+    cfg = dataclasses.replace(
+        CFG, steps=3, freeze=("image_encoder", "mask_decoder/iou_prediction_head"), box_probability=0.0
+    )
     trainable, _ = train.partition(params.weights, cfg.freeze)
     assert "image_encoder" not in trainable and "iou_prediction_head" not in trainable["mask_decoder"]
     state = train.make_optimizer(cfg).init(trainable)
@@ -198,6 +201,8 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
         str(tmp_path / "run"),
         "--save-every",
         "2",
+        "--eval-every",
+        "4",
         "--eval-images",
         "3",
         "--final-eval-images",
@@ -209,6 +214,7 @@ def test_cli_finetune_runs_and_resumes(tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "final:" in result.stdout and "point_miou" in result.stdout
+    assert result.stdout.index("step 0: point_miou") < result.stdout.index("step 4: point_miou"), result.stdout
     assert sam_jax.load(tmp_path / "final").config == TINY
     result = run_cli(*args)  # the export is there: replaced only when asked
     assert result.returncode == 1 and "already holds a sam_jax checkpoint" in result.stderr
@@ -237,12 +243,17 @@ def test_remat_and_bf16_steps():
     assert abs(float(m_remat["loss"]) - float(m_plain["loss"])) < 1e-5
 
 
+# Point prompts, no correction round: the smallest step program (what is sharded does not
+# depend on the prompts); the same program as test_remat_and_bf16_steps' plain step.
+POINTS_ONLY = dataclasses.replace(CFG, box_probability=0.0, correction_rounds=0)
+
+
 def one_step_and_run(batch: train.Batch) -> list[np.ndarray]:
-    """The loss and gradients of one step on `batch`, then the weights after CFG's 8-step run."""
+    """The loss and gradients of one step on `batch`, then the weights after an 8-step run."""
     weights = sam_jax.init(TINY, 0).weights
-    loss_fn = lambda w: train.forward_rounds(w, TINY, batch, jax.random.key(5), CFG, False)[0]  # noqa: E731
+    loss_fn = lambda w: train.forward_rounds(w, TINY, batch, jax.random.key(5), POINTS_ONLY, False)[0]  # noqa: E731
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(weights)
-    out = train.train(sam_jax.init(TINY, 0), [DATA], CFG, progress=False, log=lambda s: None)
+    out = train.train(sam_jax.init(TINY, 0), [DATA], POINTS_ONLY, progress=False, log=lambda s: None)
     return (
         [np.asarray(loss)]
         + [np.asarray(x) for x in jax.tree.leaves(out.weights)]

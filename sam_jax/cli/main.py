@@ -86,7 +86,12 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int_at_least(1), default=500, help="save a checkpoint every N steps")
     p.add_argument("--keep", type=int_at_least(1), default=3, help="checkpoints kept (the newest)")
     p.add_argument("--no-resume", action="store_true", help="refuse, rather than resume, a run in --checkpoint-dir")
-    p.add_argument("--eval-every", type=int_at_least(0), default=0, help="evaluate every N steps (0: only at the end)")
+    p.add_argument(
+        "--eval-every",
+        type=int_at_least(0),
+        default=0,
+        help="evaluate before the first step and every N steps (0: only at the end)",
+    )
     p.add_argument("--eval-images", type=int_at_least(1), default=50, help="held-out images per periodic evaluation")
     p.add_argument(
         "--final-eval-images",

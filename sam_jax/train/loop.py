@@ -101,7 +101,8 @@ def train(
         cfg: hyper-parameters.
         checkpoint_dir: orbax run directory; saved every `save_every` steps and at the end,
             the last `keep` kept. With `resume`, a run there continues from its latest step.
-        evaluate_fn: `f(params) -> dict of figures`, called every `eval_every` steps and at the end.
+        evaluate_fn: `f(params) -> dict of figures`, called every `eval_every` steps (and before
+            the first step of a new run when `eval_every` > 0) and at the end.
         final_evaluate_fn: used instead of `evaluate_fn` at the end (e.g. on more images).
         log: where progress lines go (default: printed, flushed at once so a log file is live).
         progress: show a progress bar.
@@ -156,6 +157,9 @@ def train(
     )
     import time
 
+    if evaluate_fn is not None and eval_every and start == 0:  # the "before" of a before/after
+        figures = evaluate_fn(params)
+        log("step 0: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
     step = start
     with bar:
         task = bar.add_task("train", total=cfg.steps, completed=start, rate=0.0, loss=float("nan"), iou=float("nan"))

@@ -3,6 +3,7 @@ frozen parameters split off (not differentiated, no optimiser state)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 from collections.abc import Sequence
@@ -78,12 +79,54 @@ def merge(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.steps, cfg.warmup_steps + 1), cfg.learning_rate / 100
+# A run's values that shape no program (its length, learning rate, weight decay, clipping,
+# seed, box probability): the step takes them as arrays, so runs that differ only in them
+# (a resume with another learning rate, a longer run, the test suite) share one compiled step.
+VALUE_FIELDS = ("steps", "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "seed", "box_probability")
+
+
+def program_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its `VALUE_FIELDS` at their defaults: the step's static configuration."""
+    defaults = TrainConfig()
+    return dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in VALUE_FIELDS})
+
+
+def value_arrays(cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The values of `VALUE_FIELDS` the step uses, as arrays (the seed as its key's data)."""
+    return {
+        "steps": np.int32(cfg.steps),
+        "learning_rate": np.float32(cfg.learning_rate),
+        "warmup_steps": np.int32(cfg.warmup_steps),
+        "weight_decay": np.float32(cfg.weight_decay),
+        "grad_clip": np.float32(cfg.grad_clip),
+        "seed": np.asarray(jax.random.key_data(jax.random.key(cfg.seed))),
+    }
+
+
+def learning_rate(count: jax.Array, peak: jax.Array, warmup_steps: jax.Array, steps: jax.Array) -> jax.Array:
+    """Linear warm-up from 0 to `peak`, then cosine decay to 1% of it at `steps`: optax's
+    `warmup_cosine_decay_schedule`, written over arrays so that its values are arguments of
+    the compiled step rather than constants in it."""
+    warmup = jnp.maximum(warmup_steps, 1)
+    decay = jnp.maximum(jnp.maximum(steps, warmup_steps + 1) - warmup, 1)
+    rising = peak * jnp.minimum(count, warmup) / warmup
+    t = jnp.clip(count - warmup, 0, decay) / decay
+    falling = peak * (0.99 * 0.5 * (1 + jnp.cos(jnp.pi * t)) + 0.01)
+    return jnp.where(count < warmup, rising, falling)
+
+
+def make_optimizer(cfg: TrainConfig, values: dict[str, Any] | None = None) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay, after global-norm clipping.
+
+    Args:
+        cfg: the run's configuration.
+        values: `value_arrays(cfg)`, or the step's traced copy of them (default: from `cfg`).
+    """
+    v = value_arrays(cfg) if values is None else values
+    schedule = functools.partial(
+        learning_rate, peak=v["learning_rate"], warmup_steps=v["warmup_steps"], steps=v["steps"]
     )
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    return optax.chain(optax.clip_by_global_norm(v["grad_clip"]), optax.adamw(schedule, weight_decay=v["weight_decay"]))
 
 
 # ----------------------------------------------------------------------------- the step
@@ -149,7 +192,6 @@ def forward_rounds(
     return jnp.mean(jnp.stack(losses)), out
 
 
-@functools.partial(jax.jit, static_argnames=("config", "cfg", "use_box"), donate_argnames=("trainable", "opt_state"))
 def train_step(
     trainable: dict[str, Any],
     frozen: dict[str, Any],
@@ -160,14 +202,34 @@ def train_step(
     cfg: TrainConfig,
     use_box: bool,
 ) -> tuple[dict[str, Any], optax.OptState, dict[str, jax.Array]]:
-    """One optimiser step; gradients flow only to `trainable`."""
-    key = jax.random.fold_in(jax.random.key(cfg.seed), step)
+    """One optimiser step; gradients flow only to `trainable` (whose buffers, and
+    `opt_state`'s, are donated). Compiled once per model, `program_config(cfg)` and prompt kind.
+
+    Returns:
+        The new trainable weights, the new optimiser state, and the step's metrics.
+    """
+    return _step(trainable, frozen, opt_state, batch, step, value_arrays(cfg), config, program_config(cfg), use_box)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cfg", "use_box"), donate_argnames=("trainable", "opt_state"))
+def _step(
+    trainable: dict[str, Any],
+    frozen: dict[str, Any],
+    opt_state: optax.OptState,
+    batch: Batch,
+    step: jax.Array,
+    values: dict[str, jax.Array],
+    config: SamConfig,
+    cfg: TrainConfig,
+    use_box: bool,
+) -> tuple[dict[str, Any], optax.OptState, dict[str, jax.Array]]:
+    key = jax.random.fold_in(jax.random.wrap_key_data(values["seed"]), step)
 
     def loss_fn(tr: dict[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
         return forward_rounds(merge(tr, frozen), config, batch, key, cfg, use_box)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    updates, opt_state = make_optimizer(cfg).update(grads, opt_state, trainable)
+    updates, opt_state = make_optimizer(cfg, values).update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
     return trainable, opt_state, metrics
