@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from sam_jax.config import SamConfig
 from sam_jax.modeling.prompt_encoder import LABEL_FOREGROUND
@@ -91,7 +92,7 @@ def program_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in VALUE_FIELDS})
 
 
-def value_arrays(cfg: TrainConfig) -> dict[str, np.ndarray]:
+def value_arrays(cfg: TrainConfig) -> dict[str, ArrayLike]:
     """The values of `VALUE_FIELDS` the step uses, as arrays (the seed as its key's data)."""
     return {
         "steps": np.int32(cfg.steps),
@@ -103,7 +104,7 @@ def value_arrays(cfg: TrainConfig) -> dict[str, np.ndarray]:
     }
 
 
-def learning_rate(count: jax.Array, peak: jax.Array, warmup_steps: jax.Array, steps: jax.Array) -> jax.Array:
+def learning_rate(count: ArrayLike, peak: ArrayLike, warmup_steps: ArrayLike, steps: ArrayLike) -> jax.Array:
     """Linear warm-up from 0 to `peak`, then cosine decay to 1% of it at `steps`: optax's
     `warmup_cosine_decay_schedule`, written over arrays so that its values are arguments of
     the compiled step rather than constants in it."""
