@@ -27,7 +27,7 @@ demo: setup
 # Everything, slow tests included (CI runs this). Two workers: one test at a time leaves a
 # core idle while Python traces; more would need more memory than a small machine has.
 test: setup browser lint
-	$(PY) -m pytest -n 2 --dist worksteal
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 # Skips the tests marked slow (full-size vit_b / vit_h); for quick local iterations only.
 test-fast: setup
