@@ -86,12 +86,14 @@ def merge(trainable: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
 VALUE_FIELDS = ("steps", "learning_rate", "warmup_steps", "weight_decay", "grad_clip", "seed", "box_probability")
 
 
+@functools.lru_cache(maxsize=16)
 def program_config(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with its `VALUE_FIELDS` at their defaults: the step's static configuration."""
     defaults = TrainConfig()
     return dataclasses.replace(cfg, **{f: getattr(defaults, f) for f in VALUE_FIELDS})
 
 
+@functools.lru_cache(maxsize=16)  # made once per run, not on every step
 def value_arrays(cfg: TrainConfig) -> dict[str, ArrayLike]:
     """The values of `VALUE_FIELDS` the step uses, as arrays (the seed as its key's data)."""
     return {
