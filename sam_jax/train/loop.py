@@ -63,6 +63,11 @@ def _resume(
     raise ValueError(f"checkpoint directory {store.directory}: no step of the run can be read (see the warnings)")
 
 
+def _figures_line(when: str, figures: dict[str, float]) -> str:
+    """`step 4: point_miou 0.7012  box_miou ...`: one evaluation's log line."""
+    return f"{when}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
+
+
 def _changes(before: TrainConfig, after: TrainConfig) -> str:
     """The options that differ, `name run -> now`, and what a resume keeps."""
     old, new = before.to_dict(), after.to_dict()
@@ -159,7 +164,7 @@ def train(
 
     if evaluate_fn is not None and eval_every and start == 0:  # the "before" of a before/after
         figures = evaluate_fn(params)
-        log("step 0: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+        log(_figures_line("step 0", figures))
     step = start
     with bar:
         task = bar.add_task("train", total=cfg.steps, completed=start, rate=0.0, loss=float("nan"), iou=float("nan"))
@@ -182,7 +187,7 @@ def train(
             done = step + 1
             if evaluate_fn is not None and eval_every and done % eval_every == 0 and done < cfg.steps:
                 figures = evaluate_fn(SamParams(params.config, merge(trainable, frozen)))
-                log(f"step {done}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+                log(_figures_line(f"step {done}", figures))
             if store is not None and (done % save_every == 0 or done == cfg.steps):
                 weights = jax.tree.map(np.asarray, merge(trainable, frozen))
                 store.save(
@@ -198,7 +203,7 @@ def train(
     final_evaluate_fn = final_evaluate_fn or evaluate_fn
     if final_evaluate_fn is not None and step >= cfg.steps:
         figures = final_evaluate_fn(result)
-        log("final: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+        log(_figures_line("final", figures))
     if store is not None:
         store.close()
     log(f"trained {step - start} steps ({stream.skipped_images} images without usable masks skipped)")
