@@ -288,18 +288,23 @@ def encoder_to_dict(encoder: ImageEncoderConfig) -> dict[str, Any]:
     return {"kind": encoder.kind, **config_to_json(encoder)}
 
 
-# How images become model inputs. "interpolation": "pil_bilinear" is the reference's
-# `ResizeLongestSide` (PIL bilinear, antialiased when shrinking); "cv2_area" is OpenCV's
-# INTER_AREA, LiteMedSAM's. "normalize": "mean_std" subtracts `pixel_mean` and divides by
-# `pixel_std` (SAM); "min_max" scales each resized image to [0, 1] by its own minimum and
-# maximum (LiteMedSAM). Both resize the longest side to image_size and pad bottom-right.
+# How images become model inputs. "resize": "longest_side" scales the longest side to
+# image_size keeping the aspect ratio and pads bottom-right (SAM, LiteMedSAM); "stretch"
+# resizes to image_size x image_size, no padding (MedSAM). "interpolation": "pil_bilinear"
+# is the reference's `ResizeLongestSide` (PIL bilinear, antialiased when shrinking);
+# "cv2_area" is OpenCV's INTER_AREA, LiteMedSAM's; "pil_bicubic" is PIL's antialiased bicubic,
+# for MedSAM (whose scripts resize with scikit-image's cubic spline, not a dependency here).
+# "normalize": "mean_std" subtracts `pixel_mean` and divides by `pixel_std` (SAM); "min_max"
+# scales each resized image to [0, 1] by its own minimum and maximum (LiteMedSAM, MedSAM).
 # "coordinate_scale": how prompts' pixel coordinates follow the resize: "per_side" scales x
 # and y by the resized and original widths' and heights' ratios, from the rounded resized
 # size (the reference's `apply_coords`); "longest_side" scales both by image_size / max(H, W)
-# (LiteMedSAM's inference).
-INTERPOLATIONS = ("pil_bilinear", "cv2_area")
+# (LiteMedSAM's inference); "stretch" scales x by image_size / W and y by image_size / H (the
+# one that goes with resize="stretch", MedSAM's).
+RESIZES = ("longest_side", "stretch")
+INTERPOLATIONS = ("pil_bilinear", "cv2_area", "pil_bicubic")
 NORMALIZATIONS = ("mean_std", "min_max")
-COORDINATE_SCALES = ("per_side", "longest_side")
+COORDINATE_SCALES = ("per_side", "longest_side", "stretch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,8 +328,8 @@ class SamConfig:
             The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
     Pre-processing:
         pixel_mean, pixel_std: per-channel RGB normalisation ("mean_std").
-        interpolation, normalize, coordinate_scale: see `INTERPOLATIONS`, `NORMALIZATIONS`,
-            `COORDINATE_SCALES`.
+        resize, interpolation, normalize, coordinate_scale: see `RESIZES`, `INTERPOLATIONS`,
+            `NORMALIZATIONS`, `COORDINATE_SCALES`.
     About the model (shown to users; no effect on the arithmetic):
         trained_for: what the weights were trained on, in a few words ("" when unknown).
     """
@@ -343,6 +348,7 @@ class SamConfig:
     decoder_layer_norm_eps: float = 1e-5
     pixel_mean: tuple[float, ...] = PIXEL_MEAN  # three values (R, G, B), checked
     pixel_std: tuple[float, ...] = PIXEL_STD
+    resize: str = "longest_side"
     interpolation: str = "pil_bilinear"
     normalize: str = "mean_std"
     coordinate_scale: str = "per_side"
@@ -372,6 +378,12 @@ class SamConfig:
         _choice(self.interpolation, "interpolation", INTERPOLATIONS)
         _choice(self.normalize, "normalize", NORMALIZATIONS)
         _choice(self.coordinate_scale, "coordinate_scale", COORDINATE_SCALES)
+        _choice(self.resize, "resize", RESIZES)
+        if (self.resize == "stretch") != (self.coordinate_scale == "stretch"):
+            raise ValueError(
+                f'resize="stretch" and coordinate_scale="stretch" go together, got resize={self.resize!r} '
+                f"and coordinate_scale={self.coordinate_scale!r}"
+            )
         if not isinstance(self.trained_for, str) or len(self.trained_for) > 200:
             raise ValueError(f"trained_for must be a short text, got {self.trained_for!r}")
         problems = self.image_encoder.check_image_size(self.image_size)
@@ -442,6 +454,22 @@ class SamConfig:
         return config_from_json(cls, d)
 
 
+def weights_layout(config: SamConfig) -> SamConfig:
+    """`config` with the reference's preprocessing and no description: two configs with the
+    same layout take the same weights (vit_b's file is MedSAM's, given MedSAM's preprocessing).
+    An official `.pth` carries only the layout; its preprocessing comes from a registry name."""
+    return dataclasses.replace(
+        config,
+        resize="longest_side",
+        interpolation="pil_bilinear",
+        normalize="mean_std",
+        coordinate_scale="per_side",
+        pixel_mean=PIXEL_MEAN,
+        pixel_std=PIXEL_STD,
+        trained_for="",
+    )
+
+
 def _vit(embed_dim: int, depth: int, num_heads: int, global_attn_indexes: tuple[int, ...]) -> SamConfig:
     return SamConfig(image_encoder=ViTConfig(embed_dim, depth, num_heads, global_attn_indexes))
 
@@ -462,6 +490,16 @@ MODEL_REGISTRY: dict[str, SamConfig] = {
         normalize="min_max",
         coordinate_scale="longest_side",
         trained_for="medical images, from boxes (LiteMedSAM)",
+    ),
+    # MedSAM: the official vit_b fine-tuned on medical images; the image stretched to
+    # 1024 x 1024 and min-max scaled (no mean/std), prompted by boxes.
+    "medsam": dataclasses.replace(
+        _vit(768, 12, 12, (2, 5, 8, 11)),
+        resize="stretch",
+        interpolation="pil_bicubic",
+        normalize="min_max",
+        coordinate_scale="stretch",
+        trained_for="medical images, from boxes (MedSAM)",
     ),
 }
 
@@ -539,7 +577,7 @@ def get_config(name: str, **overrides: Any) -> SamConfig:
 
     Args:
         name: a registry name (`vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), `lite_medsam`,
-            `tiny-shapes`, or an alias such as `default`), optionally followed by
+            `medsam`, `tiny-shapes`, or an alias such as `default`), optionally followed by
             `/field=value` overrides of `SamConfig` or image encoder fields, e.g.
             `"vit_b/image_size=512"`, `"tiny-shapes/patch_size=16"`.
         **overrides: further field replacements (see `with_fields`).

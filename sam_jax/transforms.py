@@ -37,19 +37,28 @@ def resize_longest_side(image: np.ndarray, long_side: int, interpolation: str = 
         interpolation: "pil_bilinear", PIL's bilinear filter as torchvision's `resize` applies
             to PIL images in the reference (PIL widens the filter when shrinking:
             antialiasing, so not a plain bilinear resize); or "cv2_area", OpenCV's
-            INTER_AREA, as LiteMedSAM's inference resizes.
+            INTER_AREA, as LiteMedSAM's inference resizes; or "pil_bicubic" (see `resize_to`).
     """
-    h, w = preprocess_shape(image.shape[0], image.shape[1], long_side)
+    return resize_to(image, preprocess_shape(image.shape[0], image.shape[1], long_side), interpolation)
+
+
+def resize_to(image: np.ndarray, size: tuple[int, int], interpolation: str = "pil_bilinear") -> np.ndarray:
+    """Resizes an (H, W, 3) uint8 image to `size` (h, w) with one of `config.INTERPOLATIONS`
+    (see `resize_longest_side`; "pil_bicubic" is PIL's bicubic, widened when shrinking)."""
+    h, w = size
     if (h, w) == image.shape[:2]:
         return np.ascontiguousarray(image)
     if interpolation == "cv2_area":
         return np.asarray(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    resample = Image.Resampling.BICUBIC if interpolation == "pil_bicubic" else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((w, h), resample))
 
 
 def resize_to_model(image: np.ndarray, config: SamConfig) -> np.ndarray:
     """An (H, W, 3) uint8 image resized as `config`'s model takes it (longest side to
-    `image_size`, with the config's interpolation)."""
+    `image_size`, or stretched to image_size x image_size, with the config's interpolation)."""
+    if config.resize == "stretch":
+        return resize_to(image, (config.image_size, config.image_size), config.interpolation)
     return resize_longest_side(image, config.image_size, config.interpolation)
 
 
@@ -70,13 +79,14 @@ def apply_coords(
     Args:
         scale: "per_side", each axis by its resized / original side (the reference's
             `ResizeLongestSide.apply_coords`, from the rounded resized size); "longest_side",
-            both by long_side / max(H, W) (LiteMedSAM's inference).
+            both by long_side / max(H, W) (LiteMedSAM's inference); "stretch", x by
+            long_side / W and y by long_side / H (an image stretched to a square, MedSAM's).
     """
     old_h, old_w = original_size
     coords = np.array(coords, dtype=np.float64)
     if scale == "longest_side":
         return coords * (long_side / max(old_h, old_w))
-    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    new_h, new_w = (long_side, long_side) if scale == "stretch" else preprocess_shape(old_h, old_w, long_side)
     coords[..., 0] *= new_w / old_w
     coords[..., 1] *= new_h / old_h
     return coords

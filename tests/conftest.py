@@ -15,8 +15,14 @@ from pathlib import Path
 # first use (`lite-medsam`). Never the user's cache; removed at the end.
 # pytest-xdist workers inherit the folder from the controller through SAM_JAX_TEST_CACHE.
 SESSION_CACHE = Path(os.environ.get("SAM_JAX_TEST_CACHE") or tempfile.mkdtemp(prefix="sam-jax-tests-"))
+# The suite's programs are small and most run a few times: compiling them is most of its time,
+# and LLVM's optimisations would double that for nothing (docs/architecture.md, "Test suite").
+# Values move by float rounding only; parity bounds and bit-for-bit comparisons within the
+# suite hold, since every process of it (commands the tests start too) compiles the same way.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ.update(
     {
+        "XLA_FLAGS": TEST_XLA_FLAGS,
         "JAX_COMPILATION_CACHE_DIR": str(SESSION_CACHE / "compilation"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -44,6 +50,13 @@ from sam_jax.testing import (  # noqa: E402
 )
 
 torch.set_grad_enabled(False)
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a command a test starts: the CPU, this suite's XLA flags, and
+    `devices` host devices."""
+    flags = TEST_XLA_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices > 1 else "")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

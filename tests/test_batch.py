@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 from PIL import Image
 
 import sam_jax
@@ -62,10 +63,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_embed(*args: str, devices: int = 1, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = subprocess_env(devices)
     cmd = [sys.executable, "-m", "sam_jax.cli", "embed", "--no-progress", *args]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

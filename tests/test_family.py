@@ -5,6 +5,7 @@ trips back to PyTorch; MobileSAM code ported by changing its imports."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -15,8 +16,8 @@ from conftest import assert_parity, rel_err
 from PIL import Image
 
 import sam_jax
-from sam_jax import compilation_cache, conversion, formats
-from sam_jax.testing import PARITY_LIMITS, make_image, randomize_, save_state_dict
+from sam_jax import compat, compilation_cache, config, conversion, formats
+from sam_jax.testing import PARITY_LIMITS, SMALL, make_image, randomize_, save_state_dict
 
 PHOTOS = Path(__file__).parent / "reference-notebooks" / "images"
 # One box per reference photo (XYXY pixels): the truck and a grocery item of the predictor
@@ -98,6 +99,54 @@ def test_lite_medsam_real_weights_match_its_own_inference(lite_medsam, name):
     x0, y0, x1, y1 = box
     inside = np.asarray(masks[0])[y0:y1, x0:x1].mean()
     assert 0.2 < inside < 0.95 and float(scores[0]) > 0.5, (inside, scores)
+
+
+@torch.no_grad()
+def official_medsam(model, image: np.ndarray, box: list[float], size: int) -> dict[str, np.ndarray]:
+    """MedSAM's own inference (`MedSAM_Inference.py`) on the reference's `Sam`: the image
+    stretched to size x size, min-max to [0, 1]; the box scaled by size / W and size / H; one
+    mask. Two choices are the reference's rather than the script's: PIL's bicubic resize (the
+    script's scikit-image resize is no dependency here) and `Sam.postprocess_masks` (the
+    script resizes sigmoid(low-res) straight to the image)."""
+    h, w = image.shape[:2]
+    stretched = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    norm = (stretched - stretched.min()) / np.clip(stretched.max() - stretched.min(), 1e-8, None)
+    embedding = model.image_encoder(torch.tensor(norm).float().permute(2, 0, 1)[None])
+    box_scaled = np.asarray(box, np.float64) / np.array([w, h, w, h]) * size
+    sparse, dense = model.prompt_encoder(
+        points=None, boxes=torch.as_tensor(box_scaled, dtype=torch.float32)[None, None], masks=None
+    )
+    low_res, iou = model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    logits = model.postprocess_masks(low_res, (size, size), (h, w))
+    return {"masks": (logits > 0)[0].numpy(), "iou": iou[0].numpy(), "low_res": low_res[0].numpy()}
+
+
+def test_medsam_preprocessing_matches_its_inference(small):
+    """MedSAM's preset is vit_b's weights with MedSAM's preprocessing; the preprocessing
+    checked on the small model (a random vit_b would only add minutes): stretched, not padded."""
+    medsam = sam_jax.get_config("medsam")
+    assert config.weights_layout(medsam) == sam_jax.get_config("vit_b") != medsam
+    assert (medsam.resize, medsam.normalize, medsam.coordinate_scale) == ("stretch", "min_max", "stretch")
+    # An official file holds weights only: a registry name of the same layout gives the rest.
+    medsam_small = dataclasses.replace(
+        SMALL, resize="stretch", interpolation="pil_bicubic", normalize="min_max", coordinate_scale="stretch"
+    )
+    params = compat.build_sam(medsam_small, small.checkpoint).params
+    assert params.config == medsam_small
+    image, box = make_image(90, 160, seed=3), [30, 10, 120, 70]
+    ref = official_medsam(small.ref, image, box, SMALL.image_size)
+    embedding = sam_jax.encode(params, image)
+    assert embedding.input_size == (SMALL.image_size, SMALL.image_size)
+    masks, scores, low_res = sam_jax.decode(params, embedding, box=box, multimask_output=False)
+    assert_parity((ref["masks"], ref["iou"], ref["low_res"]), (masks, scores, low_res), "medsam preprocessing")
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(SMALL, resize="stretch")
 
 
 def test_lite_medsam_config_and_round_trip(lite_medsam, tmp_path):

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 from PIL import Image
 from test_train import CFG, DATA
 
@@ -49,10 +50,7 @@ def no_leftovers(parent: Path) -> bool:
 
 
 def run(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = subprocess_env(devices)
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
 
 

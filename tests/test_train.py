@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 
 import sam_jax
 from sam_jax import conversion, formats, train, transforms
@@ -135,7 +136,18 @@ def test_frozen_parameters_stay_bit_identical():
     assert "image_encoder" not in trainable and "iou_prediction_head" not in trainable["mask_decoder"]
     state = train.make_optimizer(cfg).init(trainable)
     assert all("image_encoder" not in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state))
-    trained = train.train(params, [DATA], cfg, progress=False, log=lambda s: None)
+    few = SyntheticShapes(size=64, length=5, seed=0, max_objects=3)  # 3 steps of 4 images: over 2 epochs
+    lines: list[str] = []
+    trained = train.train(params, [few], cfg, progress=False, log=lines.append)
+    # The frozen encoder ran once per image, not once per step ...
+    counts = [re.fullmatch(r"frozen image encoder: (\d+) embeddings computed, (\d+) kept .*", line) for line in lines]
+    computed, kept = next(map(int, m.groups()) for m in counts if m)
+    assert 4 <= computed == kept <= 5, lines
+    # ... and what it kept is what the step would compute (the step reads them in its place).
+    cache = train.EmbeddingCache(sam_jax.SamParams(TINY, {"image_encoder": params.weights["image_encoder"]}), 2**20)
+    batch, _ = train.BatchStream([few], TINY, cfg, embeddings=cache).next_batch()
+    in_step = jax.jit(train.encode_images)(params, batch.images, batch.input_hw)
+    np.testing.assert_allclose(batch.embeddings, in_step, rtol=1e-5, atol=1e-5 * float(np.abs(in_step).max()))
     assert leaves_equal(trained.weights["image_encoder"], params.weights["image_encoder"])
     assert leaves_equal(
         trained.weights["mask_decoder"]["iou_prediction_head"], params.weights["mask_decoder"]["iou_prediction_head"]
@@ -277,7 +289,7 @@ def test_data_parallel_over_devices_matches_one_device(tmp_path):
     (this process's, which has one)."""
     assert len(jax.devices()) == 1
     one_device = one_step_and_run(jax.device_put(train.BatchStream([DATA], TINY, CFG).next_batch()[0]))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = subprocess_env(4)
     code = FOUR_DEVICES.format(tests=str(Path(__file__).parent), out=str(tmp_path / "w4.npz"))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
     one, four = dict(enumerate(one_device)), np.load(tmp_path / "w4.npz")

@@ -7,6 +7,7 @@ Every failure the user can cause prints one line, `sam-jax: error: ...`, and exi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -79,6 +80,13 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         "--patch-size",
         type=int_at_least(1),
         help="with --init: re-cut the model to patches of this side first (sam_jax.train.resize_patches)",
+    )
+    p.add_argument(
+        "--embedding-cache-mb",
+        type=number_in(0, 2**20),
+        default=2048.0,
+        help="with --freeze image_encoder: host memory for each training image's embedding, computed once "
+        "(MiB; 0: encode in every step)",
     )
     p.add_argument("--remat", action="store_true", help="gradient checkpointing of encoder blocks")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="encoder compute dtype")
@@ -161,6 +169,7 @@ def finetune(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         final_evaluate_fn=final_evaluate_fn,
         progress=not args.no_progress,
+        embedding_cache_bytes=int(args.embedding_cache_mb * 2**20),
     )
     if args.export:
         save(args.export, params, overwrite=args.overwrite)
@@ -216,7 +225,7 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-type",
         help="optional check: the checkpoint must be this registry model (vit_h, vit_l, vit_b, vit_t, lite_medsam, "
-        "tiny-shapes; default = vit_h)",
+        "medsam, tiny-shapes; default = vit_h); an official .pth takes the named model's preprocessing",
     )
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
     p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
@@ -341,7 +350,8 @@ def embed(args: argparse.Namespace) -> int:
 def amg(args: argparse.Namespace) -> int:
     from sam_jax import jobs
     from sam_jax.amg import AmgOptions
-    from sam_jax.config import get_config
+    from sam_jax.config import get_config, weights_layout
+    from sam_jax.loading import is_torch_file
 
     names = {flag.lstrip("-").replace("-", "_"): flag for flag in _AMG_FLAGS}
     try:
@@ -353,8 +363,12 @@ def amg(args: argparse.Namespace) -> int:
         raise type(e)(re.sub(r"\b[a-z_]+\b", lambda m: names.get(m.group(0), m.group(0)), str(e))) from None
 
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
-        if args.model_type is not None and get_config(args.model_type) != params.config:
-            raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
+        if args.model_type is not None:
+            wanted = get_config(args.model_type)
+            if is_torch_file(args.checkpoint) and weights_layout(wanted) == weights_layout(params.config):
+                params = dataclasses.replace(params, config=wanted)  # a .pth has no preprocessing of its own
+            if wanted != params.config:
+                raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
         cfg = params.config
         options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size, "--points-per-batch")
         devices = None

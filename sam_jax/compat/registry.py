@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable
 
 from sam_jax.compat.model import Sam
-from sam_jax.config import SamConfig, get_config
+from sam_jax.config import SamConfig, get_config, weights_layout
 from sam_jax.formats.reference import describe
-from sam_jax.loading import init, load
+from sam_jax.loading import init, is_torch_file, load
 
 
 def same_architecture(config: SamConfig, expected: SamConfig) -> bool:
@@ -29,7 +29,7 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
 
     Args:
         config: a `SamConfig` or a registry name ("vit_b", "vit_l", "vit_h", "default",
-            "vit_t" (MobileSAM), "lite_medsam", "tiny-shapes").
+            "vit_t" (MobileSAM), "lite_medsam", "medsam", "tiny-shapes").
         checkpoint: see the module; None gives randomly initialised weights (`sam_jax.init`).
     Returns:
         The model object; its weights are `sam.params`.
@@ -46,6 +46,10 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file or folder path, got {type(checkpoint).__name__}")
     params = load(checkpoint)
+    if is_torch_file(checkpoint) and same_architecture(weights_layout(params.config), weights_layout(expected)):
+        # An official file holds weights only: the registry name says how images are prepared
+        # (`sam_model_registry["medsam"]` on MedSAM's vit_b file).
+        params = dataclasses.replace(params, config=expected)
     if not same_architecture(params.config, expected):
         want = name or describe(expected)
         raise ValueError(
@@ -81,6 +85,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_b": build_sam_vit_b,
     "vit_t": build_sam_vit_t,
     "lite_medsam": registry_entry("lite_medsam"),
+    "medsam": registry_entry("medsam"),
     "tiny-shapes": registry_entry("tiny-shapes"),
 }
 

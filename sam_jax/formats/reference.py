@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from sam_jax.checkpoint import check_finite
-from sam_jax.config import MODEL_ALIASES, MODEL_REGISTRY, SamConfig, TinyViTConfig, ViTConfig, get_config
+from sam_jax.config import (
+    MODEL_ALIASES,
+    MODEL_REGISTRY,
+    SamConfig,
+    TinyViTConfig,
+    ViTConfig,
+    get_config,
+    weights_layout,
+)
 from sam_jax.modeling.sam import SamParams, abstract_params
 
 # The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)).
@@ -310,10 +318,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
         iou_head_hidden_dim=_need(state_dict, dec + "iou_prediction_head.layers.0.weight")[0],
     )
     for registered in MODEL_REGISTRY.values():
-        same = dataclasses.replace(
-            registered, interpolation="pil_bilinear", normalize="mean_std", coordinate_scale="per_side", trained_for=""
-        )
-        if same == config:
+        if weights_layout(registered) == config:
             return registered
     return config
 

@@ -165,7 +165,14 @@ def component_initializer(config: SamConfig, name: str) -> Callable[[jax.Array],
     def init(key: jax.Array) -> Any:
         return module.init(key, *_dummy_inputs(config)[name])["params"]
 
-    return jax.jit(init)
+    return jax.jit(init, compiler_options=run_once_compiler_options())
+
+
+def run_once_compiler_options() -> dict[str, Any]:
+    """Compiler options for a program that runs once (an initialiser): on the CPU, LLVM's
+    optimisations of its many random-number kernels cost more to apply than they save
+    (docs/performance.md)."""
+    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
 
 
 def abstract_params(config: SamConfig) -> SamParams:

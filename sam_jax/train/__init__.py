@@ -25,7 +25,7 @@ optimiser, the jitted step), `data` (batches), `store` (run checkpoints), `loop`
 """
 
 from sam_jax.train.config import TrainConfig
-from sam_jax.train.data import BatchStream, prepare_sample, resize_mask, target_side
+from sam_jax.train.data import BatchStream, EmbeddingCache, prepare_sample, resize_mask, target_side
 from sam_jax.train.evaluation import evaluate, evaluate_automatic, interior_point, tight_box
 from sam_jax.train.loop import train
 from sam_jax.train.losses import dice_loss, sam_loss, sigmoid_focal_loss
@@ -34,6 +34,7 @@ from sam_jax.train.resize import resize_patches
 from sam_jax.train.step import (
     ALWAYS_FROZEN,
     Batch,
+    encode_images,
     forward_rounds,
     is_frozen,
     make_optimizer,
@@ -48,10 +49,12 @@ __all__ = [
     "Batch",
     "BatchStream",
     "CheckpointStore",
+    "EmbeddingCache",
     "TrainConfig",
     "check_run_directory",
     "correction_click",
     "dice_loss",
+    "encode_images",
     "evaluate",
     "evaluate_automatic",
     "forward_rounds",

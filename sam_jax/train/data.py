@@ -13,8 +13,9 @@ from PIL import Image
 
 from sam_jax import transforms
 from sam_jax.config import SamConfig
+from sam_jax.modeling.sam import SamParams
 from sam_jax.train.config import TrainConfig
-from sam_jax.train.step import Batch
+from sam_jax.train.step import Batch, encode_images
 
 # ----------------------------------------------------------------------------- data
 
@@ -62,6 +63,39 @@ def prepare_sample(
     return transforms.pad_to_square(resized, config.image_size), input_hw, targets if targets is not None else empty
 
 
+class EmbeddingCache:
+    """A frozen image encoder's embedding of each training sample, computed once and kept on
+    the host: after the first epoch a step runs only the prompt encoder and the decoder.
+
+    Each sample is encoded alone, so its embedding does not depend on the batch it came in.
+    Up to `max_bytes` are kept; samples past that are encoded again when they come back.
+    """
+
+    def __init__(self, params: SamParams, max_bytes: int) -> None:
+        self.params, self.max_bytes = params, max_bytes
+        self.kept: dict[int, np.ndarray] = {}
+        self.computed = 0
+
+    def __call__(self, index: int, padded: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+        if index in self.kept:
+            return self.kept[index]
+        hw = np.asarray([input_hw], np.int32)
+        embedding = np.asarray(_encode(self.params, padded[None], hw))[0]
+        self.computed += 1
+        if (len(self.kept) + 1) * embedding.nbytes <= self.max_bytes:
+            self.kept[index] = embedding
+        return embedding
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(e.nbytes for e in self.kept.values())
+
+
+@jax.jit
+def _encode(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+    return encode_images(params, images, input_hw)
+
+
 class BatchStream:
     """Deterministic batches: the data order is a pure function of (seed, cursor).
 
@@ -70,7 +104,15 @@ class BatchStream:
     a resumed run that restores the cursor sees exactly the batches it would have seen.
     """
 
-    def __init__(self, datasets: Sequence[Any], config: SamConfig, cfg: TrainConfig, cursor: int = 0) -> None:
+    def __init__(
+        self,
+        datasets: Sequence[Any],
+        config: SamConfig,
+        cfg: TrainConfig,
+        cursor: int = 0,
+        embeddings: EmbeddingCache | None = None,
+    ) -> None:
+        self.embeddings = embeddings
         self.datasets = list(datasets)
         self.sizes = [len(d) for d in self.datasets]
         self.total = sum(self.sizes)
@@ -87,13 +129,15 @@ class BatchStream:
             self._epoch, self._perm = epoch, np.random.default_rng([self.cfg.seed, epoch]).permutation(self.total)
         return self._perm
 
-    def _sample(self, position: int) -> Any:
+    def _sample(self, position: int) -> tuple[int, Any]:
+        """(index over all datasets, sample) of the `position`-th sample of the stream."""
         epoch, offset = divmod(position, self.total)
         index = int(self._order(epoch)[offset])
+        rest = index
         for dataset, size in zip(self.datasets, self.sizes, strict=True):
-            if index < size:
-                return dataset[index]
-            index -= size
+            if rest < size:
+                return index, dataset[rest]
+            rest -= size
         raise AssertionError("unreachable")
 
     def next_batch(self) -> tuple[Batch, int]:
@@ -101,12 +145,13 @@ class BatchStream:
         images: list[np.ndarray] = []
         hws: list[tuple[int, int]] = []
         targets: list[np.ndarray] = []
+        embeddings: list[np.ndarray] = []
         p = self.cfg.prompts_per_image
         misses = 0
         while len(images) < self.cfg.batch_size:
             position = self.cursor
             self.cursor += 1
-            sample = self._sample(position)
+            index, sample = self._sample(position)
             padded, hw, t = prepare_sample(sample.image, sample.masks, self.config, self.side)
             if len(t) == 0:
                 self.skipped_images += 1
@@ -119,9 +164,15 @@ class BatchStream:
             images.append(padded)
             hws.append(hw)
             targets.append(t[pick])
+            if self.embeddings is not None:
+                embeddings.append(self.embeddings(index, padded, hw))
         # Host arrays: the loop puts the batch on the mesh in one step.
-        stacked = (np.stack(images), np.asarray(hws, np.int32), np.stack(targets))
-        batch = Batch(*(typing.cast(jax.Array, a) for a in stacked))
+        batch = Batch(
+            images=typing.cast(jax.Array, np.stack(images)),
+            input_hw=typing.cast(jax.Array, np.asarray(hws, np.int32)),
+            targets=typing.cast(jax.Array, np.stack(targets)),
+            embeddings=typing.cast(jax.Array, np.stack(embeddings)) if embeddings else None,
+        )
         return batch, self.cursor
 
     def __iter__(self) -> Iterator[tuple[Batch, int]]:

@@ -139,12 +139,20 @@ def make_optimizer(cfg: TrainConfig, values: dict[str, Any] | None = None) -> op
 class Batch:
     """One step's data, already in the model frame.
 
-    images: (B, S, S, 3) uint8 padded; input_hw: (B, 2) int32; targets: (B, P, L, L) bool.
+    images: (B, S, S, 3) uint8 padded; input_hw: (B, 2) int32; targets: (B, P, L, L) bool;
+    embeddings: (B, E, E, C) float32, the frozen image encoder's output for these images
+    (`EmbeddingCache`), or None to run the encoder in the step.
     """
 
     images: jax.Array
     input_hw: jax.Array
     targets: jax.Array
+    embeddings: jax.Array | None = None
+
+
+def encode_images(params: SamParams, images: jax.Array, input_hw: jax.Array, remat: bool = False) -> jax.Array:
+    """(B, S, S, 3) uint8 padded images and their (B, 2) sizes -> (B, E, E, C) embeddings."""
+    return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw), remat=remat)
 
 
 def forward_rounds(
@@ -157,8 +165,10 @@ def forward_rounds(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Runs the simulated interactive session of one step and returns the mean loss."""
     params = SamParams(config=config, weights=weights, compute_dtype=cfg.compute_dtype)
-    x = normalize_and_pad(config, batch.images, batch.input_hw)
-    emb = image_encoder_forward(params, x, remat=cfg.remat)
+    if batch.embeddings is None:
+        emb = encode_images(params, batch.images, batch.input_hw, cfg.remat)
+    else:  # a frozen encoder's, computed once per image (its gradient would be zero)
+        emb = batch.embeddings
     b, p, side, _ = batch.targets.shape
     emb = jnp.repeat(emb, p, axis=0)  # (B * P, E, E, C): each prompt sees its image
     target = batch.targets.reshape(b * p, side, side)
