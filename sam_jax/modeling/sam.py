@@ -149,12 +149,13 @@ def init_params(config: SamConfig, rng: jax.Array | int = 0) -> SamParams:
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     keys = dict(zip(COMPONENTS, jax.random.split(rng, len(COMPONENTS)), strict=True))
-    weights = {name: component_initializer(config, name)(keys[name]) for name in COMPONENTS}
+    top_level = not isinstance(rng, jax.core.Tracer)  # inside a caller's jit or eval_shape: no options
+    weights = {name: component_initializer(config, name, top_level)(keys[name]) for name in COMPONENTS}
     return SamParams(config=config, weights=weights)
 
 
 @functools.cache
-def component_initializer(config: SamConfig, name: str) -> Callable[[jax.Array], Any]:
+def component_initializer(config: SamConfig, name: str, top_level: bool = True) -> Callable[[jax.Array], Any]:
     """The compiled initialiser of one component's weights: key -> weights tree.
 
     Cached per config, so a second model of the same architecture costs no compilation.
@@ -165,7 +166,8 @@ def component_initializer(config: SamConfig, name: str) -> Callable[[jax.Array],
     def init(key: jax.Array) -> Any:
         return module.init(key, *_dummy_inputs(config)[name])["params"]
 
-    return jax.jit(init, compiler_options=run_once_compiler_options())
+    # Compiler options are only taken by a jit that is not inside another.
+    return jax.jit(init, compiler_options=run_once_compiler_options() if top_level else None)
 
 
 def run_once_compiler_options() -> dict[str, Any]:
