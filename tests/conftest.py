@@ -20,9 +20,10 @@ SESSION_CACHE = Path(os.environ.get("SAM_JAX_TEST_CACHE") or tempfile.mkdtemp(pr
 # Values move by float rounding only; parity bounds and bit-for-bit comparisons within the
 # suite hold, since every process of it (commands the tests start too) compiles the same way.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+_flags = os.environ.get("XLA_FLAGS", "")  # kept: a command a test starts may set its device count
 os.environ.update(
     {
-        "XLA_FLAGS": TEST_XLA_FLAGS,
+        "XLA_FLAGS": _flags if TEST_XLA_FLAGS in _flags else f"{_flags} {TEST_XLA_FLAGS}".strip(),
         "JAX_COMPILATION_CACHE_DIR": str(SESSION_CACHE / "compilation"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
