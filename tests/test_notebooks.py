@@ -53,11 +53,11 @@ BOTH: dict[str, Replacements] = {
         *PLOTTING,
         # The author's own photo; upstream the notebook reads images/dog.jpg.
         (r"'/home/aiuser/Documents/Practice/segment-anything/images/download\.jpeg'", "'images/dog.jpg'", 1),
-        # Half the photo's side: the notebook's code unchanged at a quarter of the reference's
-        # time (it upsamples every candidate to the photo's size, 32 x 32 points per crop).
+        # A quarter of the photo's side: the notebook's code unchanged at a sixteenth of the
+        # reference's time (it upsamples every candidate to the photo's size, 32 x 32 points per crop).
         (
             r"^image = cv2\.cvtColor\(image, cv2\.COLOR_BGR2RGB\)$",
-            r"\g<0>\nimage = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)",
+            r"\g<0>\nimage = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)",
             1,
         ),
         (r"^(\s*)!.*$", r"\1pass", 5),  # IPython shell escapes, inside `if using_colab:`
@@ -265,7 +265,7 @@ def sharp_small(small, tmp_path_factory):
 @pytest.mark.slow
 def test_automatic_mask_generator_example(sharp_small, monkeypatch):
     """Nearly all of its time is the reference's: at 32 x 32 points it upsamples every
-    candidate to the photo's size (here half the photo's side, 267 x 400)."""
+    candidate to the photo's size (here a quarter of the photo's side, 134 x 200)."""
     register_small(monkeypatch)
     compared = run_side_by_side("automatic_mask_generator_example", sharp_small)
     # The records of both generators, each matched to a reference record (mask IoU >= 0.95,
