@@ -27,7 +27,7 @@ from PIL import Image
 from test_train import CFG, DATA
 
 import sam_jax
-from sam_jax import checkpoint, conversion, formats, io, jobs, train
+from sam_jax import checkpoint, cli, conversion, formats, io, jobs, train
 from sam_jax.testing import TINY
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -54,6 +54,18 @@ def run(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
+def in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> subprocess.CompletedProcess:
+    """`sam-jax ARGV` in this process, as `run` would give it: what such a test checks is the
+    parser and the checks behind it, and starting Python, JAX and torch again only adds
+    seconds (each test keeps one run through the real entry point)."""
+    try:
+        status = cli.main(list(argv))
+    except SystemExit as e:  # argparse's refusals
+        status = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(argv), status, out, err)
+
+
 def one_line(result: subprocess.CompletedProcess, needle: str, prefix: str = "sam-jax: error:") -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0, result.stdout
@@ -77,9 +89,9 @@ def test_writing_a_model_never_replaces_a_users_folder(small, tmp_path):
     assert snapshot(work) == before and no_leftovers(tmp_path)
 
 
-def test_overwrite_replaces_only_a_checkpoint(small, tmp_path):
+def test_overwrite_replaces_only_a_checkpoint(small, tmp_path, capsys):
     out = tmp_path / "ck"
-    assert run("-m", "convert", str(small.checkpoint), str(out)).returncode == 0
+    assert in_process(capsys, "convert", str(small.checkpoint), str(out)).returncode == 0
     first = snapshot(out)
     one_line(run("-m", "convert", str(small.checkpoint), str(out)), "--overwrite", prefix="convert: error:")
     assert snapshot(out) == first
@@ -89,19 +101,20 @@ def test_overwrite_replaces_only_a_checkpoint(small, tmp_path):
     # --to-torch: an existing file is replaced only with --overwrite.
     target = tmp_path / "sam_vit_b_01ec64.pth"
     target.write_bytes(b"the official download")
-    one_line(run("-m", "convert", "--to-torch", str(out), str(target)), "--overwrite", prefix="convert: error:")
+    refused = in_process(capsys, "convert", "--to-torch", str(out), str(target))
+    one_line(refused, "--overwrite", prefix="convert: error:")
     assert target.read_bytes() == b"the official download"
-    assert run("-m", "convert", "--to-torch", str(out), str(target), "--overwrite").returncode == 0
+    assert in_process(capsys, "convert", "--to-torch", str(out), str(target), "--overwrite").returncode == 0
     assert torch.load(target, weights_only=True).keys() == small.ref.state_dict().keys()
     assert no_leftovers(tmp_path)
 
 
-def test_finetune_export_and_keep_are_refused_before_training(tmp_path):
+def test_finetune_export_and_keep_are_refused_before_training(tmp_path, capsys):
     work = tmp_path / "work"
     before = user_folder(work)
-    common = ("-m", "sam_jax.cli", "finetune", "--config", "tiny-shapes", "--data", "synthetic:size=64,length=4")
+    common = ("finetune", "--config", "tiny-shapes", "--data", "synthetic:size=64,length=4")
     started = time.perf_counter()
-    result = run(*common, "--export", str(work), "--checkpoint-dir", str(tmp_path / "run"))
+    result = run("-m", "sam_jax.cli", *common, "--export", str(work), "--checkpoint-dir", str(tmp_path / "run"))
     one_line(result, "is a folder holding other files")
     for flag, needle in (
         ("--keep=0", "--keep: must be an integer >= 1, got 0"),
@@ -110,7 +123,7 @@ def test_finetune_export_and_keep_are_refused_before_training(tmp_path):
         ("--lr=-1", "--lr: must be a finite number > 0"),
         ("--box-probability=2", "--box-probability: must be a finite number >= 0 and <= 1"),
     ):
-        one_line(run(*common, flag, "--checkpoint-dir", str(tmp_path / "run")), needle)
+        one_line(in_process(capsys, *common, flag, "--checkpoint-dir", str(tmp_path / "run")), needle)
     assert time.perf_counter() - started < 120  # refused up front, not after training
     assert snapshot(work) == before and not (tmp_path / "run").exists()
 
