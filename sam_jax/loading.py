@@ -19,7 +19,7 @@ import numpy as np
 
 from sam_jax.checkpoint import is_checkpoint_dir, load_directory, save
 from sam_jax.compilation_cache import user_cache_dir
-from sam_jax.config import SamConfig, get_config
+from sam_jax.config import SamConfig, get_config, weights_layout
 from sam_jax.formats import hf
 from sam_jax.formats.reference import ConversionError, convert_state_dict
 from sam_jax.formats.torch_files import read_state_dict
@@ -181,6 +181,15 @@ def load(path: str | os.PathLike[str], compute_dtype: str = "float32") -> SamPar
     else:
         params = load_directory(path)
     return params.with_compute_dtype(compute_dtype)
+
+
+def with_registry_preprocessing(params: SamParams, checkpoint: str | os.PathLike[str], config: SamConfig) -> SamParams:
+    """`params` read from `checkpoint`, with `config`'s preprocessing when the checkpoint is an
+    official `.pth` (weights only) of `config`'s weight layout (`sam_model_registry["medsam"]`
+    on MedSAM's vit_b file); otherwise `params` as they are."""
+    if is_torch_file(checkpoint) and weights_layout(params.config) == weights_layout(config):
+        return dataclasses.replace(params, config=config)
+    return params
 
 
 def init(config: SamConfig | str, seed: int | jax.Array = 0) -> SamParams:

@@ -55,6 +55,20 @@ def lite_medsam(model_cache):
     return ref.eval(), params
 
 
+def one_mask_from_a_box(model, embedding: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low-res logits, IoU) of one mask from a box in the model frame, through the three
+    networks as MedSAM's and LiteMedSAM's scripts call them."""
+    boxes = torch.as_tensor(box, dtype=torch.float32)[None, None]
+    sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+    return model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+
+
 @torch.no_grad()
 def official_lite_medsam(model, image: np.ndarray, box: list[float]) -> dict[str, np.ndarray]:
     """LiteMedSAM's own inference (MedSAM's `CVPR24_LiteMedSAM_infer.py`): longest side to
@@ -67,15 +81,7 @@ def official_lite_medsam(model, image: np.ndarray, box: list[float]) -> dict[str
     norm = (small - small.min()) / np.clip(small.max() - small.min(), 1e-8, None)
     padded = np.pad(norm, ((0, 256 - new_h), (0, 256 - new_w), (0, 0)))
     embedding = model.image_encoder(torch.tensor(padded).float().permute(2, 0, 1)[None])
-    box_256 = torch.as_tensor(np.asarray(box, np.float64) * scale, dtype=torch.float32)[None, None]
-    sparse, dense = model.prompt_encoder(points=None, boxes=box_256, masks=None)
-    low_res, iou = model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
+    low_res, iou = one_mask_from_a_box(model, embedding, np.asarray(box, np.float64) * scale)
     logits = model.postprocess_masks(low_res, (new_h, new_w), (h, w))
     return {
         "embedding": embedding[0].permute(1, 2, 0).numpy(),
@@ -112,17 +118,7 @@ def official_medsam(model, image: np.ndarray, box: list[float], size: int) -> di
     stretched = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), np.float64)
     norm = (stretched - stretched.min()) / np.clip(stretched.max() - stretched.min(), 1e-8, None)
     embedding = model.image_encoder(torch.tensor(norm).float().permute(2, 0, 1)[None])
-    box_scaled = np.asarray(box, np.float64) / np.array([w, h, w, h]) * size
-    sparse, dense = model.prompt_encoder(
-        points=None, boxes=torch.as_tensor(box_scaled, dtype=torch.float32)[None, None], masks=None
-    )
-    low_res, iou = model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=False,
-    )
+    low_res, iou = one_mask_from_a_box(model, embedding, np.asarray(box, np.float64) / np.array([w, h, w, h]) * size)
     logits = model.postprocess_masks(low_res, (size, size), (h, w))
     return {"masks": (logits > 0)[0].numpy(), "iou": iou[0].numpy(), "low_res": low_res[0].numpy()}
 

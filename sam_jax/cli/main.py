@@ -7,7 +7,6 @@ Every failure the user can cause prints one line, `sam-jax: error: ...`, and exi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import sys
@@ -350,8 +349,8 @@ def embed(args: argparse.Namespace) -> int:
 def amg(args: argparse.Namespace) -> int:
     from sam_jax import jobs
     from sam_jax.amg import AmgOptions
-    from sam_jax.config import get_config, weights_layout
-    from sam_jax.loading import is_torch_file
+    from sam_jax.config import get_config
+    from sam_jax.loading import with_registry_preprocessing
 
     names = {flag.lstrip("-").replace("-", "_"): flag for flag in _AMG_FLAGS}
     try:
@@ -365,8 +364,7 @@ def amg(args: argparse.Namespace) -> int:
     def run(params: Any, items: list[Any], progress_bar: Any) -> Any:
         if args.model_type is not None:
             wanted = get_config(args.model_type)
-            if is_torch_file(args.checkpoint) and weights_layout(wanted) == weights_layout(params.config):
-                params = dataclasses.replace(params, config=wanted)  # a .pth has no preprocessing of its own
+            params = with_registry_preprocessing(params, args.checkpoint, wanted)
             if wanted != params.config:
                 raise ValueError(f"--checkpoint {args.checkpoint!r} is not a {args.model_type} model")
         cfg = params.config

@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable
 
 from sam_jax.compat.model import Sam
-from sam_jax.config import SamConfig, get_config, weights_layout
+from sam_jax.config import SamConfig, get_config
 from sam_jax.formats.reference import describe
-from sam_jax.loading import init, is_torch_file, load
+from sam_jax.loading import init, load, with_registry_preprocessing
 
 
 def same_architecture(config: SamConfig, expected: SamConfig) -> bool:
@@ -45,11 +45,7 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
         return Sam(init(expected))
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file or folder path, got {type(checkpoint).__name__}")
-    params = load(checkpoint)
-    if is_torch_file(checkpoint) and same_architecture(weights_layout(params.config), weights_layout(expected)):
-        # An official file holds weights only: the registry name says how images are prepared
-        # (`sam_model_registry["medsam"]` on MedSAM's vit_b file).
-        params = dataclasses.replace(params, config=expected)
+    params = with_registry_preprocessing(load(checkpoint), checkpoint, expected)
     if not same_architecture(params.config, expected):
         want = name or describe(expected)
         raise ValueError(
