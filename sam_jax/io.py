@@ -477,7 +477,15 @@ def write_directory(
                 tmp.rename(path)
                 shutil.rmtree(old)
         else:
-            tmp.rename(path)  # replaces an empty folder; fails if files appeared meanwhile
+            try:
+                tmp.rename(path)  # replaces an empty folder; fails if files appeared meanwhile
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Another process wrote it meanwhile (two commands converting one model at once).
+                raise OutputExistsError(
+                    path, f"was written by another process meanwhile; {what} left as it is"
+                ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -109,6 +109,18 @@ def test_overwrite_replaces_only_a_checkpoint(small, tmp_path, capsys):
     assert no_leftovers(tmp_path)
 
 
+def test_an_output_written_meanwhile_by_another_process_is_kept(tmp_path):
+    """Two commands writing one output at once (two jobs converting `lite-medsam` into the
+    cache): the second finds the first's folder, says so, and leaves it and nothing else."""
+    target = tmp_path / "model"
+    with pytest.raises(io.OutputExistsError, match="written by another process meanwhile"):
+        with io.write_directory(target, owns=checkpoint.is_checkpoint_dir, overwrite=False, what="a checkpoint") as tmp:
+            (tmp / "mine").write_text("second")
+            target.mkdir()
+            (target / "theirs").write_text("first")
+    assert snapshot(target) == {"theirs": b"first"} and no_leftovers(tmp_path)
+
+
 def test_finetune_export_and_keep_are_refused_before_training(tmp_path, capsys):
     work = tmp_path / "work"
     before = user_folder(work)
