@@ -14,8 +14,9 @@ from PIL import Image
 from sam_jax import transforms
 from sam_jax.config import SamConfig
 from sam_jax.modeling.sam import SamParams
+from sam_jax.predictor import encode_padded
 from sam_jax.train.config import TrainConfig
-from sam_jax.train.step import Batch, encode_images
+from sam_jax.train.step import Batch
 
 # ----------------------------------------------------------------------------- data
 
@@ -80,7 +81,7 @@ class EmbeddingCache:
         if index in self.kept:
             return self.kept[index]
         hw = np.asarray([input_hw], np.int32)
-        embedding = np.asarray(_encode(self.params, padded[None], hw))[0]
+        embedding = np.asarray(encode_padded(self.params, padded[None], hw))[0]
         self.computed += 1
         if (len(self.kept) + 1) * embedding.nbytes <= self.max_bytes:
             self.kept[index] = embedding
@@ -89,11 +90,6 @@ class EmbeddingCache:
     @property
     def kept_bytes(self) -> int:
         return sum(e.nbytes for e in self.kept.values())
-
-
-@jax.jit
-def _encode(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
-    return encode_images(params, images, input_hw)
 
 
 class BatchStream:
