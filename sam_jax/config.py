@@ -170,6 +170,19 @@ class ViTConfig:
             return [f"image_size {image_size} is not a multiple of patch_size {self.patch_size}"]
         return []
 
+    @property
+    def early_block(self) -> int | None:
+        """The block whose output is SAM-HQ's early feature map: the first with global
+        attention (the reference collects every block with `window_size == 0`, HQ uses the
+        first); None when every block is windowed."""
+        return next((i for i in range(self.depth) if i in self.global_attn_indexes or self.window_size == 0), None)
+
+    def early_features(self, image_size: int) -> tuple[int, int] | str:
+        """(grid side, channels) of SAM-HQ's early feature map, or why there is none."""
+        if self.early_block is None:
+            return "it has no global-attention block, whose output SAM-HQ reads"
+        return self.embedding_size(image_size), self.embed_dim
+
     def parameter_count(self, image_size: int, out_chans: int) -> int:
         """The number of weights, up to small terms (biases, norms)."""
         d, grid = self.embed_dim, self.embedding_size(image_size)
@@ -244,6 +257,16 @@ class TinyViTConfig:
         step = self.pixels_per_token
         return [] if image_size % step == 0 else [f"image_size {image_size} is not a multiple of {step}"]
 
+    def early_features(self, image_size: int) -> tuple[int, int] | str:
+        """(grid side, channels) of SAM-HQ's early feature map, the output of stage 1 (after
+        its merge), or why it cannot be one (Light HQ-SAM adds it to the embedding grid)."""
+        stages = len(self.embed_dims)
+        halvings = sum(1 for i in range(min(2, stages - 1)) if i < stages - 2)  # merges of stages 0, 1
+        side = image_size // TINY_VIT_STEMS[self.stem] // 2**halvings
+        if side != self.embedding_size(image_size):
+            return f"its stage 1 ends on a {side} x {side} grid, not the embedding's"
+        return side, self.embed_dims[min(2, stages - 1)]
+
     def parameter_count(self, image_size: int, out_chans: int) -> int:
         total, dims = 0, self.embed_dims
         for i, (dim, depth) in enumerate(zip(dims, self.depths, strict=True)):
@@ -302,6 +325,9 @@ def encoder_to_dict(encoder: ImageEncoderConfig) -> dict[str, Any]:
 # (LiteMedSAM's inference); "stretch" scales x by image_size / W and y by image_size / H (the
 # one that goes with resize="stretch", MedSAM's).
 RESIZES = ("longest_side", "stretch")
+# "mask_decoder": "sam" is SAM's `MaskDecoder`; "hq" is SAM-HQ's `MaskDecoderHQ` (one more
+# output token, fed with the encoder's early features: `ViTConfig.early_block`).
+MASK_DECODERS = ("sam", "hq")
 INTERPOLATIONS = ("pil_bilinear", "cv2_area", "pil_bicubic")
 NORMALIZATIONS = ("mean_std", "min_max")
 COORDINATE_SCALES = ("per_side", "longest_side", "stretch")
@@ -323,6 +349,7 @@ class SamConfig:
         attention_downsample_rate: cross attention runs at prompt_embed_dim // rate.
         num_multimask_outputs: masks returned with multimask_output=True.
         iou_head_depth, iou_head_hidden_dim: the IoU prediction MLP.
+        mask_decoder: "sam", or "hq" for SAM-HQ's decoder (`MASK_DECODERS`).
         decoder_layer_norm_eps: epsilon of the LayerNorms inside the two-way attention blocks
             (the reference's 1e-5; `transformers` checkpoints carry their own, usually 1e-6).
             The final LayerNorm after the last token-to-image attention keeps 1e-5 in both.
@@ -345,6 +372,7 @@ class SamConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    mask_decoder: str = "sam"
     decoder_layer_norm_eps: float = 1e-5
     pixel_mean: tuple[float, ...] = PIXEL_MEAN  # three values (R, G, B), checked
     pixel_std: tuple[float, ...] = PIXEL_STD
@@ -379,6 +407,7 @@ class SamConfig:
         _choice(self.normalize, "normalize", NORMALIZATIONS)
         _choice(self.coordinate_scale, "coordinate_scale", COORDINATE_SCALES)
         _choice(self.resize, "resize", RESIZES)
+        _choice(self.mask_decoder, "mask_decoder", MASK_DECODERS)
         if (self.resize == "stretch") != (self.coordinate_scale == "stretch"):
             raise ValueError(
                 f'resize="stretch" and coordinate_scale="stretch" go together, got resize={self.resize!r} '
@@ -394,6 +423,8 @@ class SamConfig:
             problems.append("prompt_embed_dim must be a multiple of 8 (the upscaler ends at dim // 8)")
         if self.mask_in_chans % 4:
             problems.append("mask_in_chans must be a multiple of 4")
+        if self.hq and not problems and isinstance(early := self.image_encoder.early_features(self.image_size), str):
+            problems.append(f"a SAM-HQ decoder needs the encoder's early features, but {early}")
         if not problems and self.embedding_size < 1:
             problems.append(f"image_size {self.image_size} gives no embedding grid")
         if not problems and self.parameter_count() > MAX_PARAMETERS:
@@ -409,6 +440,9 @@ class SamConfig:
         encoder = self.image_encoder.parameter_count(self.image_size, c)
         decoder = self.decoder_depth * (4 * c * c + 8 * c * c // self.attention_downsample_rate + 2 * c * m)
         heads = (self.num_multimask_outputs + 1) * 2 * c * c + self.iou_head_depth * self.iou_head_hidden_dim**2
+        if self.hq:  # its token's MLP, and the convolutions that fuse the early features
+            early = self.image_encoder.early_features(self.image_size)
+            heads += 2 * c * c + 4 * (early[1] if isinstance(early, tuple) else c) * c + c * c // 4
         return encoder + decoder + heads
 
     @property
@@ -423,11 +457,30 @@ class SamConfig:
 
     @property
     def num_mask_tokens(self) -> int:
+        """SAM's mask tokens: the single-mask one and the multimask ones (not HQ's token)."""
         return self.num_multimask_outputs + 1
+
+    @property
+    def hq(self) -> bool:
+        """Whether the decoder is SAM-HQ's (it then reads the encoder's early features)."""
+        return self.mask_decoder == "hq"
+
+    @property
+    def num_output_tokens(self) -> int:
+        """The decoder's own tokens ahead of the prompt's: IoU, mask tokens, HQ's token."""
+        return 1 + self.num_mask_tokens + int(self.hq)
+
+    @property
+    def early_features_shape(self) -> tuple[int, int, int] | None:
+        """(E, E, channels) of the early features an HQ decoder reads; None for SAM's."""
+        early = self.image_encoder.early_features(self.image_size)
+        return (early[0], early[0], early[1]) if self.hq and isinstance(early, tuple) else None
 
     def to_dict(self) -> dict[str, Any]:
         d = config_to_json(self)
         d["image_encoder"] = encoder_to_dict(self.image_encoder)
+        if not self.hq:
+            del d["mask_decoder"]  # a plain SAM's file reads in versions before SAM-HQ
         return d
 
     @classmethod
@@ -502,6 +555,18 @@ MODEL_REGISTRY: dict[str, SamConfig] = {
         trained_for="medical images, from boxes (MedSAM)",
     ),
 }
+
+
+# SAM-HQ (`segment_anything_hq`'s registry: vit_b, vit_l, vit_h, vit_tiny): SAM's models
+# with the HQ decoder, and Light HQ-SAM (MobileSAM's TinyViT with it).
+for _name in ("vit_b", "vit_l", "vit_h", "vit_t"):
+    _hq_name = "sam_hq_" + ("vit_tiny" if _name == "vit_t" else _name)
+    MODEL_REGISTRY[_hq_name] = dataclasses.replace(
+        MODEL_REGISTRY[_name],
+        mask_decoder="hq",
+        trained_for="natural images, fine mask edges (" + ("Light HQ-SAM)" if _name == "vit_t" else "SAM-HQ)"),
+    )
+del _name, _hq_name
 
 
 # Not in the reference registry: the small model this project trains and ships as

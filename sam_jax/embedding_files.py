@@ -15,15 +15,24 @@ import numpy as np
 from sam_jax.predictor import ImageEmbedding
 
 EMBEDDING_KEYS = ("image_embedding", "original_size", "input_size")
+# Stored beside the embedding for a model whose decoder reads it (SAM-HQ).
+EARLY_FEATURES_KEY = "early_features"
 
 
-def embedding_bytes(embedding: np.ndarray, original_size: Sequence[int], input_size: Sequence[int]) -> bytes:
+def embedding_bytes(
+    embedding: np.ndarray,
+    original_size: Sequence[int],
+    input_size: Sequence[int],
+    early_features: np.ndarray | None = None,
+) -> bytes:
     buffer = io.BytesIO()
+    early = {} if early_features is None else {EARLY_FEATURES_KEY: np.asarray(early_features, np.float32)}
     np.savez(
         buffer,
         image_embedding=np.asarray(embedding, np.float32),
         original_size=np.asarray(original_size, np.int64),
         input_size=np.asarray(input_size, np.int64),
+        **early,
     )
     return buffer.getvalue()
 
@@ -54,6 +63,7 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbedding:
             if missing:
                 raise ValueError(f"{path}: not an embedding file (missing {', '.join(missing)})")
             emb, original, inp = f["image_embedding"], f["original_size"], f["input_size"]
+            early = f[EARLY_FEATURES_KEY] if EARLY_FEATURES_KEY in f else None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: not a readable embedding file ({e})") from None
     except ValueError as e:
@@ -66,4 +76,11 @@ def load_embedding(path: str | os.PathLike[str]) -> ImageEmbedding:
         raise ValueError(f"{path}: original_size and input_size must be positive integers, got {original}, {inp}")
     if not np.all(np.isfinite(emb)):
         raise ValueError(f"{path}: image_embedding holds NaN or infinite values")
-    return ImageEmbedding(jax.numpy.asarray(emb), (int(original[0]), int(original[1])), (int(inp[0]), int(inp[1])))
+    if early is not None and (early.ndim != 3 or early.dtype.kind != "f" or not np.all(np.isfinite(early))):
+        raise ValueError(f"{path}: {EARLY_FEATURES_KEY} must be finite float (E, E, D)")
+    return ImageEmbedding(
+        jax.numpy.asarray(emb),
+        (int(original[0]), int(original[1])),
+        (int(inp[0]), int(inp[1])),
+        None if early is None else jax.numpy.asarray(early),
+    )

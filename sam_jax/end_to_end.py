@@ -85,9 +85,11 @@ def encode_images(
     size = params.config.image_size
     padded = np.stack([transforms.pad_to_square(np.asarray(im), size) for im in images])
     input_hw = np.asarray([im.shape[:2] for im in images], np.int32)
-    embeddings = encode_padded(params, padded, input_hw)
+    embeddings, early = encode_padded(params, padded, input_hw)
     return [
-        ImageEmbedding(embeddings[i], (int(h), int(w)), (int(im.shape[0]), int(im.shape[1])))
+        ImageEmbedding(
+            embeddings[i], (int(h), int(w)), (int(im.shape[0]), int(im.shape[1])), None if early is None else early[i]
+        )
         for i, (im, (h, w)) in enumerate(zip(images, original_sizes, strict=True))
     ]
 

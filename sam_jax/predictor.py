@@ -29,7 +29,6 @@ import numpy as np
 
 from sam_jax import transforms
 from sam_jax.config import SamConfig
-from sam_jax.modeling.mask_decoder import select_outputs
 from sam_jax.modeling.prompt_encoder import (
     LABEL_BACKGROUND,
     LABEL_BOX_BOTTOM_RIGHT,
@@ -37,7 +36,14 @@ from sam_jax.modeling.prompt_encoder import (
     LABEL_FOREGROUND,
     LABEL_PADDING,
 )
-from sam_jax.modeling.sam import SamParams, image_encoder_forward, normalize_and_pad, predict_low_res_slots
+from sam_jax.modeling.sam import (
+    SamParams,
+    check_hq_token_only,
+    encoder_outputs,
+    normalize_and_pad,
+    predict_low_res_slots,
+    select_masks,
+)
 from sam_jax.prompt_layout import fast_slots, layout_prompts
 
 POINT_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
@@ -53,11 +59,14 @@ class ImageEmbedding:
         image_embedding: (E, E, C) for one image, (B, E, E, C) for a batch; NHWC.
         original_size: (H, W) of the image(s) given to `encode`.
         input_size: (h, w) after resizing the longest side to the model's image size.
+        early_features: (E, E, D) or (B, E, E, D), the encoder's early features, for a
+            SAM-HQ model (its decoder reads them); None for SAM's.
     """
 
     image_embedding: jax.Array
     original_size: tuple[int, int] = flax.struct.field(pytree_node=False)
     input_size: tuple[int, int] = flax.struct.field(pytree_node=False)
+    early_features: jax.Array | None = None
 
     @property
     def is_batch(self) -> bool:
@@ -79,7 +88,8 @@ class ImageEmbedding:
         n = len(self)
         if not -n <= index < n:  # jax clamps out-of-range indices; a sequence raises
             raise IndexError(f"image {index} is out of range for a batch of {n}")
-        return ImageEmbedding(self.image_embedding[index % n], self.original_size, self.input_size)
+        early = None if self.early_features is None else self.early_features[index % n]
+        return ImageEmbedding(self.image_embedding[index % n], self.original_size, self.input_size, early)
 
     def __iter__(self) -> Iterator[ImageEmbedding]:
         """The images of a batch, in order."""
@@ -212,11 +222,12 @@ def _check_flag(value: Any, name: str) -> bool:
 
 
 @jax.jit
-def encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> jax.Array:
+def encode_padded(params: SamParams, images: jax.Array, input_hw: jax.Array) -> tuple[jax.Array, jax.Array | None]:
     """The compiled encoder: (B, S, S, 3) uint8 images resized and zero-padded to the model's
-    size, with their (B, 2) resized sizes -> (B, E, E, C) embeddings. One program for every
-    image size (batch jobs call it on the batches they assemble)."""
-    return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw))
+    size, with their (B, 2) resized sizes -> (B, E, E, C) embeddings, and (B, E, E, D) early
+    features for a SAM-HQ model (else None). One program for every image size (batch jobs
+    call it on the batches they assemble)."""
+    return encoder_outputs(params, normalize_and_pad(params.config, images, input_hw))
 
 
 @jax.jit
@@ -227,18 +238,29 @@ def _decode_low_res(
     labels: jax.Array,
     mask_input: jax.Array | None,
     has_mask: jax.Array | None,
+    early_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None
-    -> every mask token's (B, T, L, L) logits and (B, T) IoU predictions."""
+    (and a SAM-HQ model's early features) -> every output's (B, T, L, L) logits and (B, T)
+    IoU predictions (`predict_low_res_slots`)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
-    fewer = fast_slots(params.config.num_mask_tokens + 1)
-    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask, fewer)
+    fewer = fast_slots(params.config.num_output_tokens)
+    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask, fewer, early_features)
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("input_size", "original_size", "image_size", "return_logits", "multimask_output", "squeeze"),
+    static_argnames=(
+        "input_size",
+        "original_size",
+        "image_size",
+        "return_logits",
+        "multimask_output",
+        "squeeze",
+        "hq",
+        "hq_token_only",
+    ),
 )
 def _postprocess(
     low_res: jax.Array,
@@ -249,12 +271,14 @@ def _postprocess(
     return_logits: bool,
     multimask_output: bool = True,
     squeeze: bool = False,
+    hq: bool = False,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Every token's (B, T, L, L) logits and (B, T) scores -> the outputs asked for, and
-    their masks at the original size. `squeeze` drops the axis of a single prompt here,
-    inside the compiled call: indexing afterwards costs a dispatch per array (~2 of a vit_b
-    one-point decode's ms)."""
-    low_res, scores = select_outputs(low_res, multimask_output), select_outputs(scores, multimask_output)
+    """Every token's (B, T, L, L) logits and (B, T) scores -> the outputs asked for
+    (`select_masks`), and their masks at the original size. `squeeze` drops the axis of a
+    single prompt here, inside the compiled call: indexing afterwards costs a dispatch per
+    array (~2 of a vit_b one-point decode's ms)."""
+    low_res, scores = select_masks(low_res, scores, multimask_output, hq=hq, hq_token_only=hq_token_only)
     if squeeze:
         low_res, scores = low_res[0], scores[0]
     masks = transforms.postprocess_masks(low_res, input_size, original_size, image_size)
@@ -287,9 +311,11 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
     images = arr if batch else arr[None]
     padded, input_size = preprocess_images(images, params.config)
     input_hw = np.broadcast_to(np.asarray(input_size, np.int32), (len(images), 2))
-    emb = encode_padded(params, padded, input_hw)
+    emb, early = encode_padded(params, padded, input_hw)
+    if not batch:
+        emb, early = emb[0], None if early is None else early[0]
     h, w = images.shape[1:3]
-    return ImageEmbedding(emb if batch else emb[0], (int(h), int(w)), (int(input_size[0]), int(input_size[1])))
+    return ImageEmbedding(emb, (int(h), int(w)), (int(input_size[0]), int(input_size[1])), early)
 
 
 def decode(
@@ -302,6 +328,7 @@ def decode(
     mask_input: Any = None,
     multimask_output: bool = True,
     return_logits: bool = False,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Predicts masks for prompts on an encoded image (reference `SamPredictor.predict`).
 
@@ -317,8 +344,11 @@ def decode(
         box: (4,) XYXY in original pixels, or (B, 4).
         mask_input: (1, L, L) low-res logits from an earlier call, or (B, 1, L, L);
             L = 256 for the official models.
-        multimask_output: return 3 masks for ambiguous prompts, else 1.
+        multimask_output: return 3 masks for ambiguous prompts, else 1. A SAM-HQ model
+            returns one mask either way: its HQ mask added to SAM's best multimask output,
+            or to SAM's single output (reference `segment_anything_hq`).
         return_logits: return mask logits instead of booleans.
+        hq_token_only: SAM-HQ only: the HQ mask alone, not added to SAM's.
     Returns:
         masks: (C, H, W) bool (float32 logits with return_logits), (B, C, H, W) if batched.
         scores: (C,) or (B, C) float32 predicted IoU.
@@ -328,6 +358,7 @@ def decode(
     _check_embedding(params, embedding)
     multimask_output = _check_flag(multimask_output, "multimask_output")
     return_logits = _check_flag(return_logits, "return_logits")
+    hq_token_only = check_hq_token_only(params.config, _check_flag(hq_token_only, "hq_token_only"))
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
     _check_finite_embedding(embedding)
     size, scale = params.config.image_size, params.config.coordinate_scale
@@ -335,7 +366,9 @@ def decode(
         pts = transforms.apply_coords(pts, embedding.original_size, size, scale)
     if bx is not None:
         bx = transforms.apply_boxes(bx, embedding.original_size, size, scale)
-    return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
+    return _decode_in_input_frame(
+        params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits, hq_token_only
+    )
 
 
 def _check_embedding(params: SamParams, embedding: Any) -> None:
@@ -361,6 +394,15 @@ def _check_embedding(params: SamParams, embedding: Any) -> None:
         raise ValueError(
             f"embedding.input_size {embedding.input_size} exceeds this model's image size {cfg.image_size}"
         )
+    early = cfg.early_features_shape
+    if early is not None:
+        got = None if embedding.early_features is None else tuple(embedding.early_features.shape)
+        if got != early:
+            what = "has none" if got is None else f"has shape {got}"
+            raise ValueError(
+                f"a SAM-HQ model needs embedding.early_features of shape {early} (from sam_jax.encode "
+                f"with this model), but the embedding {what}"
+            )
 
 
 def _check_finite_embedding(embedding: ImageEmbedding) -> None:
@@ -370,6 +412,8 @@ def _check_finite_embedding(embedding: ImageEmbedding) -> None:
     if not getattr(embedding, "_finite", False):
         if not bool(_all_finite(embedding.image_embedding)):
             raise ValueError("embedding.image_embedding holds NaN or infinite values")
+        if embedding.early_features is not None and not bool(_all_finite(embedding.early_features)):
+            raise ValueError("embedding.early_features holds NaN or infinite values")
         object.__setattr__(embedding, "_finite", True)
 
 
@@ -388,13 +432,14 @@ def _decode_in_input_frame(
     msk: np.ndarray | None,
     multimask_output: bool,
     return_logits: bool,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Checked, batched prompts in the model's input frame -> `decode`'s outputs."""
     cfg = params.config
     pts = None if pts is None else pts.astype(np.float32)
     bx = None if bx is None else bx.astype(np.float32)
     b = next(a.shape[0] for a in (pts, bx, msk) if a is not None)
-    coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_mask_tokens + 1)
+    coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_output_tokens)
     has_mask = None
     if msk is not None:
         has_mask = np.ones(b, np.float32)
@@ -406,7 +451,8 @@ def _decode_in_input_frame(
             np.zeros((1, 1, cfg.low_res_mask_size, cfg.low_res_mask_size), np.float32),
             np.zeros(1, np.float32),
         )
-    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask)
+    early = embedding.early_features if cfg.hq else None
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, early)
     return _postprocess(
         low_res,
         scores,
@@ -416,6 +462,8 @@ def _decode_in_input_frame(
         return_logits,
         multimask_output,
         not batched,
+        cfg.hq,
+        hq_token_only,
     )
 
 
@@ -430,6 +478,7 @@ def predict(
     multimask_output: bool = True,
     return_logits: bool = False,
     compute_dtype: str | None = None,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Encodes `image` and decodes the prompts: `decode(params, encode(params, image), ...)`.
 
@@ -446,6 +495,7 @@ def predict(
     check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
     _check_flag(multimask_output, "multimask_output")
     _check_flag(return_logits, "return_logits")
+    check_hq_token_only(params.config, _check_flag(hq_token_only, "hq_token_only"))
     return decode(
         params,
         encode(params, arr),
@@ -455,6 +505,7 @@ def predict(
         mask_input=mask_input,
         multimask_output=multimask_output,
         return_logits=return_logits,
+        hq_token_only=hq_token_only,
     )
 
 
@@ -477,6 +528,7 @@ def decode_input_frame(
     mask_input: Any = None,
     multimask_output: bool = True,
     return_logits: bool = False,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`decode` for prompts already in the model's input frame, the resized image's pixels
     (reference `SamPredictor.predict_torch` and `Sam.forward` take them so).
@@ -492,9 +544,12 @@ def decode_input_frame(
     _check_embedding(params, embedding)
     multimask_output = _check_flag(multimask_output, "multimask_output")
     return_logits = _check_flag(return_logits, "return_logits")
+    hq_token_only = check_hq_token_only(params.config, _check_flag(hq_token_only, "hq_token_only"))
     batched, pts, lab, bx, msk = check_prompts(points, labels, box, mask_input, params.config.low_res_mask_size)
     _check_finite_embedding(embedding)
-    return _decode_in_input_frame(params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits)
+    return _decode_in_input_frame(
+        params, embedding, batched, pts, lab, bx, msk, multimask_output, return_logits, hq_token_only
+    )
 
 
 __all__: Sequence[str] = ["ImageEmbedding", "decode", "decode_input_frame", "encode", "predict"]

@@ -34,8 +34,11 @@ from sam_jax.config import (
 )
 from sam_jax.modeling.sam import SamParams, abstract_params
 
-# The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)).
-TRANSPOSED_CONVS = ("mask_decoder.output_upscaling.0", "mask_decoder.output_upscaling.3")
+# The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)): SAM's, and
+# SAM-HQ's feature fusion.
+TRANSPOSED_CONVS = tuple(
+    f"mask_decoder.{name}.{i}" for name in ("output_upscaling", "compress_vit_feat", "embedding_encoder") for i in (0, 3)
+)
 
 
 class ConversionError(ValueError):
@@ -172,11 +175,11 @@ def describe(config: SamConfig) -> str:
             return name
         if registered == dataclasses.replace(config, decoder_layer_norm_eps=registered.decoder_layer_norm_eps):
             return f"{name} (decoder LayerNorm eps {eps:g})"
-    encoder = config.image_encoder
+    encoder, hq = config.image_encoder, ", HQ decoder" if config.hq else ""
     if isinstance(encoder, TinyViTConfig):
         dims = "/".join(map(str, encoder.embed_dims))
-        return f"custom (TinyViT {dims}, image {config.image_size})"
-    return f"custom (embed {encoder.embed_dim}, depth {encoder.depth}, image {config.image_size})"
+        return f"custom (TinyViT {dims}, image {config.image_size}{hq})"
+    return f"custom (embed {encoder.embed_dim}, depth {encoder.depth}, image {config.image_size}{hq})"
 
 
 def mlp_ratio_for(embed_dim: int, mlp_dim: int) -> float:
@@ -288,7 +291,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
 
     Works for any model built from the reference classes with SAM's fixed choices
     (LayerNorm eps, GELU, hypernetwork widths), with SAM's ViT or MobileSAM's TinyViT (keys
-    `image_encoder.layers.*`). The decoder's head count does not show in any shape: every
+    `image_encoder.layers.*`), and SAM's or SAM-HQ's decoder (`mask_decoder.hf_token`). The decoder's head count does not show in any shape: every
     official model uses 8, the default here. An architecture a registry entry has takes that
     entry's preprocessing and description (LiteMedSAM's, for a TinyViT with a 1x1 stem).
 
@@ -316,6 +319,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
         num_multimask_outputs=mask_tokens - 1,
         iou_head_depth=_count(state_dict, dec + "iou_prediction_head.layers."),
         iou_head_hidden_dim=_need(state_dict, dec + "iou_prediction_head.layers.0.weight")[0],
+        mask_decoder="hq" if dec + "hf_token.weight" in state_dict else "sam",
     )
     for registered in MODEL_REGISTRY.values():
         if weights_layout(registered) == config:

@@ -110,10 +110,11 @@ def embed_images(
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-jax-write")
     writes: list[concurrent.futures.Future[None]] = []
 
-    def write(batch: list[Loaded], emb: jax.Array) -> None:
+    def write(batch: list[Loaded], emb: jax.Array, early: jax.Array | None) -> None:
         host = np.asarray(emb)  # waits for this batch only; the next one is already dispatched
-        for entry, e in zip(batch, host, strict=False):
-            data = embedding_bytes(e, entry.original_size, entry.input_size)
+        early_host = [None] * len(host) if early is None else np.asarray(early)
+        for entry, e, f in zip(batch, host, early_host, strict=False):
+            data = embedding_bytes(e, entry.original_size, entry.input_size, f)
             target = layout.output_path(out, entry.item)
             try:
                 atomic_write_bytes(target, data, overwrite=False)
@@ -124,7 +125,7 @@ def embed_images(
             progress(len(batch))
 
     n_threads = host_threads(threads)
-    previous: tuple[list[Loaded], jax.Array] | None = None
+    previous: tuple[list[Loaded], jax.Array, jax.Array | None] | None = None
     try:
         loaded = loaded_in_order(todo, functools.partial(load_for_encoder, reader, config=params.config), n_threads)
         for batch in batches(loaded, step, record_failure):
@@ -133,10 +134,10 @@ def embed_images(
             for i, entry in enumerate(batch):
                 assert entry.image is not None  # failures were taken out of the batches
                 images[i], hws[i] = entry.image, entry.input_size
-            emb = encode_padded(params, jax.device_put(images, data), jax.device_put(hws, data))
+            emb, early = encode_padded(params, jax.device_put(images, data), jax.device_put(hws, data))
             if previous is not None:  # write batch k-1 while the device runs batch k
                 writes.append(writer.submit(write, *previous))
-            previous = (batch, emb)
+            previous = (batch, emb, early)
         if previous is not None:
             writes.append(writer.submit(write, *previous))
         for w in writes:

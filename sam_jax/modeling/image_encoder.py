@@ -271,6 +271,8 @@ class ImageEncoderViT(nn.Module):
         remat: recompute each block's activations in the backward pass instead of storing
             them (gradient checkpointing): less memory for training, same values.
         attention: the attention path, "auto" or one of `attention_kernels.PATHS`.
+        early_features: also return the output of `config.early_block` (SAM-HQ's decoder
+            reads it); a plain SAM's program does not compute it as an output.
     """
 
     config: ViTConfig
@@ -279,10 +281,12 @@ class ImageEncoderViT(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     attention: str = "auto"
+    early_features: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, out_chans) float32."""
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Normalised images (B, S, S, 3) -> embeddings (B, S/p, S/p, out_chans) float32;
+        with `early_features`, (embeddings, (B, S/p, S/p, embed_dim) float32)."""
         cfg = self.config
         p = cfg.patch_size
         x = PatchEmbed(cfg.embed_dim, p, self.dtype, name="patch_embed")(x.astype(self.dtype))
@@ -304,8 +308,11 @@ class ImageEncoderViT(nn.Module):
                 attention=self.attention,
                 name=f"blocks_{i}",
             )(x)
+            if i == cfg.early_block:
+                early = x.astype(jnp.float32)
         out = self.out_chans
         x = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm(ENCODER_LN_EPS, "neck_1", self.dtype)(x)
         x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="neck_2")(x)
-        return layer_norm(ENCODER_LN_EPS, "neck_3", jnp.float32)(x)
+        x = layer_norm(ENCODER_LN_EPS, "neck_3", jnp.float32)(x)
+        return (x, early) if self.early_features else x

@@ -61,6 +61,12 @@ def interleave_subpixels(x: jax.Array) -> jax.Array:
     return jnp.transpose(x, (0, 7, 1, 3, 5, 2, 4, 6)).reshape(b, m, 4 * h, 4 * w)
 
 
+def interleave_features(x: jax.Array) -> jax.Array:
+    """(B, H, W, i1, j1, i2, j2, C) sub-pixel blocks -> (B, 4H, 4W, C), channels kept last."""
+    b, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[-1]
+    return jnp.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7)).reshape(b, 4 * h, 4 * w, c)
+
+
 class MaskDecoder(nn.Module):
     """Two stages, callable apart (`apply(..., method=...)`): `decode_tokens` runs the
     two-way transformer and the IoU head, `predict_masks` turns mask tokens into masks.
@@ -125,11 +131,12 @@ class MaskDecoder(nn.Module):
         sparse prompt tokens that take part (False: an empty slot, attended by nothing).
 
         Returns:
-            mask_tokens_out: (B, num_mask_tokens, C); src: (B, E, E, C) the image tokens after
-            the transformer; iou_pred: (B, num_mask_tokens), every output's.
+            mask_tokens_out: (B, num_output_tokens - 1, C), every token but the IoU token;
+            src: (B, E, E, C) the image tokens after the transformer; iou_pred:
+            (B, num_mask_tokens), every output's.
         """
         b = sparse_prompt_embeddings.shape[0]
-        output_tokens = jnp.concatenate([self.iou_token.embedding, self.mask_tokens.embedding])
+        output_tokens = self.output_tokens()
         output_tokens = jnp.broadcast_to(output_tokens, (b, *output_tokens.shape))
         tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings], axis=1)
         src = image_embedding + dense_prompt_embeddings  # (1, ...) when both are shared by the B prompts
@@ -137,16 +144,25 @@ class MaskDecoder(nn.Module):
         if prompt_mask is not None:  # the output tokens always take part
             token_mask = jnp.concatenate([jnp.ones((b, output_tokens.shape[1]), bool), prompt_mask], axis=1)
         hs, src = self.transformer(src, image_pe, tokens, token_mask, output_tokens.shape[1])
-        mask_tokens_out = hs[:, 1 : 1 + self.config.num_mask_tokens, :]
+        mask_tokens_out = hs[:, 1 : output_tokens.shape[1], :]
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return mask_tokens_out, src.reshape(b, *image_embedding.shape[1:3], src.shape[-1]), iou_pred
+
+    def output_tokens(self) -> jax.Array:
+        """The decoder's own tokens, (num_output_tokens, C): IoU, then the mask tokens."""
+        return jnp.concatenate([self.iou_token.embedding, self.mask_tokens.embedding])
+
+    def upscale(self, src: jax.Array) -> jax.Array:
+        """(B, H, W, C) image tokens -> (B, H, W, 2, 2, 2, 2, C/8): two 2x upscalings, as
+        sub-pixel blocks (`ConvTranspose2x2`)."""
+        x = self.output_upscaling_0(src)  # (B, H, W, 2, 2, C/4)
+        x = gelu(self.output_upscaling_1(x))
+        return gelu(self.output_upscaling_3(x))
 
     def predict_masks(self, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool | None) -> jax.Array:
         """The second stage: (B, num_mask_tokens, C) tokens and (B, E, E, C) image tokens from
         `decode_tokens` -> (B, M, 4E, 4E) low-res mask logits (M: see `select_outputs`)."""
-        x = self.output_upscaling_0(src)  # (B, H, W, 2, 2, C/4)
-        x = gelu(self.output_upscaling_1(x))
-        upscaled = gelu(self.output_upscaling_3(x))  # (B, H, W, 2, 2, 2, 2, C/8)
+        upscaled = self.upscale(src)
         hyper_in = jnp.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )

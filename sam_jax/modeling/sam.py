@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from sam_jax.config import SamConfig, TinyViTConfig
 from sam_jax.modeling.attention_kernels import check_attention
 from sam_jax.modeling.image_encoder import ImageEncoderViT
-from sam_jax.modeling.mask_decoder import MaskDecoder
+from sam_jax.modeling.mask_decoder import MaskDecoder, select_outputs
+from sam_jax.modeling.mask_decoder_hq import MaskDecoderHQ, select_hq_outputs
 from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
 from sam_jax.modeling.tiny_vit import TinyViT
 
@@ -109,6 +110,7 @@ def _dummy_inputs(config: SamConfig) -> dict[str, tuple[Any, ...]]:
             jnp.zeros((1, 3, c), f32),
             jnp.zeros((1, e, e, c), f32),
             True,
+            *([] if config.early_features_shape is None else [jnp.zeros((1, *config.early_features_shape), f32)]),
         ),
     }
 
@@ -117,12 +119,20 @@ def image_encoder_module(
     config: SamConfig, dtype: Any = jnp.float32, remat: bool = False, attention: str = "auto"
 ) -> nn.Module:
     """The image encoder the config chooses (`ViTConfig` or `TinyViTConfig`), built once here
-    so that every caller runs whichever one a checkpoint holds."""
+    so that every caller runs whichever one a checkpoint holds. It returns the early features
+    too (`(embeddings, early)`) when the model's decoder reads them (SAM-HQ)."""
     encoder = config.image_encoder
     if isinstance(encoder, TinyViTConfig):
         fields = {f.name: getattr(encoder, f.name) for f in dataclasses.fields(encoder)}
-        return TinyViT(**fields, out_chans=config.prompt_embed_dim, dtype=dtype, remat=remat)
-    return ImageEncoderViT(encoder, config.image_size, config.prompt_embed_dim, dtype, remat, attention)
+        return TinyViT(
+            **fields, out_chans=config.prompt_embed_dim, dtype=dtype, remat=remat, early_features=config.hq
+        )
+    return ImageEncoderViT(encoder, config.image_size, config.prompt_embed_dim, dtype, remat, attention, config.hq)
+
+
+def mask_decoder_module(config: SamConfig) -> MaskDecoder:
+    """The mask decoder the config chooses: SAM's, or SAM-HQ's (`config.mask_decoder`)."""
+    return MaskDecoderHQ(config) if config.hq else MaskDecoder(config)
 
 
 def modules(config: SamConfig) -> dict[str, Any]:
@@ -130,7 +140,7 @@ def modules(config: SamConfig) -> dict[str, Any]:
     return {
         "image_encoder": image_encoder_module(config),
         "prompt_encoder": PromptEncoder(config),
-        "mask_decoder": MaskDecoder(config),
+        "mask_decoder": mask_decoder_module(config),
     }
 
 
@@ -214,8 +224,9 @@ def apply(module: Any, weights: Any, *args: Any, method: str | None = None) -> A
 
 
 @float32_matmuls
-def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = False) -> jax.Array:
-    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, E, E, C) float32,
+def encoder_outputs(params: SamParams, images: jax.Array, remat: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """Normalised, padded images (B, S, S, 3) -> (image embeddings (B, E, E, C) float32,
+    early features (B, E, E, D) float32 for a model whose decoder reads them, else None),
     computed in `params.compute_dtype` (see `ImageEncoderViT`).
 
     Args:
@@ -223,7 +234,13 @@ def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = Fa
     """
     dtype = COMPUTE_DTYPES[params.compute_dtype]
     module = image_encoder_module(params.config, dtype, remat, params.attention)
-    return apply(module, params.weights["image_encoder"], images)
+    out = apply(module, params.weights["image_encoder"], images)
+    return out if params.config.hq else (out, None)
+
+
+def image_encoder_forward(params: SamParams, images: jax.Array, remat: bool = False) -> jax.Array:
+    """`encoder_outputs`' image embeddings alone."""
+    return encoder_outputs(params, images, remat)[0]
 
 
 @float32_matmuls
@@ -247,10 +264,39 @@ def mask_decoder_forward(
     sparse: jax.Array,
     dense: jax.Array,
     multimask_output: bool,
+    early_features: jax.Array | None = None,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """See `MaskDecoder.__call__`: returns (low-res logits (B, M, 4E, 4E), iou (B, M))."""
-    module = MaskDecoder(params.config)
-    return apply(module, params.weights["mask_decoder"], image_embedding, image_pe, sparse, dense, multimask_output)
+    """See `MaskDecoder.__call__` (and `MaskDecoderHQ.__call__`, which takes the early
+    features and `hq_token_only`): returns (low-res logits (B, M, 4E, 4E), iou (B, M))."""
+    module, weights = mask_decoder_module(params.config), params.weights["mask_decoder"]
+    args = (image_embedding, image_pe, sparse, dense, multimask_output)
+    if params.config.hq:
+        if early_features is None:
+            raise ValueError("a SAM-HQ decoder needs the encoder's early features")
+        return apply(module, weights, *args, early_features, hq_token_only)
+    check_hq_token_only(params.config, hq_token_only)
+    return apply(module, weights, *args)
+
+
+def check_hq_token_only(config: SamConfig, hq_token_only: Any) -> bool:
+    """`hq_token_only` as a bool; True only for a SAM-HQ model (raises naming it otherwise)."""
+    if not isinstance(hq_token_only, bool):
+        raise TypeError(f"hq_token_only must be True or False, got {hq_token_only!r}")
+    if hq_token_only and not config.hq:
+        raise ValueError("hq_token_only=True needs a SAM-HQ model; this one has SAM's decoder")
+    return hq_token_only
+
+
+def select_masks(
+    low_res: jax.Array, iou_pred: jax.Array, multimask_output: bool, *, hq: bool = False, hq_token_only: bool = False
+) -> tuple[jax.Array, jax.Array]:
+    """Every output's logits (B, T, ...) (SAM-HQ, `hq`: T + 1, its mask last) and IoU (B, T)
+    -> the outputs asked for: SAM's multimask or single output; SAM-HQ's one mask per prompt
+    (`select_hq_outputs`)."""
+    if hq:
+        return select_hq_outputs(low_res, iou_pred, multimask_output, hq_token_only)
+    return select_outputs(low_res, multimask_output), select_outputs(iou_pred, multimask_output)
 
 
 @float32_matmuls
@@ -258,7 +304,7 @@ def mask_decoder_tokens(
     params: SamParams, image_embedding: jax.Array, image_pe: jax.Array, sparse: jax.Array, dense: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """See `MaskDecoder.decode_tokens`: returns (mask tokens, image tokens, iou of every output)."""
-    module = MaskDecoder(params.config)
+    module = mask_decoder_module(params.config)
     return apply(
         module, params.weights["mask_decoder"], image_embedding, image_pe, sparse, dense, method="decode_tokens"
     )
@@ -266,11 +312,25 @@ def mask_decoder_tokens(
 
 @float32_matmuls
 def mask_decoder_masks(
-    params: SamParams, mask_tokens_out: jax.Array, src: jax.Array, multimask_output: bool
+    params: SamParams,
+    mask_tokens_out: jax.Array,
+    src: jax.Array,
+    multimask_output: bool | None,
+    hq_features: jax.Array | None = None,
 ) -> jax.Array:
-    """See `MaskDecoder.predict_masks`: returns low-res logits (B, M, 4E, 4E)."""
-    module = MaskDecoder(params.config)
-    return apply(module, params.weights["mask_decoder"], mask_tokens_out, src, multimask_output, method="predict_masks")
+    """See `MaskDecoder.predict_masks`: returns low-res logits (B, M, 4E, 4E). A SAM-HQ
+    decoder takes `hq_features` and computes every output (multimask_output None)."""
+    module = mask_decoder_module(params.config)
+    args = (mask_tokens_out, src, multimask_output) + ((hq_features,) if params.config.hq else ())
+    return apply(module, params.weights["mask_decoder"], *args, method="predict_masks")
+
+
+@float32_matmuls
+def mask_decoder_hq_features(params: SamParams, image_embedding: jax.Array, early_features: jax.Array) -> jax.Array:
+    """See `MaskDecoderHQ.hq_features`: one image's (1, E, E, C) embedding and (1, E, E, D)
+    early features -> what its decoder adds to the HQ mask's features."""
+    module = mask_decoder_module(params.config)
+    return apply(module, params.weights["mask_decoder"], image_embedding, early_features, method="hq_features")
 
 
 def predict_low_res_slots(
@@ -281,6 +341,7 @@ def predict_low_res_slots(
     mask_input: jax.Array | None,
     has_mask: jax.Array | None,
     fewer_slots: tuple[int, ...] = (),
+    early_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Prompts in a static layout (one program serves many prompt kinds) -> every mask
     token's low-res logits and IoU prediction; the caller picks the outputs it needs.
@@ -297,13 +358,15 @@ def predict_low_res_slots(
             used slots fit in: the cross-attention's cost grows with the token count, so a
             short prompt does not pay for the layout's empty slots, and still no second
             program is compiled (each k adds a copy of the transformer to compile).
+        early_features: (E, E, D) the image's early features, for a SAM-HQ model.
     Returns:
         low_res_logits (B, num_mask_tokens, 4E, 4E), iou_predictions (B, num_mask_tokens):
-        token 0 is the single-mask output, 1.. the multimask ones.
+        token 0 is the single-mask output, 1.. the multimask ones; a SAM-HQ model's HQ
+        mask comes last in the logits (`select_masks` picks the outputs).
     """
     prompt_encoder, prompt_weights = PromptEncoder(params.config), params.weights["prompt_encoder"]
     dense, dense_pe = apply(prompt_encoder, prompt_weights, mask_input, has_mask, method="encode_dense")
-    decoder, weights = MaskDecoder(params.config), params.weights["mask_decoder"]
+    decoder, weights = mask_decoder_module(params.config), params.weights["mask_decoder"]
 
     def run(slots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         pts, lab = points[:, :slots], labels[:, :slots]
@@ -318,4 +381,9 @@ def predict_low_res_slots(
         tokens, src, iou_pred = jax.lax.switch(branch, [functools.partial(run, k) for k in sizes])
     else:
         tokens, src, iou_pred = run(sizes[0])
+    if params.config.hq:
+        if early_features is None:
+            raise ValueError("a SAM-HQ decoder needs the encoder's early features")
+        hq = apply(decoder, weights, image_embedding[None], early_features[None], method="hq_features")
+        return apply(decoder, weights, tokens, src, None, hq, method="predict_masks"), iou_pred
     return apply(decoder, weights, tokens, src, None, method="predict_masks"), iou_pred

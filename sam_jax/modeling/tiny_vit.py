@@ -426,6 +426,7 @@ class TinyViT(nn.Module):
             and the output embedding is float32 whatever the compute dtype.
         remat: recompute each block's activations in the backward pass instead of storing
             them (gradient checkpointing): less memory for training, same values.
+        early_features: also return stage 1's output (Light HQ-SAM's decoder reads it).
     """
 
     embed_dims: tuple[int, ...]
@@ -439,11 +440,13 @@ class TinyViT(nn.Module):
     out_chans: int = 256
     dtype: Any = jnp.float32
     remat: bool = False
+    early_features: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Normalised images (B, S, S, 3) -> embeddings (B, E, E, out_chans) float32,
-        E = `tiny_vit_embedding_size(S, stem, len(depths))`."""
+        E = `tiny_vit_embedding_size(S, stem, len(depths))`; with `early_features`,
+        (embeddings, stage 1's output (B, E, E, its width) float32)."""
         dims, stages = self.embed_dims, len(self.depths)
         # The stem computes in float32 whatever the compute dtype: its BatchNorms have gains
         # up to ~100 (LiteMedSAM), so merely rounding the input image to bfloat16 moves the
@@ -471,8 +474,11 @@ class TinyViT(nn.Module):
                     name=f"layers_{i}",
                 )
             x = layer(x)
+            if i == 1:
+                early = x.astype(jnp.float32)
         out = self.out_chans
         x = nn.Conv(out, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm(NECK_LN_EPS, "neck_1", self.dtype)(x)
         x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, name="neck_2")(x)
-        return layer_norm(NECK_LN_EPS, "neck_3", jnp.float32)(x)
+        x = layer_norm(NECK_LN_EPS, "neck_3", jnp.float32)(x)
+        return (x, early) if self.early_features else x

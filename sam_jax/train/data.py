@@ -81,7 +81,7 @@ class EmbeddingCache:
         if index in self.kept:
             return self.kept[index]
         hw = np.asarray([input_hw], np.int32)
-        embedding = np.asarray(encode_padded(self.params, padded[None], hw))[0]
+        embedding = np.asarray(encode_padded(self.params, padded[None], hw)[0])[0]
         self.computed += 1
         if (len(self.kept) + 1) * embedding.nbytes <= self.max_bytes:
             self.kept[index] = embedding
