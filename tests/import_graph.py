@@ -38,7 +38,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("formats", ("sam_jax.formats",)),
     ("loading", ("sam_jax.loading", "sam_jax.conversion")),
-    ("model users", ("sam_jax.compat", "sam_jax.segment_anything", "sam_jax.jobs", "sam_jax.serve")),
+    (
+        "model users",
+        ("sam_jax.compat", "sam_jax.segment_anything", "sam_jax.segment_anything_hq", "sam_jax.jobs", "sam_jax.serve"),
+    ),
     ("command line", ("sam_jax.cli", "sam_jax.demo", "convert")),
     # The package facade re-exports for users; test support imports the references.
     ("facade", ("sam_jax",)),

@@ -125,7 +125,9 @@ class Sam:
     def __repr__(self) -> str:
         return f"Sam({describe(self.config)})"
 
-    def __call__(self, batched_input: Any, multimask_output: bool) -> list[dict[str, jax.Array]]:
+    def __call__(
+        self, batched_input: Any, multimask_output: bool, hq_token_only: bool = False
+    ) -> list[dict[str, jax.Array]]:
         """Masks end to end for several images (reference `Sam.forward`, same record format).
 
         Args:
@@ -138,7 +140,8 @@ class Sam:
                 boxes: (B, 4) XYXY in the resized image;
                 mask_inputs: (B, 1, L, L) low-res logits (L = 256 for the official models).
                 At least one prompt per image; other keys are ignored, as the reference does.
-            multimask_output: 3 masks per prompt (else 1).
+            multimask_output: 3 masks per prompt (else 1; SAM-HQ: 1 either way).
+            hq_token_only: SAM-HQ's HQ mask alone (`segment_anything_hq`'s `Sam.forward`).
         Returns:
             One dict per image: masks (B, C, H, W) bool, iou_predictions (B, C) float32,
             low_res_logits (B, C, L, L) float32; torch tensors when the records held torch
@@ -164,7 +167,11 @@ class Sam:
         outputs = []
         for record, embedding in zip(records, embeddings, strict=True):
             masks, scores, low_res = decode_input_frame(
-                self.params, embedding, **record_prompts(record), multimask_output=bool(multimask_output)
+                self.params,
+                embedding,
+                **record_prompts(record),
+                multimask_output=bool(multimask_output),
+                hq_token_only=hq_token_only,
             )
             kind, device = kind_of(*record.values()), device_of(*record.values())
             out = {"masks": masks, "iou_predictions": scores, "low_res_logits": low_res}

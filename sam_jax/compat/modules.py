@@ -10,6 +10,10 @@ calls them directly (MedSAM's inference, fine-tuning scripts):
 Channels first, as the reference; each call is one thin, jitted call into the functional
 core (`sam_jax.modeling.sam`), and results come back in the caller's array kind
 (`compat.arrays`). Shapes are checked first, with one line naming the argument.
+
+A SAM-HQ model's networks are `segment_anything_hq`'s: the image encoder returns
+`(embedding, interm_embeddings)` and the mask decoder takes `hq_token_only` and
+`interm_embeddings` (of which SAM-HQ reads the first, the only one returned here).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 from sam_jax.compat.arrays import as_kind, device_of, kind_of, to_numpy
 from sam_jax.modeling.sam import (
     SamParams,
-    image_encoder_forward,
+    check_hq_token_only,
+    encoder_outputs,
     mask_decoder_forward,
     normalize_and_pad,
     prompt_encoder_forward,
@@ -50,9 +55,18 @@ def nhwc(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, 1, -1)
 
 
-@functools.partial(jax.jit, static_argnames="multimask_output")
-def _decode(params: SamParams, emb: Any, pe: Any, sparse: Any, dense: Any, multimask_output: bool) -> Any:
-    return mask_decoder_forward(params, emb, pe, sparse, dense, multimask_output)
+@functools.partial(jax.jit, static_argnames=("multimask_output", "hq_token_only"))
+def _decode(
+    params: SamParams,
+    emb: Any,
+    pe: Any,
+    sparse: Any,
+    dense: Any,
+    multimask_output: bool,
+    early: Any = None,
+    hq_token_only: bool = False,
+) -> Any:
+    return mask_decoder_forward(params, emb, pe, sparse, dense, multimask_output, early, hq_token_only)
 
 
 class ImageEncoder:
@@ -70,16 +84,19 @@ class ImageEncoder:
 
     def __call__(self, x: Any) -> Any:
         """(B, 3, S, S) preprocessed images (normalised and padded, as `sam.preprocess` gives)
-        -> (B, C, E, E) embeddings, in `x`'s array kind."""
+        -> (B, C, E, E) embeddings, in `x`'s array kind. A SAM-HQ model returns
+        `(embeddings, [early features (B, E, E, D)])`, as `segment_anything_hq`'s encoders
+        (channels last there, as theirs)."""
         s = self.img_size
         arr = float_array(x, "x", f"(B, 3, {s}, {s})", 4)
         if arr.shape[1:] != (3, s, s):
             raise ValueError(f"x must have shape (B, 3, {s}, {s}) (sam.preprocess gives it), got {arr.shape}")
-        out = nchw(_encode(self.params, nhwc(arr)))
-        return as_kind(out, kind_of(x), device_of(x))
+        emb, early = _encode(self.params, nhwc(arr))
+        out = as_kind(nchw(emb), kind_of(x), device_of(x))
+        return out if early is None else (out, [as_kind(early, kind_of(x), device_of(x))])
 
 
-_encode = jax.jit(image_encoder_forward)
+_encode = jax.jit(encoder_outputs)
 
 
 class PromptEncoder:
@@ -167,6 +184,8 @@ class MaskDecoder:
         sparse_prompt_embeddings: Any,
         dense_prompt_embeddings: Any,
         multimask_output: bool,
+        hq_token_only: bool = False,
+        interm_embeddings: Any = None,
     ) -> tuple[Any, Any]:
         """Masks for B prompts (the reference's arguments, channels first).
 
@@ -177,6 +196,9 @@ class MaskDecoder:
             image_pe: (1, C, E, E) from `prompt_encoder.get_dense_pe()`.
             sparse_prompt_embeddings: (B, N, C); dense_prompt_embeddings: (B, C, E, E).
             multimask_output: 3 masks (else 1).
+            hq_token_only, interm_embeddings: SAM-HQ's (`segment_anything_hq`): the HQ mask
+                alone; the encoder's early features, a sequence whose first element is
+                (1 or B, E, E, D) (or that array itself). SAM-HQ returns one mask per prompt.
         Returns:
             low-res mask logits (B, M, 4E, 4E) and IoU predictions (B, M), in the inputs' kind.
         """
@@ -201,7 +223,21 @@ class MaskDecoder:
             )
         if not isinstance(multimask_output, (bool, np.bool_)):
             raise TypeError(f"multimask_output must be True or False, got {multimask_output!r}")
-        low_res, iou = _decode(self.params, nhwc(emb), nhwc(pe)[0], sparse, nhwc(dense), bool(multimask_output))
+        hq_token_only = check_hq_token_only(
+            cfg, bool(hq_token_only) if isinstance(hq_token_only, np.bool_) else hq_token_only
+        )
+        early = None
+        if cfg.early_features_shape is not None:
+            shape = f"(1 or B, {', '.join(map(str, cfg.early_features_shape))})"
+            if interm_embeddings is None:
+                raise ValueError(f"a SAM-HQ decoder needs interm_embeddings, the encoder's early features {shape}")
+            first = interm_embeddings[0] if isinstance(interm_embeddings, (list, tuple)) else interm_embeddings
+            early = float_array(first, "interm_embeddings[0]", shape, 4)
+            if early.shape[1:] != cfg.early_features_shape or early.shape[0] not in (1, emb.shape[0]):
+                raise ValueError(f"interm_embeddings[0] must have shape {shape}, got {early.shape}")
+        low_res, iou = _decode(
+            self.params, nhwc(emb), nhwc(pe)[0], sparse, nhwc(dense), bool(multimask_output), early, hq_token_only
+        )
         args = (image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
         kind, device = kind_of(*args), device_of(*args)
         return as_kind(low_res, kind, device), as_kind(iou, kind, device)

@@ -42,6 +42,8 @@ class SamPredictor:
         original_size: (H, W) of the set image; None when none is set.
         input_size: (h, w) of the set image after resizing; None when none is set.
         features: the image embedding, (1, C, E, E) jax array; None when no image is set.
+        interm_features: a SAM-HQ model's early features, `[(1, E, E, D)]` (the reference
+            keeps every global block's output; SAM-HQ reads the first); else None.
         embedding: the same as an `ImageEmbedding`, for `sam_jax.decode`.
     """
 
@@ -66,6 +68,7 @@ class SamPredictor:
         """Forgets the set image."""
         self.is_image_set = False
         self.features: jax.Array | None = None
+        self.interm_features: list[jax.Array] | None = None
         self.embedding: ImageEmbedding | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
@@ -75,6 +78,8 @@ class SamPredictor:
         self.embedding = embedding
         # The reference's (1, C, E, E) layout: embeddings are NHWC inside.
         self.features = jnp.transpose(embedding.image_embedding, (2, 0, 1))[None]
+        if embedding.early_features is not None:
+            self.interm_features = [embedding.early_features[None]]
         self.original_size = embedding.original_size
         self.input_size = embedding.input_size
         self.is_image_set = True
@@ -133,6 +138,7 @@ class SamPredictor:
         mask_input: Any = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one set of prompts on the set image (reference `SamPredictor.predict`).
 
@@ -142,8 +148,9 @@ class SamPredictor:
             box: (4,) or (1, 4) XYXY in original pixels.
             mask_input: (1, L, L) low-res logits from an earlier call (L = 256 for the
                 official models).
-            multimask_output: 3 masks (else 1).
+            multimask_output: 3 masks (else 1; SAM-HQ: 1 either way, see `sam_jax.decode`).
             return_logits: mask logits instead of booleans.
+            hq_token_only: SAM-HQ's HQ mask alone (`segment_anything_hq`'s argument).
         Returns:
             masks (C, H, W) bool (float32 logits with `return_logits`), scores (C,) float32,
             low-res logits (C, L, L) float32; numpy arrays.
@@ -172,6 +179,7 @@ class SamPredictor:
             mask_input=mask_input,
             multimask_output=multimask_output,
             return_logits=return_logits,
+            hq_token_only=hq_token_only,
         )
         return np.asarray(masks), np.asarray(scores), np.asarray(low_res)
 
@@ -183,6 +191,7 @@ class SamPredictor:
         mask_input: Any = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[Any, Any, Any]:
         """Masks for a batch of prompt sets in the resized image's frame (reference `predict_torch`).
 
@@ -191,7 +200,7 @@ class SamPredictor:
             point_labels: (B, N).
             boxes: (B, 4) XYXY in the resized image (`transform.apply_boxes_torch`).
             mask_input: (B, 1, L, L) low-res logits.
-            multimask_output, return_logits: as `predict`.
+            multimask_output, return_logits, hq_token_only: as `predict`.
             Any array kind (numpy, jax, torch).
         Returns:
             masks (B, C, H, W), scores (B, C), low-res logits (B, C, L, L), in the prompts'
@@ -221,6 +230,7 @@ class SamPredictor:
             mask_input=mask_input,
             multimask_output=multimask_output,
             return_logits=return_logits,
+            hq_token_only=hq_token_only,
         )
         return tuple(as_kind(x, kind, device) for x in outputs)
 

@@ -55,13 +55,14 @@ def build_sam(config: SamConfig | str, checkpoint: str | os.PathLike[str] | None
     return Sam(params)
 
 
-def registry_entry(name: str) -> Callable[..., Sam]:
-    """The builder of one registry name: `builder(checkpoint=None) -> Sam`."""
+def registry_entry(name: str, builder_name: str | None = None) -> Callable[..., Sam]:
+    """The builder of one registry name: `builder(checkpoint=None) -> Sam`, named
+    `builder_name` (default `build_sam_<name>`)."""
 
     def build(checkpoint: str | os.PathLike[str] | None = None) -> Sam:
         return build_sam(name, checkpoint)
 
-    build.__name__ = build.__qualname__ = f"build_sam_{name}"
+    build.__name__ = build.__qualname__ = builder_name or f"build_sam_{name}"
     build.__doc__ = f"`build_sam({name!r}, checkpoint)`: a {name} `Sam`, see `build_sam`."
     return build
 
@@ -82,6 +83,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_t": build_sam_vit_t,
     "lite_medsam": registry_entry("lite_medsam"),
     "medsam": registry_entry("medsam"),
+    **{name: registry_entry(name) for name in ("sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny")},
     "tiny-shapes": registry_entry("tiny-shapes"),
 }
 

@@ -37,7 +37,9 @@ from sam_jax.modeling.sam import SamParams, abstract_params
 # The reference's ConvTranspose2d modules (kernel layout (in, out, kh, kw)): SAM's, and
 # SAM-HQ's feature fusion.
 TRANSPOSED_CONVS = tuple(
-    f"mask_decoder.{name}.{i}" for name in ("output_upscaling", "compress_vit_feat", "embedding_encoder") for i in (0, 3)
+    f"mask_decoder.{name}.{i}"
+    for name in ("output_upscaling", "compress_vit_feat", "embedding_encoder")
+    for i in (0, 3)
 )
 
 

@@ -124,9 +124,7 @@ def image_encoder_module(
     encoder = config.image_encoder
     if isinstance(encoder, TinyViTConfig):
         fields = {f.name: getattr(encoder, f.name) for f in dataclasses.fields(encoder)}
-        return TinyViT(
-            **fields, out_chans=config.prompt_embed_dim, dtype=dtype, remat=remat, early_features=config.hq
-        )
+        return TinyViT(**fields, out_chans=config.prompt_embed_dim, dtype=dtype, remat=remat, early_features=config.hq)
     return ImageEncoderViT(encoder, config.image_size, config.prompt_embed_dim, dtype, remat, attention, config.hq)
 
 

@@ -1,0 +1,1 @@
+"""`segment_anything_hq.utils`: `transforms` and `amg`, SAM's."""
