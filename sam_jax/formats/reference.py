@@ -293,8 +293,9 @@ def infer_config(state_dict: Mapping[str, np.ndarray], decoder_num_heads: int = 
 
     Works for any model built from the reference classes with SAM's fixed choices
     (LayerNorm eps, GELU, hypernetwork widths), with SAM's ViT or MobileSAM's TinyViT (keys
-    `image_encoder.layers.*`), and SAM's or SAM-HQ's decoder (`mask_decoder.hf_token`). The decoder's head count does not show in any shape: every
-    official model uses 8, the default here. An architecture a registry entry has takes that
+    `image_encoder.layers.*`), and SAM's or SAM-HQ's decoder (key `mask_decoder.hf_token`).
+    The decoder's head count does not show in any shape: every official model uses 8, the
+    default here. An architecture a registry entry has takes that
     entry's preprocessing and description (LiteMedSAM's, for a TinyViT with a 1x1 stem).
 
     Raises:
