@@ -9,8 +9,10 @@ parameter and buffer that the state_dict holds, and checks that none was left ou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -43,8 +45,11 @@ TINY = SamConfig(
 )
 
 
-def build_reference(cfg: SamConfig) -> Sam:
-    """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`)."""
+def build_reference(cfg: SamConfig) -> Any:
+    """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`);
+    for a SAM-HQ config, `segment_anything_hq`'s (its `Sam`, encoder and `MaskDecoderHQ`)."""
+    if cfg.hq:
+        return _build_reference_hq(cfg)
     e, vit = cfg.embedding_size, cfg.image_encoder
     if not isinstance(vit, ViTConfig):
         raise ValueError(
@@ -87,6 +92,43 @@ def build_reference(cfg: SamConfig) -> Sam:
     return Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
 
 
+def _build_reference_hq(cfg: SamConfig) -> Any:
+    import segment_anything_hq.modeling as hq  # imported here: it pulls in timm
+
+    plain = build_reference(dataclasses.replace(cfg, mask_decoder="sam"))
+    vit = plain.image_encoder
+    encoder = hq.ImageEncoderViT(
+        depth=len(vit.blocks),
+        embed_dim=vit.patch_embed.proj.out_channels,
+        img_size=vit.img_size,
+        mlp_ratio=cfg.image_encoder.mlp_ratio,  # type: ignore[union-attr]
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.image_encoder.num_heads,  # type: ignore[union-attr]
+        patch_size=cfg.image_encoder.patch_size,  # type: ignore[union-attr]
+        qkv_bias=cfg.image_encoder.qkv_bias,  # type: ignore[union-attr]
+        use_abs_pos=cfg.image_encoder.use_abs_pos,  # type: ignore[union-attr]
+        use_rel_pos=cfg.image_encoder.use_rel_pos,  # type: ignore[union-attr]
+        global_attn_indexes=cfg.image_encoder.global_attn_indexes,  # type: ignore[union-attr]
+        window_size=cfg.image_encoder.window_size,  # type: ignore[union-attr]
+        out_chans=cfg.prompt_embed_dim,
+    )
+    decoder = hq.MaskDecoderHQ(
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        transformer=hq.TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim,
+            num_heads=cfg.decoder_num_heads,
+            attention_downsample_rate=cfg.attention_downsample_rate,
+        ),
+        transformer_dim=cfg.prompt_embed_dim,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        vit_dim=cfg.image_encoder.embed_dim,  # type: ignore[union-attr]
+    )
+    return hq.Sam(encoder, plain.prompt_encoder, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
+
+
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Draws every state_dict tensor of `model` at a scale that keeps activations sane:
@@ -109,7 +151,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 pass
             elif name == "running_var":  # BatchNorm statistics: a variance is positive
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif isinstance(module, (torch.nn.LayerNorm, LayerNorm2d, torch.nn.BatchNorm2d)) and name != "running_mean":
+            elif is_norm(module) and name != "running_mean":
                 draw(t, 0.2, 1.0 if name == "weight" else 0.0)
             elif name == "bias":
                 draw(t, 0.1)
@@ -127,6 +169,13 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     # TinyViT's attention caches its gathered bias table when put in eval mode: set the mode
     # again so that the cache holds the new biases.
     return model.train(model.training)
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """LayerNorm, BatchNorm, or a `LayerNorm2d` (each SAM package has its own class)."""
+    return isinstance(module, (torch.nn.LayerNorm, LayerNorm2d, torch.nn.BatchNorm2d)) or (
+        type(module).__name__ == "LayerNorm2d"
+    )
 
 
 def save_state_dict(model: torch.nn.Module, path: Path) -> Path:

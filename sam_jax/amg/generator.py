@@ -56,7 +56,11 @@ def _process_crop(
 
     points = points01 * np.asarray(crop_size)[None, ::-1]  # (x, y) in crop pixels, float64
     batch = opts.points_per_batch
-    n_masks = cfg.num_multimask_outputs
+    n_masks = scoring.candidates_per_prompt(cfg)
+    hq = None
+    if cfg.hq:
+        assert embedding.early_features is not None  # `encode` returns them for an HQ model
+        hq = scoring.hq_features(params, embedding.image_embedding, embedding.early_features)
     n_candidates = batch * n_masks
     offset = jnp.float32(opts.stability_score_offset)
     fields = ("part", "row", "iou_preds", "stability_score", "boxes", "points")
@@ -66,7 +70,7 @@ def _process_crop(
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
         padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size, params.config.coordinate_scale)
-        tokens, src, iou_preds = scoring.decode_tokens(params, embedding.image_embedding, padded)
+        tokens, src, every_iou, iou_preds = scoring.decode_tokens(params, embedding.image_embedding, padded)
         iou_np = np.asarray(iou_preds)[: len(chunk)].reshape(-1)
         point_rows = np.repeat(chunk, n_masks, axis=0)
         keep = iou_np > opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones(iou_np.shape, bool)
@@ -76,7 +80,8 @@ def _process_crop(
         # Masks only for the prompts with a candidate left, then only those candidates upsampled.
         prompts, slot = np.unique(rows // n_masks, return_inverse=True)
         every = len(prompts) == batch
-        low_res = scoring.predict_masks(params, tokens, src, None if every else scoring.padded_rows(prompts, batch))
+        rows_of = None if every else scoring.padded_rows(prompts, batch)
+        low_res = scoring.predict_masks(params, tokens, src, rows_of, every_iou, hq)
         picked = slot * n_masks + rows % n_masks  # the kept candidates' rows in `low_res`
         as_levels = low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES
         upsampled = scoring.upsample_and_score(

@@ -12,30 +12,66 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import transforms
+from sam_jax.config import SamConfig
 from sam_jax.modeling.mask_decoder import select_outputs
-from sam_jax.modeling.sam import SamParams, mask_decoder_masks, mask_decoder_tokens, prompt_encoder_forward
+from sam_jax.modeling.mask_decoder_hq import best_multimask_output
+from sam_jax.modeling.sam import (
+    SamParams,
+    mask_decoder_hq_features,
+    mask_decoder_masks,
+    mask_decoder_tokens,
+    prompt_encoder_forward,
+    select_masks,
+)
 from sam_jax.predictor import MASK_THRESHOLD
+
+
+def candidates_per_prompt(config: SamConfig) -> int:
+    """Masks each point prompt proposes: SAM's multimask outputs, or SAM-HQ's one."""
+    return 1 if config.hq else config.num_multimask_outputs
 
 
 @jax.jit
 def decode_tokens(
     params: SamParams, image_embedding: jax.Array, points: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(B, 1, 2) foreground points on one (E, E, C) embedding -> the decoder's first stage:
-    mask tokens, image tokens and the multimask outputs' predicted IoU (B, M)."""
+    mask tokens, image tokens, every output's IoU (B, T), and the candidates' (B, M) (the
+    multimask outputs; SAM-HQ: the best of them, whose mask goes with its HQ mask)."""
     labels = jnp.ones(points.shape[:2], jnp.int32)
     sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, None, None)
     tokens, src, iou_pred = mask_decoder_tokens(params, image_embedding[None], dense_pe, sparse, dense)
-    return tokens, src, select_outputs(iou_pred, True)
+    candidates = best_multimask_output(iou_pred)[1] if params.config.hq else select_outputs(iou_pred, True)
+    return tokens, src, iou_pred, candidates
 
 
 @jax.jit
-def predict_masks(params: SamParams, tokens: jax.Array, src: jax.Array, prompts: jax.Array | None) -> jax.Array:
+def hq_features(params: SamParams, image_embedding: jax.Array, early_features: jax.Array) -> jax.Array:
+    """A SAM-HQ decoder's features of one (E, E, C) embedding with its (E, E, D) early
+    features, computed once per crop for every batch of points."""
+    return mask_decoder_hq_features(params, image_embedding[None], early_features[None])
+
+
+@jax.jit
+def predict_masks(
+    params: SamParams,
+    tokens: jax.Array,
+    src: jax.Array,
+    prompts: jax.Array | None,
+    iou_pred: jax.Array,
+    hq: jax.Array | None = None,
+) -> jax.Array:
     """The decoder's second stage for the prompts at rows `prompts` (None: all, without
-    copying the image tokens) -> (P, M, L, L) logits."""
+    copying the image tokens) -> (P, M, L, L) the candidates' logits (SAM-HQ: the best
+    multimask output plus the HQ mask, from every output's IoU `iou_pred` and the `hq`
+    features)."""
     if prompts is not None:
         tokens, src = jnp.take(tokens, prompts, axis=0), jnp.take(src, prompts, axis=0)
-    return mask_decoder_masks(params, tokens, src, True)
+        iou_pred = jnp.take(iou_pred, prompts, axis=0)
+    if not params.config.hq:
+        return mask_decoder_masks(params, tokens, src, True)
+    every = mask_decoder_masks(params, tokens, src, None, hq)
+    return select_masks(every, iou_pred, True, hq=True)[0]
 
 
 def pixel_count(masks: jax.Array) -> jax.Array:

@@ -126,10 +126,16 @@ def select_hq_outputs(
     """
     masks_sam, masks_hq = masks[:, :-1], masks[:, -1:]
     if multimask_output:
-        best = jnp.argmax(iou_pred[:, 1:], axis=1)
-        iou = jnp.take_along_axis(iou_pred[:, 1:], best[:, None], axis=1)
-        index = (best + 1).reshape(-1, *([1] * (masks.ndim - 1)))
+        best, iou = best_multimask_output(iou_pred)
+        index = best.reshape(-1, *([1] * (masks.ndim - 1)))
         masks_sam = jnp.take_along_axis(masks_sam, index, axis=1)
     else:
         iou, masks_sam = iou_pred[:, :1], masks_sam[:, :1]
     return (masks_hq if hq_token_only else masks_sam + masks_hq), iou
+
+
+def best_multimask_output(iou_pred: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(B, T) every SAM output's IoU -> (B,) the token of the multimask output with the
+    highest (the first on ties, as torch.max), and (B, 1) its IoU."""
+    best = jnp.argmax(iou_pred[:, 1:], axis=1)
+    return best + 1, jnp.take_along_axis(iou_pred[:, 1:], best[:, None], axis=1)
