@@ -146,7 +146,7 @@ def test_frozen_parameters_stay_bit_identical():
     # ... and what it kept is what the step would compute (the step reads them in its place).
     cache = train.EmbeddingCache(sam_jax.SamParams(TINY, {"image_encoder": params.weights["image_encoder"]}), 2**20)
     batch, _ = train.BatchStream([few], TINY, cfg, embeddings=cache).next_batch()
-    in_step = jax.jit(train.encode_images)(params, batch.images, batch.input_hw)
+    in_step = jax.jit(train.encode_images)(params, batch.images, batch.input_hw)[0]
     np.testing.assert_allclose(batch.embeddings, in_step, rtol=1e-5, atol=1e-5 * float(np.abs(in_step).max()))
     assert leaves_equal(trained.weights["image_encoder"], params.weights["image_encoder"])
     assert leaves_equal(

@@ -73,7 +73,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         "--freeze",
         action="append",
         default=[],
-        help="module or path pattern to keep fixed, repeatable (image_encoder, prompt_encoder, mask_decoder, ...)",
+        help="module or path pattern to keep fixed, repeatable (image_encoder, prompt_encoder, mask_decoder, ...); "
+        "all-but-hq: SAM-HQ's recipe, only what HQ adds is trained",
     )
     p.add_argument(
         "--patch-size",

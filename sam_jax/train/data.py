@@ -74,22 +74,30 @@ class EmbeddingCache:
 
     def __init__(self, params: SamParams, max_bytes: int) -> None:
         self.params, self.max_bytes = params, max_bytes
-        self.kept: dict[int, np.ndarray] = {}
+        self.kept: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.computed = 0
 
-    def __call__(self, index: int, padded: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    def __call__(
+        self, index: int, padded: np.ndarray, input_hw: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embedding (E, E, C), early features (E, E, D) for a SAM-HQ model, else None)."""
         if index in self.kept:
             return self.kept[index]
         hw = np.asarray([input_hw], np.int32)
-        embedding = np.asarray(encode_padded(self.params, padded[None], hw)[0])[0]
+        emb, early = encode_padded(self.params, padded[None], hw)
+        out = (np.asarray(emb)[0], None if early is None else np.asarray(early)[0])
         self.computed += 1
-        if (len(self.kept) + 1) * embedding.nbytes <= self.max_bytes:
-            self.kept[index] = embedding
-        return embedding
+        if (len(self.kept) + 1) * _nbytes(out) <= self.max_bytes:
+            self.kept[index] = out
+        return out
 
     @property
     def kept_bytes(self) -> int:
-        return sum(e.nbytes for e in self.kept.values())
+        return sum(_nbytes(e) for e in self.kept.values())
+
+
+def _nbytes(arrays: tuple[np.ndarray, np.ndarray | None]) -> int:
+    return sum(a.nbytes for a in arrays if a is not None)
 
 
 class BatchStream:
@@ -141,7 +149,7 @@ class BatchStream:
         images: list[np.ndarray] = []
         hws: list[tuple[int, int]] = []
         targets: list[np.ndarray] = []
-        embeddings: list[np.ndarray] = []
+        embeddings: list[tuple[np.ndarray, np.ndarray | None]] = []
         p = self.cfg.prompts_per_image
         misses = 0
         while len(images) < self.cfg.batch_size:
@@ -167,7 +175,12 @@ class BatchStream:
             images=typing.cast(jax.Array, np.stack(images)),
             input_hw=typing.cast(jax.Array, np.asarray(hws, np.int32)),
             targets=typing.cast(jax.Array, np.stack(targets)),
-            embeddings=typing.cast(jax.Array, np.stack(embeddings)) if embeddings else None,
+            embeddings=typing.cast(jax.Array, np.stack([e for e, _ in embeddings])) if embeddings else None,
+            early_features=(
+                typing.cast(jax.Array, np.stack([f for _, f in embeddings]))
+                if embeddings and embeddings[0][1] is not None
+                else None
+            ),
         )
         return batch, self.cursor
 

@@ -21,7 +21,7 @@ from sam_jax.config import SamConfig
 from sam_jax.modeling.prompt_encoder import LABEL_FOREGROUND
 from sam_jax.modeling.sam import (
     SamParams,
-    image_encoder_forward,
+    encoder_outputs,
     mask_decoder_forward,
     normalize_and_pad,
     prompt_encoder_forward,
@@ -53,14 +53,27 @@ def is_frozen(path: str, patterns: Sequence[str]) -> bool:
 
 
 def _matches(path: str, pattern: str) -> bool:
+    if pattern in FREEZE_PRESETS:
+        return not any(fnmatch.fnmatchcase(path, kept) for kept in FREEZE_PRESETS[pattern])
     return path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern)
+
+
+# Named freezes: each freezes every weight but those its patterns match. "all-but-hq" is
+# SAM-HQ's recipe: SAM's weights stay as they are, only what HQ adds is trained.
+FREEZE_PRESETS: dict[str, tuple[str, ...]] = {
+    "all-but-hq": tuple(
+        f"mask_decoder/{part}/*"
+        for part in ("hf_token", "hf_mlp", "compress_vit_feat_*", "embedding_encoder_*", "embedding_maskfeature_*")
+    ),
+}
 
 
 def partition(weights: dict[str, Any], freeze: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Splits a weights tree into (trainable, frozen) trees of the same nesting.
 
     Raises:
-        ValueError: a freeze pattern that matches no parameter (a typo would train everything).
+        ValueError: a freeze pattern that matches no parameter (a typo would train everything),
+            or patterns that leave nothing to train.
     """
     flat = flax.traverse_util.flatten_dict(weights)
     paths = [_path_str(k) for k in flat]
@@ -71,6 +84,8 @@ def partition(weights: dict[str, Any], freeze: Sequence[str]) -> tuple[dict[str,
                 "or a path pattern such as image_encoder/blocks_[0-5]/*"
             )
     trainable = {k: v for k, v in flat.items() if not is_frozen(_path_str(k), freeze)}
+    if not trainable:
+        raise ValueError(f"freeze {', '.join(freeze)} leaves nothing to train")
     frozen = {k: v for k, v in flat.items() if k not in trainable}
     return flax.traverse_util.unflatten_dict(trainable), flax.traverse_util.unflatten_dict(frozen)
 
@@ -141,18 +156,23 @@ class Batch:
 
     images: (B, S, S, 3) uint8 padded; input_hw: (B, 2) int32; targets: (B, P, L, L) bool;
     embeddings: (B, E, E, C) float32, the frozen image encoder's output for these images
-    (`EmbeddingCache`), or None to run the encoder in the step.
+    (`EmbeddingCache`), or None to run the encoder in the step; early_features: (B, E, E, D)
+    with them, for a SAM-HQ model.
     """
 
     images: jax.Array
     input_hw: jax.Array
     targets: jax.Array
     embeddings: jax.Array | None = None
+    early_features: jax.Array | None = None
 
 
-def encode_images(params: SamParams, images: jax.Array, input_hw: jax.Array, remat: bool = False) -> jax.Array:
-    """(B, S, S, 3) uint8 padded images and their (B, 2) sizes -> (B, E, E, C) embeddings."""
-    return image_encoder_forward(params, normalize_and_pad(params.config, images, input_hw), remat=remat)
+def encode_images(
+    params: SamParams, images: jax.Array, input_hw: jax.Array, remat: bool = False
+) -> tuple[jax.Array, jax.Array | None]:
+    """(B, S, S, 3) uint8 padded images and their (B, 2) sizes -> (B, E, E, C) embeddings,
+    and a SAM-HQ model's early features (else None)."""
+    return encoder_outputs(params, normalize_and_pad(params.config, images, input_hw), remat=remat)
 
 
 def forward_rounds(
@@ -166,11 +186,12 @@ def forward_rounds(
     """Runs the simulated interactive session of one step and returns the mean loss."""
     params = SamParams(config=config, weights=weights, compute_dtype=cfg.compute_dtype)
     if batch.embeddings is None:
-        emb = encode_images(params, batch.images, batch.input_hw, cfg.remat)
+        emb, early = encode_images(params, batch.images, batch.input_hw, cfg.remat)
     else:  # a frozen encoder's, computed once per image (its gradient would be zero)
-        emb = batch.embeddings
+        emb, early = batch.embeddings, batch.early_features
     b, p, side, _ = batch.targets.shape
     emb = jnp.repeat(emb, p, axis=0)  # (B * P, E, E, C): each prompt sees its image
+    early = None if early is None else jnp.repeat(early, p, axis=0)
     target = batch.targets.reshape(b * p, side, side)
     size = config.image_size
     keys = jax.random.split(key, cfg.correction_rounds + 2)
@@ -185,7 +206,8 @@ def forward_rounds(
     for r in range(cfg.correction_rounds + 1):
         multimask = r == 0 and not use_box  # one point is ambiguous; later prompts are not
         sparse, dense, pe = prompt_encoder_forward(params, points, labels, boxes, mask_input)
-        logits, iou_pred = mask_decoder_forward(params, emb, pe, sparse, dense, multimask)
+        # SAM-HQ trains its HQ mask, as its paper's recipe (`hq_token_only`).
+        logits, iou_pred = mask_decoder_forward(params, emb, pe, sparse, dense, multimask, early, config.hq)
         loss, m = sam_loss(upsample_logits(logits, cfg.loss_upsample), iou_pred, target, cfg)
         losses.append(loss)
         metrics.append(m)
