@@ -26,14 +26,14 @@ def embedding_bytes(
     early_features: np.ndarray | None = None,
 ) -> bytes:
     buffer = io.BytesIO()
-    early = {} if early_features is None else {EARLY_FEATURES_KEY: np.asarray(early_features, np.float32)}
-    np.savez(
-        buffer,
-        image_embedding=np.asarray(embedding, np.float32),
-        original_size=np.asarray(original_size, np.int64),
-        input_size=np.asarray(input_size, np.int64),
-        **early,
-    )
+    arrays = {
+        "image_embedding": np.asarray(embedding, np.float32),
+        "original_size": np.asarray(original_size, np.int64),
+        "input_size": np.asarray(input_size, np.int64),
+    }
+    if early_features is not None:
+        arrays[EARLY_FEATURES_KEY] = np.asarray(early_features, np.float32)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

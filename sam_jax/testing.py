@@ -95,23 +95,25 @@ def build_reference(cfg: SamConfig) -> Any:
 def _build_reference_hq(cfg: SamConfig) -> Any:
     import segment_anything_hq.modeling as hq  # imported here: it pulls in timm
 
-    plain = build_reference(dataclasses.replace(cfg, mask_decoder="sam"))
-    vit = plain.image_encoder
+    vit = cfg.image_encoder
+    if not isinstance(vit, ViTConfig):
+        raise ValueError("build_reference builds ViT models; Light HQ-SAM comes from segment_anything_hq's registry")
     encoder = hq.ImageEncoderViT(
-        depth=len(vit.blocks),
-        embed_dim=vit.patch_embed.proj.out_channels,
-        img_size=vit.img_size,
-        mlp_ratio=cfg.image_encoder.mlp_ratio,  # type: ignore[union-attr]
+        depth=vit.depth,
+        embed_dim=vit.embed_dim,
+        img_size=cfg.image_size,
+        mlp_ratio=vit.mlp_ratio,
         norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=cfg.image_encoder.num_heads,  # type: ignore[union-attr]
-        patch_size=cfg.image_encoder.patch_size,  # type: ignore[union-attr]
-        qkv_bias=cfg.image_encoder.qkv_bias,  # type: ignore[union-attr]
-        use_abs_pos=cfg.image_encoder.use_abs_pos,  # type: ignore[union-attr]
-        use_rel_pos=cfg.image_encoder.use_rel_pos,  # type: ignore[union-attr]
-        global_attn_indexes=cfg.image_encoder.global_attn_indexes,  # type: ignore[union-attr]
-        window_size=cfg.image_encoder.window_size,  # type: ignore[union-attr]
+        num_heads=vit.num_heads,
+        patch_size=vit.patch_size,
+        qkv_bias=vit.qkv_bias,
+        use_abs_pos=vit.use_abs_pos,
+        use_rel_pos=vit.use_rel_pos,
+        global_attn_indexes=vit.global_attn_indexes,
+        window_size=vit.window_size,
         out_chans=cfg.prompt_embed_dim,
     )
+    plain = build_reference(dataclasses.replace(cfg, mask_decoder="sam"))
     decoder = hq.MaskDecoderHQ(
         num_multimask_outputs=cfg.num_multimask_outputs,
         transformer=hq.TwoWayTransformer(
@@ -124,7 +126,7 @@ def _build_reference_hq(cfg: SamConfig) -> Any:
         transformer_dim=cfg.prompt_embed_dim,
         iou_head_depth=cfg.iou_head_depth,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        vit_dim=cfg.image_encoder.embed_dim,  # type: ignore[union-attr]
+        vit_dim=vit.embed_dim,
     )
     return hq.Sam(encoder, plain.prompt_encoder, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
 

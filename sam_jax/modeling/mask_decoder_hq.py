@@ -87,7 +87,7 @@ class MaskDecoderHQ(MaskDecoder):
         compressed = self.compress_vit_feat_3(gelu(self.compress_vit_feat_1(compressed)))
         return embedded + compressed
 
-    def predict_masks(  # type: ignore[override]
+    def predict_masks(
         self,
         mask_tokens_out: jax.Array,
         src: jax.Array,

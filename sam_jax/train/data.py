@@ -177,7 +177,7 @@ class BatchStream:
             targets=typing.cast(jax.Array, np.stack(targets)),
             embeddings=typing.cast(jax.Array, np.stack([e for e, _ in embeddings])) if embeddings else None,
             early_features=(
-                typing.cast(jax.Array, np.stack([f for _, f in embeddings]))
+                typing.cast(jax.Array, np.stack([f for _, f in embeddings if f is not None]))
                 if embeddings and embeddings[0][1] is not None
                 else None
             ),
