@@ -200,6 +200,27 @@ def bench_predict(model: str, run: Run) -> None:
     row("predict", f"{model} image + one point", ref_s, ours_s, first=f"{first:.1f}s")
 
 
+# SAM-HQ beside the SAM model with its encoder (`--models vit_b` runs sam_hq_vit_b too).
+HQ_OF = {"vit_b": "sam_hq_vit_b", "vit_t": "sam_hq_vit_tiny"}
+
+
+def bench_hq(model: str, run: Run) -> None:
+    """SAM-HQ's decoder against SAM's, on both sides: each decode case of `bench_decoder` on
+    the plain model and on its HQ model (both randomised), alternating; each row is the HQ
+    model's, its `hq_over_sam` the HQ decode's time over the plain one's (reference/ours)."""
+    if model not in HQ_OF:
+        return
+    plain, hq = models(model, run.tmp), models(HQ_OF[model], run.tmp)
+    image = scene(hq[1].config.image_size)
+    for p_case, h_case in zip(decode_cases(*plain, image), decode_cases(*hq, image), strict=True):
+        repeats = run.repeats + 5 if h_case.quick else run.repeats
+        _, ref_p, ours_p = timed_pair(p_case.reference, p_case.ours, repeats)
+        first, ref_h, ours_h = timed_pair(h_case.reference, h_case.ours, repeats)
+        unit = "ms" if h_case.quick else "s"
+        extra = {"first": f"{first:.1f}s", "hq_over_sam": f"{ref_h / ref_p:.2f}/{ours_h / ours_p:.2f}"}
+        row("hq", f"{HQ_OF[model]} {h_case.what}", ref_h, ours_h, unit=unit, **extra)
+
+
 # ----------------------------------------------------------------------------- compile time
 
 
@@ -303,6 +324,7 @@ SECTIONS = {
     "encoder": bench_encoder,
     "decoder": bench_decoder,
     "predict": bench_predict,
+    "hq": bench_hq,
     "amg": bench_amg,
     "compile": bench_compile,
     "memory": bench_memory,

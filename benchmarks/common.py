@@ -110,6 +110,10 @@ def reference_model(name: str, seed: int) -> torch.nn.Module:
         from mobile_sam import sam_model_registry as mobile_sam_registry
 
         model = mobile_sam_registry[name]().eval()
+    elif name.startswith("sam_hq_"):  # SAM-HQ, from its own package (its registry's names)
+        from segment_anything_hq import sam_model_registry as hq_registry
+
+        model = hq_registry[name.removeprefix("sam_hq_")]().eval()
     else:
         model = sam_model_registry[name]().eval()
     return randomize_(model, seed=seed)
@@ -187,7 +191,13 @@ def decode_cases(ref_model: torch.nn.Module, params: sam_jax.SamParams, image: n
     is encoded here, by both sides, before anything is timed."""
     h, w = image.shape[:2]
     device = next(ref_model.parameters()).device
-    predictor = SamPredictor(ref_model)
+    if params.config.hq:  # SAM-HQ's predictor (its encoder returns the early features too)
+        from segment_anything_hq import SamPredictor as HQPredictor
+
+        predictor = HQPredictor(ref_model)
+    else:
+        predictor = SamPredictor(ref_model)
+    masks = "1 mask" if params.config.hq else "3 masks"
     predictor.set_image(image)
     emb = sam_jax.encode(params, image)
     point = np.array([[w * 0.4, h * 0.6]])
@@ -197,7 +207,7 @@ def decode_cases(ref_model: torch.nn.Module, params: sam_jax.SamParams, image: n
     return [
         DecodeCase(
             "one point",
-            f"one point, 3 masks at {h}x{w}",
+            f"one point, {masks} at {h}x{w}",
             lambda: predictor.predict(point, np.array([1])),
             lambda: np.asarray(sam_jax.decode(params, emb, point)[0]),
             quick=True,
@@ -205,7 +215,7 @@ def decode_cases(ref_model: torch.nn.Module, params: sam_jax.SamParams, image: n
         ),
         DecodeCase(
             "64 points",
-            f"64 points, 3 masks each at {h}x{w}",
+            f"64 points, {masks} each at {h}x{w}",
             lambda: predictor.predict_torch(tp, tl),
             lambda: sam_jax.decode(params, emb, points)[0],
             quick=False,

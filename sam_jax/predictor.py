@@ -40,6 +40,7 @@ from sam_jax.modeling.sam import (
     SamParams,
     check_hq_token_only,
     encoder_outputs,
+    mask_decoder_hq_features,
     normalize_and_pad,
     predict_low_res_slots,
     select_masks,
@@ -238,15 +239,36 @@ def _decode_low_res(
     labels: jax.Array,
     mask_input: jax.Array | None,
     has_mask: jax.Array | None,
-    early_features: jax.Array | None = None,
+    hq_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None
-    (and a SAM-HQ model's early features) -> every output's (B, T, L, L) logits and (B, T)
+    (and a SAM-HQ model's `_hq_features`) -> every output's (B, T, L, L) logits and (B, T)
     IoU predictions (`predict_low_res_slots`)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
     fewer = fast_slots(params.config.num_output_tokens)
-    return predict_low_res_slots(params, image_embedding, points, labels, mask_input, has_mask, fewer, early_features)
+    return predict_low_res_slots(
+        params, image_embedding, points, labels, mask_input, has_mask, fewer, hq_features=hq_features
+    )
+
+
+@jax.jit
+def _compute_hq_features(params: SamParams, image_embedding: jax.Array, early_features: jax.Array) -> jax.Array:
+    return mask_decoder_hq_features(params, image_embedding[None], early_features[None])
+
+
+def _hq_features(params: SamParams, embedding: ImageEmbedding) -> jax.Array | None:
+    """A SAM-HQ model's HQ features of the image (None for SAM's), computed at its first
+    decode and kept on the embedding: they depend on the image only, and cost as much as
+    decoding a few prompts."""
+    if not params.config.hq or embedding.early_features is None:
+        return None
+    kept = getattr(embedding, "_hq_features", None)
+    if kept is None or kept[0] is not params.weights["mask_decoder"]:
+        features = _compute_hq_features(params, embedding.image_embedding, embedding.early_features)
+        kept = (params.weights["mask_decoder"], features)
+        object.__setattr__(embedding, "_hq_features", kept)
+    return kept[1]
 
 
 @functools.partial(
@@ -451,8 +473,8 @@ def _decode_in_input_frame(
             np.zeros((1, 1, cfg.low_res_mask_size, cfg.low_res_mask_size), np.float32),
             np.zeros(1, np.float32),
         )
-    early = embedding.early_features if cfg.hq else None
-    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, early)
+    hq = _hq_features(params, embedding)
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, hq)
     return _postprocess(
         low_res,
         scores,

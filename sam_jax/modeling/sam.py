@@ -340,6 +340,7 @@ def predict_low_res_slots(
     has_mask: jax.Array | None,
     fewer_slots: tuple[int, ...] = (),
     early_features: jax.Array | None = None,
+    hq_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Prompts in a static layout (one program serves many prompt kinds) -> every mask
     token's low-res logits and IoU prediction; the caller picks the outputs it needs.
@@ -356,7 +357,9 @@ def predict_low_res_slots(
             used slots fit in: the cross-attention's cost grows with the token count, so a
             short prompt does not pay for the layout's empty slots, and still no second
             program is compiled (each k adds a copy of the transformer to compile).
-        early_features: (E, E, D) the image's early features, for a SAM-HQ model.
+        early_features: (E, E, D) the image's early features, for a SAM-HQ model; or
+            hq_features: what `mask_decoder_hq_features` made of them, (1, E, E, ...), when
+            the caller keeps that per image (it costs as much as a few prompts' decode).
     Returns:
         low_res_logits (B, num_mask_tokens, 4E, 4E), iou_predictions (B, num_mask_tokens):
         token 0 is the single-mask output, 1.. the multimask ones; a SAM-HQ model's HQ
@@ -380,8 +383,9 @@ def predict_low_res_slots(
     else:
         tokens, src, iou_pred = run(sizes[0])
     if params.config.hq:
-        if early_features is None:
-            raise ValueError("a SAM-HQ decoder needs the encoder's early features")
-        hq = apply(decoder, weights, image_embedding[None], early_features[None], method="hq_features")
-        return apply(decoder, weights, tokens, src, None, hq, method="predict_masks"), iou_pred
+        if hq_features is None:
+            if early_features is None:
+                raise ValueError("a SAM-HQ decoder needs the encoder's early features")
+            hq_features = apply(decoder, weights, image_embedding[None], early_features[None], method="hq_features")
+        return apply(decoder, weights, tokens, src, None, hq_features, method="predict_masks"), iou_pred
     return apply(decoder, weights, tokens, src, None, method="predict_masks"), iou_pred
