@@ -187,6 +187,9 @@ def test_small_hq_model_through_forward_automatic_masks_and_embeddings(hq_small,
 
     scene = np.ascontiguousarray(SyntheticShapes(size=256, length=3, seed=4242)[2].image[:, 24:224])
     options = {**RANDOM_RELAXED, "crop_n_layers": 1, "output_mode": "coco_rle"}
+    single = HQGenerator(ref, **options).generate(scene, multimask_output=False)
+    ours_single = sam_jax.SamAutomaticMaskGenerator(params, **options).generate(scene, multimask_output=False)
+    assert_same_records(single, ours_single, "coco_rle")
     figures = assert_same_records(
         HQGenerator(ref, **options).generate(scene), sam_jax.generate_masks(params, scene, **options), "coco_rle"
     )

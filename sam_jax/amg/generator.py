@@ -40,6 +40,7 @@ def _process_crop(
     crop_box: list[int],
     points01: np.ndarray,
     opts: AmgOptions,
+    multimask_output: bool = True,
 ) -> dict[str, Any]:
     """Masks of one crop that survive the thresholds, the edge filter and box NMS.
 
@@ -56,7 +57,7 @@ def _process_crop(
 
     points = points01 * np.asarray(crop_size)[None, ::-1]  # (x, y) in crop pixels, float64
     batch = opts.points_per_batch
-    n_masks = scoring.candidates_per_prompt(cfg)
+    n_masks = scoring.candidates_per_prompt(cfg, multimask_output)
     hq = None
     if cfg.hq:
         assert embedding.early_features is not None  # `encode` returns them for an HQ model
@@ -70,7 +71,9 @@ def _process_crop(
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
         padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size, params.config.coordinate_scale)
-        tokens, src, every_iou, iou_preds = scoring.decode_tokens(params, embedding.image_embedding, padded)
+        tokens, src, every_iou, iou_preds = scoring.decode_tokens(
+            params, embedding.image_embedding, padded, multimask_output
+        )
         iou_np = np.asarray(iou_preds)[: len(chunk)].reshape(-1)
         point_rows = np.repeat(chunk, n_masks, axis=0)
         keep = iou_np > opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones(iou_np.shape, bool)
@@ -81,7 +84,7 @@ def _process_crop(
         prompts, slot = np.unique(rows // n_masks, return_inverse=True)
         every = len(prompts) == batch
         rows_of = None if every else scoring.padded_rows(prompts, batch)
-        low_res = scoring.predict_masks(params, tokens, src, rows_of, every_iou, hq)
+        low_res = scoring.predict_masks(params, tokens, src, rows_of, every_iou, hq, multimask_output)
         picked = slot * n_masks + rows % n_masks  # the kept candidates' rows in `low_res`
         as_levels = low_res.shape[-1] >= transforms.GATHER_MIN_LOW_RES
         upsampled = scoring.upsample_and_score(
@@ -164,9 +167,13 @@ def _remove_small_regions(data: dict[str, Any], min_area: int, nms_thresh: float
 # ----------------------------------------------------------------------------- API
 
 
-def generate(params: SamParams, image: np.ndarray, opts: AmgOptions) -> list[dict[str, Any]]:
+def generate(
+    params: SamParams, image: np.ndarray, opts: AmgOptions, multimask_output: bool = True
+) -> list[dict[str, Any]]:
     """`generate_masks` with checked arguments: an (H, W, 3) uint8 image and `AmgOptions`
-    (for callers that check once and run many images, as the batch job does)."""
+    (for callers that check once and run many images, as the batch job does).
+    `multimask_output=False` takes each point's single-mask output (`segment_anything_hq`'s
+    generator has the switch; SAM's always takes the multimask outputs)."""
     orig_size = image.shape[:2]
     cfg = params.config
     opts.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
@@ -179,7 +186,7 @@ def generate(params: SamParams, image: np.ndarray, opts: AmgOptions) -> list[dic
     crop_boxes, layer_idxs = utils.generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
     grids = opts.layer_point_grids()
     crops = zip(crop_boxes, layer_idxs, strict=True)
-    parts = [_process_crop(params, image, box, grids[layer], opts) for box, layer in crops]
+    parts = [_process_crop(params, image, box, grids[layer], opts, multimask_output) for box, layer in crops]
     data = _concat(parts)
     if any(not part["rles"] for part in parts):
         # The reference makes an empty crop's boxes `torch.tensor([])`, a float tensor: joined

@@ -26,23 +26,25 @@ from sam_jax.modeling.sam import (
 from sam_jax.predictor import MASK_THRESHOLD
 
 
-def candidates_per_prompt(config: SamConfig) -> int:
-    """Masks each point prompt proposes: SAM's multimask outputs, or SAM-HQ's one."""
-    return 1 if config.hq else config.num_multimask_outputs
+def candidates_per_prompt(config: SamConfig, multimask_output: bool = True) -> int:
+    """Masks each point prompt proposes: SAM's multimask outputs (or its single one), SAM-HQ's one."""
+    return config.num_multimask_outputs if multimask_output and not config.hq else 1
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="multimask_output")
 def decode_tokens(
-    params: SamParams, image_embedding: jax.Array, points: jax.Array
+    params: SamParams, image_embedding: jax.Array, points: jax.Array, multimask_output: bool = True
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(B, 1, 2) foreground points on one (E, E, C) embedding -> the decoder's first stage:
     mask tokens, image tokens, every output's IoU (B, T), and the candidates' (B, M) (the
-    multimask outputs; SAM-HQ: the best of them, whose mask goes with its HQ mask)."""
+    multimask outputs or the single one; SAM-HQ: the best multimask output, whose mask goes
+    with its HQ mask, or the single one)."""
     labels = jnp.ones(points.shape[:2], jnp.int32)
     sparse, dense, dense_pe = prompt_encoder_forward(params, points, labels, None, None)
     tokens, src, iou_pred = mask_decoder_tokens(params, image_embedding[None], dense_pe, sparse, dense)
-    candidates = best_multimask_output(iou_pred)[1] if params.config.hq else select_outputs(iou_pred, True)
-    return tokens, src, iou_pred, candidates
+    if params.config.hq and multimask_output:
+        return tokens, src, iou_pred, best_multimask_output(iou_pred)[1]
+    return tokens, src, iou_pred, select_outputs(iou_pred, multimask_output)
 
 
 @jax.jit
@@ -52,7 +54,7 @@ def hq_features(params: SamParams, image_embedding: jax.Array, early_features: j
     return mask_decoder_hq_features(params, image_embedding[None], early_features[None])
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="multimask_output")
 def predict_masks(
     params: SamParams,
     tokens: jax.Array,
@@ -60,6 +62,7 @@ def predict_masks(
     prompts: jax.Array | None,
     iou_pred: jax.Array,
     hq: jax.Array | None = None,
+    multimask_output: bool = True,
 ) -> jax.Array:
     """The decoder's second stage for the prompts at rows `prompts` (None: all, without
     copying the image tokens) -> (P, M, L, L) the candidates' logits (SAM-HQ: the best
@@ -69,9 +72,9 @@ def predict_masks(
         tokens, src = jnp.take(tokens, prompts, axis=0), jnp.take(src, prompts, axis=0)
         iou_pred = jnp.take(iou_pred, prompts, axis=0)
     if not params.config.hq:
-        return mask_decoder_masks(params, tokens, src, True)
+        return mask_decoder_masks(params, tokens, src, multimask_output)
     every = mask_decoder_masks(params, tokens, src, None, hq)
-    return select_masks(every, iou_pred, True, hq=True)[0]
+    return select_masks(every, iou_pred, multimask_output, hq=True)[0]
 
 
 def pixel_count(masks: jax.Array) -> jax.Array:

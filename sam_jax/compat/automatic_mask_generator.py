@@ -39,6 +39,9 @@ class SamAutomaticMaskGenerator:
         self.params = model.params if isinstance(model, Sam) else model
         self.predictor = SamPredictor(model)
 
-    def generate(self, image: Any) -> list[dict[str, Any]]:
-        """See `sam_jax.generate_masks`."""
-        return generate(self.params, check_image(image), self.options)
+    def generate(self, image: Any, multimask_output: bool = True) -> list[dict[str, Any]]:
+        """See `sam_jax.generate_masks`. `multimask_output=False` (an argument of
+        `segment_anything_hq`'s generator) takes each point's single-mask output."""
+        if not isinstance(multimask_output, bool):
+            raise TypeError(f"multimask_output must be True or False, got {multimask_output!r}")
+        return generate(self.params, check_image(image), self.options, multimask_output)
