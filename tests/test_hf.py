@@ -1,14 +1,17 @@
 """Hugging Face `transformers` SAM checkpoints: parity with the installed `transformers`
-`SamModel`, bit-exact round trips, every source form, and one-line refusals."""
+`SamModel` and `SamHQModel`, bit-exact round trips, every source form, and one-line refusals."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,13 @@ import torch
 from conftest import assert_parity, rel_err
 from safetensors.numpy import load_file, save_file
 from transformers import SamConfig as HFSamConfig
+from transformers import SamHQConfig as HFSamHQConfig
 from transformers import (
+    SamHQMaskDecoderConfig,
+    SamHQModel,
+    SamHQProcessor,
+    SamHQPromptEncoderConfig,
+    SamHQVisionConfig,
     SamImageProcessor,
     SamMaskDecoderConfig,
     SamModel,
@@ -28,6 +37,7 @@ from transformers import (
 
 import sam_jax
 from sam_jax.cli.convert import main
+from sam_jax.compat.registry import build_sam
 from sam_jax.config import PIXEL_MEAN, PIXEL_STD
 from sam_jax.formats import hf
 from sam_jax.formats.reference import describe
@@ -60,15 +70,29 @@ CASES = {
 }
 # Two prompt kinds per case (each decoder signature compiles once per model: ~4 s here).
 CASE_PROMPTS = {"eps=1e-6": ("points", "point+mask"), "eps=1e-5": ("box", "points+box"), "pruned": ("points", "box")}
+# SAM-HQ: the same small model with two global blocks, so that the early features (the first
+# one's output, what SAM-HQ reads) differ from the last one's; `vit_dim` is the encoder's width.
+HQ_VISION = {**VISION, "global_attn_indexes": [1, 2]}
+HQ_DECODER = {**DECODER, "vit_dim": VISION["hidden_size"]}
+# SAM-HQ's convolutions whose outputs go through a LayerNorm2d (eps 1e-6 in both implementations).
+HQ_NORMED_CONVS = ("compress_vit_conv1", "encoder_conv1", "mask_conv1")
 
 
-def quiet_decoder_(model: SamModel) -> SamModel:
+def quiet_decoder_(model: SamModel | SamHQModel) -> SamModel | SamHQModel:
     """Scales down the inputs of two decoder LayerNorms (a block's and the final one) so
     their epsilon shows: with these, a wrong epsilon moves the logits by ~1e-1 (1e-6 for the
-    right one), far outside the tolerances, where at unit scale it moved them by ~6e-6."""
+    right one), far outside the tolerances, where at unit scale it moved them by ~6e-6.
+    In a SAM-HQ decoder, the inputs of its own three LayerNorm2d's too: 1e-5 for their 1e-6
+    then moves the HQ mask's logits by ~2e-1 (~8e-5 at unit scale, within the tolerances)."""
     t = model.mask_decoder.transformer
+    hq = [getattr(model.mask_decoder, name) for name in HQ_NORMED_CONVS if hasattr(model.mask_decoder, name)]
     with torch.no_grad():
-        for module in (t.layers[0].self_attn.out_proj, t.layers[-1].layer_norm3, t.final_attn_token_to_image.out_proj):
+        for module in (
+            t.layers[0].self_attn.out_proj,
+            t.layers[-1].layer_norm3,
+            t.final_attn_token_to_image.out_proj,
+            *hq,
+        ):
             module.weight.mul_(0.01)
             module.bias.mul_(0.01)
     return model
@@ -117,9 +141,9 @@ def prompts(s: int, low: int) -> dict[str, dict]:
     }
 
 
-def hf_forward(model: SamModel, pixels: torch.Tensor, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """transformers' SamModel on one image and one prompt -> (embedding NHWC, iou (M,), logits (M, L, L))."""
-    kw: dict = {"multimask_output": p["multimask_output"]}
+def hf_prompt(p: dict) -> dict:
+    """One prompt of `prompts` as transformers' SamModel / SamHQModel keywords (one image, one prompt)."""
+    kw: dict = {}
     if "points" in p:
         kw["input_points"] = torch.from_numpy(p["points"])[None, None]
         kw["input_labels"] = torch.from_numpy(p["labels"])[None, None]
@@ -127,9 +151,14 @@ def hf_forward(model: SamModel, pixels: torch.Tensor, p: dict) -> tuple[np.ndarr
         kw["input_boxes"] = torch.from_numpy(p["box"])[None, None]
     if "mask_input" in p:
         kw["input_masks"] = torch.from_numpy(p["mask_input"])[None]
+    return kw
+
+
+def hf_forward(model: SamModel, pixels: torch.Tensor, p: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """transformers' SamModel on one image and one prompt -> (embedding NHWC, iou (M,), logits (M, L, L))."""
     with torch.no_grad():
         embedding = model.get_image_embeddings(pixels)
-        out = model(image_embeddings=embedding, **kw)
+        out = model(image_embeddings=embedding, multimask_output=p["multimask_output"], **hf_prompt(p))
     return embedding[0].permute(1, 2, 0).numpy(), out.iou_scores[0, 0].numpy(), out.pred_masks[0, 0].numpy()
 
 
@@ -182,6 +211,159 @@ def test_round_trip_hf_to_sam_jax_to_hf_is_bit_exact(folders, tmp_path, capsys):
     assert sam_jax.load(tmp_path / "back").config == sam_jax.load(tmp_path / "jax").config
 
 
+def hq_model(seed: int = 0) -> SamHQModel:
+    """A transformers `SamHQModel` of the small config, every tensor randomised."""
+    config = HFSamHQConfig(vision_config=HQ_VISION, prompt_encoder_config=PROMPT, mask_decoder_config=HQ_DECODER)
+    return quiet_decoder_(randomize_(SamHQModel(config).eval(), seed))
+
+
+@pytest.fixture(scope="module")
+def hq_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[SamHQModel, Path]:
+    """The SAM-HQ model and its `save_pretrained` folder."""
+    model = hq_model(seed=7)
+    folder = tmp_path_factory.mktemp("hf") / "sam_hq"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+# transformers' SamHQMaskDecoder (as installed) binds its two-way transformer's output image
+# tokens to a name it then overwrites, and upscales the transformer's *input* (the image
+# embedding plus the dense prompt, its height and width swapped) into the masks' features,
+# where segment_anything_hq (and transformers' own SamMaskDecoder) upscale the output. The
+# checkpoints are segment_anything_hq's weights, which sam_jax runs as segment_anything_hq
+# does; the masks are compared with SamHQModel's decoder with that one line as SamModel's.
+SAM_HQ_DEVIATION = (
+    "point_embedding, iou_token_out = self.transformer(",
+    "point_embedding, image_embeddings = self.transformer(",
+)
+
+
+def correct_sam_hq_decoder(monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Patches `SamHQMaskDecoder.forward` to upscale the transformer's output image tokens
+    (`SAM_HQ_DEVIATION`) for the rest of the test.
+
+    Returns:
+        Whether the installed transformers had the deviation (False: nothing patched).
+    """
+    import transformers.models.sam_hq.modeling_sam_hq as module
+
+    source = textwrap.dedent(inspect.getsource(module.SamHQMaskDecoder.forward))
+    if SAM_HQ_DEVIATION[0] not in source:
+        return False
+    namespace: dict = {}
+    exec(compile(source.replace(*SAM_HQ_DEVIATION), module.__file__, "exec"), vars(module), namespace)
+    monkeypatch.setattr(module.SamHQMaskDecoder, "forward", namespace["forward"])
+    return True
+
+
+def hf_hq_decode(
+    model: SamHQModel, embeddings: tuple, p: dict, multimask_output: bool, hq_token_only: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """transformers' SamHQModel on `get_image_embeddings`' output and one prompt -> (iou (M,), logits (M, L, L))."""
+    embedding, intermediate = embeddings
+    with torch.no_grad():
+        out = model(
+            image_embeddings=embedding,
+            intermediate_embeddings=intermediate,
+            multimask_output=multimask_output,
+            hq_token_only=hq_token_only,
+            **hf_prompt(p),
+        )
+    return out.iou_scores[0, 0].numpy(), out.pred_masks[0, 0].numpy()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread during the test: on a small model, its thread pool contending with
+    JAX's for the cores costs far more than the parallelism saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_hq_parity_with_transformers(hq_folder, monkeypatch, one_torch_thread):
+    """A SamHQModel folder loads as a SAM-HQ model that computes what SamHQModel does: the
+    embedding, the early features (the first global block's output) and, for points and a
+    box, every combination of multimask_output and hq_token_only (the masks with
+    `SAM_HQ_DEVIATION` corrected; as installed, the same IoU predictions and other masks)."""
+    model, folder = hq_folder
+    params = sam_jax.load(folder)
+    c = params.config
+    assert c.hq and c.decoder_layer_norm_eps == 1e-6 and c.image_encoder.early_block == 1
+    s, low = c.image_size, c.low_res_mask_size
+    image = make_image(s, s * 3 // 4, seed=3)  # longest side at the model's size: no resizing on either side
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(pixel_values(image, s))
+    assert len(embeddings[1]) == 2  # one per global block; SamHQModel reads the first
+    embedding = sam_jax.encode(params, image)
+    deviates = correct_sam_hq_decoder(monkeypatch)
+    figures = {
+        "embedding": rel_err(embedding.image_embedding, embeddings[0][0].permute(1, 2, 0).numpy()),
+        "early": rel_err(embedding.early_features, embeddings[1][0][0].numpy()),
+    }
+    assert figures["embedding"] < 1e-3 and figures["early"] < 1e-3, figures
+    expected = {}
+    for name in ("points", "box"):
+        p = prompts(s, low)[name]
+        kw = {k: p[k] for k in ("points", "labels", "box") if k in p}
+        for multimask in (True, False):
+            for hq_only in (False, True):
+                hf_iou, hf_low = hf_hq_decode(model, embeddings, p, multimask, hq_only)
+                # SamHQModel returns SAM's multimask outputs sorted by predicted IoU, each plus
+                # the HQ mask (the HQ mask once with hq_token_only); segment_anything_hq and
+                # sam_jax return the best one: transformers' first.
+                assert (len(hf_iou), len(hf_low)) == ((3 if multimask else 1), (3 if multimask and not hq_only else 1))
+                expected[name, multimask, hq_only] = hf_iou, hf_low
+                hf_iou, hf_low = hf_iou[:1], hf_low[:1]
+                _, iou, low_res = sam_jax.decode(
+                    params, embedding, multimask_output=multimask, hq_token_only=hq_only, **kw
+                )
+                what = f"{name} multimask={multimask} hq_token_only={hq_only}"
+                figures[what] = assert_parity(
+                    (hf_low > 0, hf_iou, hf_low), (np.asarray(low_res) > 0, iou, low_res), what
+                )
+    monkeypatch.undo()  # transformers as installed: the same IoU predictions, masks far off
+    if deviates:
+        for (name, multimask, hq_only), (hf_iou, hf_low) in expected.items():
+            installed_iou, installed_low = hf_hq_decode(model, embeddings, prompts(s, low)[name], multimask, hq_only)
+            np.testing.assert_array_equal(installed_iou, hf_iou)
+            figures[f"installed {name} multimask={multimask} hq_token_only={hq_only}"] = err = rel_err(
+                installed_low, hf_low
+            )
+            assert err > 1e-1, figures
+    print(figures)
+
+
+def test_hq_round_trip_hf_to_sam_jax_to_hf_is_bit_exact(hq_folder, tmp_path):
+    """SamHQModel folder -> `sam-jax convert` -> `--to-hf` -> a SamHQModel folder with every
+    tensor equal, that `SamHQModel.from_pretrained` loads strictly, with the same config."""
+    model, folder = hq_folder
+    assert main([str(folder), str(tmp_path / "jax")]) == 0
+    assert main(["--to-hf", str(tmp_path / "jax"), str(tmp_path / "back")]) == 0
+    original, back = load_file(folder / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert set(back) == set(original) == set(model.state_dict()) - {hf.TIED_PE}
+    for key, value in original.items():
+        assert back[key].dtype == np.float32 and back[key].shape == value.shape, key
+        assert np.array_equal(back[key], value), key  # bit for bit
+    loaded, info = SamHQModel.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert {k: list(v) for k, v in info.items() if v} == {}, info
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    ignore = {"transformers_version", "_name_or_path"}
+    a, b = (HFSamHQConfig.from_pretrained(f).to_dict() for f in (folder, tmp_path / "back"))
+    assert {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+    assert isinstance(SamHQProcessor.from_pretrained(tmp_path / "back"), SamHQProcessor)
+    params = sam_jax.load(tmp_path / "jax")
+    assert sam_jax.load(tmp_path / "back").config == params.config and params.config.hq
+    # The other entry points: the compat registry, and a bare tensor file (architecture from shapes).
+    assert_same_weights(build_sam(params.config, folder).params, params)
+    (tmp_path / "bare").mkdir()
+    shutil.copy(folder / "model.safetensors", tmp_path / "bare" / "sam_hq.safetensors")
+    with pytest.warns(UserWarning, match="inferred from tensor shapes"):
+        assert_same_weights(sam_jax.load(tmp_path / "bare" / "sam_hq.safetensors"), params)
+
+
 def test_export_loads_in_transformers_strictly_and_computes_the_same(small, tmp_path):
     """A reference-converted checkpoint (decoder eps 1e-5) as a transformers folder: loaded by
     `SamModel.from_pretrained` with nothing missing, unexpected or mis-shaped, preprocessed
@@ -205,18 +387,23 @@ def test_export_loads_in_transformers_strictly_and_computes_the_same(small, tmp_
     print("export", figures)
 
 
-def test_vit_b_names_and_shapes_map_one_to_one():
-    """transformers' default SamModel (vit_b sizes), built on the meta device: 315 tensors,
-    314 of which are the reference's under new names plus the tied duplicate."""
-    config = HFSamConfig()
+@pytest.mark.parametrize(
+    "config_class,model_class,name,count",
+    [(HFSamConfig, SamModel, "vit_b", 315), (HFSamHQConfig, SamHQModel, "sam_hq_vit_b", 340)],
+)
+def test_vit_b_names_and_shapes_map_one_to_one(config_class, model_class, name, count):
+    """transformers' default SamModel and SamHQModel (vit_b sizes), built on the meta device:
+    315 (340) tensors, all but one of which are the reference's (`segment_anything_hq`'s)
+    under new names, plus the tied duplicate."""
+    config = config_class()
     with torch.device("meta"):
-        model = SamModel(config)
+        model = model_class(config)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     ours = hf.config_from_hf(config.to_dict(), "config.json")
-    assert ours == sam_jax.get_config("vit_b", decoder_layer_norm_eps=1e-6)
-    assert describe(ours) == "vit_b (decoder LayerNorm eps 1e-06)"
+    assert ours == sam_jax.get_config(name, decoder_layer_norm_eps=1e-6)
+    assert describe(ours) == f"{name} (decoder LayerNorm eps 1e-06)"
     mapped = hf.hf_key_map(ours)
-    assert (len(shapes), len(mapped)) == (315, 314)
+    assert (len(shapes), len(mapped)) == (count, count - 1)
     assert set(shapes) - set(mapped) == {hf.TIED_PE}
     assert {k: shape for k, (_, shape) in mapped.items()} == {k: v for k, v in shapes.items() if k != hf.TIED_PE}
     bare = hf.reference_state_dict({k: np.broadcast_to(np.float32(0), v) for k, v in shapes.items()})
@@ -224,17 +411,22 @@ def test_vit_b_names_and_shapes_map_one_to_one():
 
 
 def test_defaults_are_transformers_defaults():
-    for name, cls in (
-        ("vision_config", SamVisionConfig),
-        ("prompt_encoder_config", SamPromptEncoderConfig),
-        ("mask_decoder_config", SamMaskDecoderConfig),
+    for model_type, name, cls in (
+        ("sam", "vision_config", SamVisionConfig),
+        ("sam", "prompt_encoder_config", SamPromptEncoderConfig),
+        ("sam", "mask_decoder_config", SamMaskDecoderConfig),
+        ("sam_hq", "vision_config", SamHQVisionConfig),
+        ("sam_hq", "prompt_encoder_config", SamHQPromptEncoderConfig),
+        ("sam_hq", "mask_decoder_config", SamHQMaskDecoderConfig),
     ):
         installed = cls().to_dict()
-        for key, value in hf.HF_DEFAULTS[name].items():
+        family = hf.FAMILIES[model_type]
+        assert installed["model_type"] == family.sub_model_types[name]
+        for key, value in family.defaults(name).items():
             if (name, key) == ("vision_config", "mlp_dim"):  # None resolves to hidden_size * mlp_ratio in __post_init__
                 assert installed[key] == 3072
                 continue
-            assert installed[key] == (tuple(value) if isinstance(installed[key], tuple) else value), (name, key)
+            assert installed[key] == (tuple(value) if isinstance(installed[key], tuple) else value), (cls, key)
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +503,7 @@ def test_runtime_reads_hf_without_torch_or_transformers(folders):
 
 
 def edited_folder(folder: Path, tmp_path: Path, how: str) -> Path:
-    """A copy of a transformers folder with one defect."""
+    """A copy of a transformers folder with one defect (those named hq-* of a SAM-HQ folder)."""
     bad = tmp_path / how
     shutil.copytree(folder, bad)
     tensors = load_file(folder / "model.safetensors")
@@ -328,8 +520,13 @@ def edited_folder(folder: Path, tmp_path: Path, how: str) -> Path:
         config["mask_decoder_config"]["hidden_act"] = "gelu"
     elif how == "downsample":
         config["mask_decoder_config"]["attention_downsample_rate"] = 4
-    elif how == "sam_hq":
+    elif how == "sam_hq":  # a SamModel's tensors under a SamHQModel config
         config["model_type"] = "sam_hq"
+        config["mask_decoder_config"]["vit_dim"] = config["vision_config"]["hidden_size"]
+    elif how == "hq-vit_dim":
+        config["mask_decoder_config"]["vit_dim"] = 32
+    elif how == "hq-no-global":  # SamHQModel would run it without the early features
+        config["vision_config"]["global_attn_indexes"] = []
     elif how == "vit":
         config = {"model_type": "vit", "architectures": ["ViTModel"], "hidden_size": 768}
     save_file(tensors, str(bad / "model.safetensors"), metadata={"format": "pt"})
@@ -346,12 +543,23 @@ def edited_folder(folder: Path, tmp_path: Path, how: str) -> Path:
         ("tied-differs", "differs from 'shared_image_embedding.positional_embedding'"),
         ("activation", "mask_decoder_config.hidden_act is 'gelu'"),
         ("downsample", "mask_decoder_config.attention_downsample_rate is 4"),
-        ("sam_hq", "SAM-HQ"),
-        ("vit", "model_type 'vit', expected 'sam'; no vision_config, prompt_encoder_config, mask_decoder_config"),
+        (
+            "sam_hq",
+            "missing tensor 'mask_decoder.compress_vit_conv1.bias' (needed for a custom (embed 64, depth 3, "
+            "image 64, HQ decoder) model)",
+        ),
+        ("hq-vit_dim", "mask_decoder_config.vit_dim (32) differs from vision_config.hidden_size (64)"),
+        ("hq-no-global", "a SAM-HQ decoder needs the encoder's early features, but it has no global-attention block"),
+        (
+            "vit",
+            "config (model_type 'vit', expected 'sam' or 'sam_hq'; "
+            "no vision_config, prompt_encoder_config, mask_decoder_config)",
+        ),
     ],
 )
-def test_refusals_name_the_problem_in_one_line_and_write_nothing(folders, tmp_path, capsys, how, needle):
-    bad = edited_folder(folders["eps=1e-6"][1], tmp_path, how)
+def test_refusals_name_the_problem_in_one_line_and_write_nothing(folders, hq_folder, tmp_path, capsys, how, needle):
+    source = hq_folder[1] if how.startswith("hq-") else folders["eps=1e-6"][1]
+    bad = edited_folder(source, tmp_path, how)
     out = tmp_path / "out"
     assert main([str(bad), str(out)]) == 1
     err = capsys.readouterr().err.strip()

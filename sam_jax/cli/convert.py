@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from sam_jax.cli.args import OneLineParser, int_at_least
 from sam_jax.conversion import convert_checkpoint, export_hf_checkpoint, export_torch
+from sam_jax.formats.hf import CONFIG_FILE
 from sam_jax.formats.reference import MODEL_TYPES, ConversionError, describe
 from sam_jax.io import OutputExistsError
 
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.output}: {len(state_dict)} tensors")
         elif args.to_hf:
             tensors = export_hf_checkpoint(args.source, args.output, overwrite=args.overwrite)
-            print(f"wrote {args.output}: transformers SamModel, {len(tensors)} tensors")
+            # SamModel or SamHQModel, as the written config.json names it
+            architecture = json.loads((Path(args.output) / CONFIG_FILE).read_text())["architectures"][0]
+            print(f"wrote {args.output}: transformers {architecture}, {len(tensors)} tensors")
         else:
             notes: list[str] = []
             params = convert_checkpoint(

@@ -1,4 +1,4 @@
-"""Hugging Face `transformers` SAM checkpoints (`SamModel`) <-> sam_jax.
+"""Hugging Face `transformers` SAM checkpoints (`SamModel`, `SamHQModel`) <-> sam_jax.
 
 Numpy and json only: safetensors files are read and written with `safetensors.numpy`,
 so torch is imported only to read an HF-keyed `pytorch_model.bin`.
@@ -8,11 +8,14 @@ shapes, same layouts (fused qkv, torch Linear/Conv/ConvTranspose kernels), so th
 is a table of renames (`RENAMES`) plus the feed-forward heads, whose first and last layers
 transformers calls `proj_in` / `proj_out`. `prompt_encoder.shared_embedding.positional_embedding`
 is tied to `shared_image_embedding.positional_embedding` (the reference has one tensor):
-a state_dict may hold it, equal; safetensors files leave it out.
+a state_dict may hold it, equal; safetensors files leave it out. `SamHQModel` holds the
+same tensors plus SAM-HQ's decoder additions (`segment_anything_hq`'s, renamed the same way).
 
-The architecture comes from `config.json` (`SamConfig`'s three sub-configs), pixel
-statistics from `preprocessor_config.json` when present; a bare tensor file gets its
-architecture from shapes (`reference.infer_config`).
+Which transformers class a folder holds is data (`FAMILIES`, by config.json's `model_type`):
+its names, the fields its config adds to `SamConfig`'s, and the sam_jax decoder it maps to.
+The architecture comes from `config.json` (three sub-configs), pixel statistics from
+`preprocessor_config.json` when present; a bare tensor file gets its architecture from
+shapes (`reference.infer_config`).
 """
 
 from __future__ import annotations
@@ -56,8 +59,6 @@ EXPORT_FILES = (CONFIG_FILE, SAFETENSORS_FILE, PREPROCESSOR_FILE)
 # safetensors metadata of the files `export_hf` writes ("format": "pt" is what transformers expects).
 EXPORT_METADATA = {"format": "pt", "written_by": "sam_jax"}
 
-HF_MODEL_TYPE = "sam"
-HF_ARCHITECTURE = "SamModel"
 SUB_CONFIGS = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
 SHARED_PE = "shared_image_embedding.positional_embedding"
 TIED_PE = "prompt_encoder.shared_embedding.positional_embedding"
@@ -91,13 +92,36 @@ RENAMES: tuple[tuple[str, str], ...] = (
     ("mask_decoder.iou_token.", "mask_decoder.iou_token."),
     ("mask_decoder.mask_tokens.", "mask_decoder.mask_tokens."),
     ("mask_decoder.transformer.", "mask_decoder.transformer."),
+    # SAM-HQ's decoder (`segment_anything_hq` names -> `SamHQMaskDecoder`'s).
+    ("mask_decoder.hf_token.", "mask_decoder.hq_token."),
+    ("mask_decoder.compress_vit_feat.0.", "mask_decoder.compress_vit_conv1."),
+    ("mask_decoder.compress_vit_feat.1.", "mask_decoder.compress_vit_norm."),
+    ("mask_decoder.compress_vit_feat.3.", "mask_decoder.compress_vit_conv2."),
+    ("mask_decoder.embedding_encoder.0.", "mask_decoder.encoder_conv1."),
+    ("mask_decoder.embedding_encoder.1.", "mask_decoder.encoder_norm."),
+    ("mask_decoder.embedding_encoder.3.", "mask_decoder.encoder_conv2."),
+    ("mask_decoder.embedding_maskfeature.0.", "mask_decoder.mask_conv1."),
+    ("mask_decoder.embedding_maskfeature.1.", "mask_decoder.mask_norm."),
+    ("mask_decoder.embedding_maskfeature.3.", "mask_decoder.mask_conv2."),
 )
 # The reference's `MLP` heads; transformers' `SamFeedForward` names their layers
-# proj_in, layers.0 .. layers.{depth - 3}, proj_out.
-_HEAD = r"mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head)"
-FEED_FORWARD = re.compile(rf"^({_HEAD})\.")
-_HF_FEED_FORWARD = re.compile(rf"^({_HEAD})\.(proj_in|proj_out|layers\.\d+)\.(.*)$")
-HYPERNETWORK_DEPTH = 3  # fixed in both implementations
+# proj_in, layers.0 .. layers.{depth - 3}, proj_out. Most keep their name; those below
+# (SAM-HQ's token's hypernetwork) are renamed too.
+HEAD_RENAMES = {"mask_decoder.hf_mlp": "mask_decoder.hq_mask_mlp"}
+_HEADS_BACK = {hf: ref for ref, hf in HEAD_RENAMES.items()}
+
+
+def _heads(renamed: Iterable[str]) -> str:
+    """A regex alternative of the head names: the shared ones and `renamed`."""
+    return "|".join(
+        [r"mask_decoder\.output_hypernetworks_mlps\.\d+", r"mask_decoder\.iou_prediction_head"]
+        + [re.escape(h) for h in renamed]
+    )
+
+
+FEED_FORWARD = re.compile(rf"^({_heads(HEAD_RENAMES)})\.")
+_HF_FEED_FORWARD = re.compile(rf"^({_heads(_HEADS_BACK)})\.(proj_in|proj_out|layers\.\d+)\.(.*)$")
+HYPERNETWORK_DEPTH = 3  # fixed in both implementations, SAM-HQ's head too
 
 # transformers' SamVisionConfig / SamPromptEncoderConfig / SamMaskDecoderConfig defaults:
 # a config.json may leave out any field at its default (tests check these against the
@@ -161,6 +185,88 @@ FIXED = {
 HF_DEFAULT_DECODER_EPS = HF_DEFAULTS["mask_decoder_config"]["layer_norm_eps"]
 
 
+@dataclasses.dataclass(frozen=True)
+class HFFamily:
+    """One transformers model class over SAM's tensors: what its files say, and what it
+    adds to `SamModel`'s config.
+
+    Attributes:
+        model_type: config.json's `model_type`.
+        architecture: the model class (config.json's `architectures`).
+        processor: the processor class (preprocessor_config.json's `processor_class`).
+        mask_decoder: `SamConfig.mask_decoder` of the models it holds.
+        sub_model_types: each sub-config's `model_type`, by `SUB_CONFIGS` name.
+        extra_defaults: the fields its sub-configs add to `HF_DEFAULTS`, with transformers'
+            defaults, by sub-config.
+        mirrors: fields its config carries twice: (sub-config, field) -> (sub-config, field)
+            it must equal, and why; written from the second, checked on reading.
+    """
+
+    model_type: str
+    architecture: str
+    processor: str
+    mask_decoder: str
+    sub_model_types: Mapping[str, str]
+    extra_defaults: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    mirrors: Mapping[tuple[str, str], tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+
+    def defaults(self, sub_config: str) -> dict[str, Any]:
+        """transformers' defaults of one of its sub-configs."""
+        return {**HF_DEFAULTS[sub_config], **self.extra_defaults.get(sub_config, {})}
+
+
+# By `model_type`, and one per `SamConfig.mask_decoder` (the family `export_hf` writes).
+FAMILIES: dict[str, HFFamily] = {
+    family.model_type: family
+    for family in (
+        HFFamily(
+            model_type="sam",
+            architecture="SamModel",
+            processor="SamProcessor",
+            mask_decoder="sam",
+            sub_model_types={
+                "vision_config": "sam_vision_model",
+                "prompt_encoder_config": "sam_prompt_encoder",
+                "mask_decoder_config": "sam_mask_decoder",
+            },
+        ),
+        # transformers' SamHQModel, `segment_anything_hq`'s model: its decoder reads the
+        # output of the first global-attention block (`intermediate_embeddings[0]`), as
+        # sam_jax's `ViTConfig.early_block`, whose width the config repeats as `vit_dim`.
+        HFFamily(
+            model_type="sam_hq",
+            architecture="SamHQModel",
+            processor="SamHQProcessor",
+            mask_decoder="hq",
+            sub_model_types={
+                "vision_config": "sam_hq_vision_model",
+                "prompt_encoder_config": "sam_hq_prompt_encoder",
+                "mask_decoder_config": "sam_hq_mask_decoder",
+            },
+            extra_defaults={"mask_decoder_config": {"vit_dim": 768}},
+            mirrors={
+                ("mask_decoder_config", "vit_dim"): (
+                    "vision_config",
+                    "hidden_size",
+                    "the decoder reads the encoder's early features, that wide",
+                )
+            },
+        ),
+    )
+}
+
+
+def family_of(config: SamConfig) -> HFFamily:
+    """The transformers model class that holds models of `config`'s decoder."""
+    return next(f for f in FAMILIES.values() if f.mask_decoder == config.mask_decoder)
+
+
+def family_named(hf_config: Mapping[str, Any]) -> HFFamily | None:
+    """The family a config.json's `model_type` names, or None (another model, or no name)."""
+    model_type = hf_config.get("model_type")
+    return FAMILIES.get(model_type) if isinstance(model_type, str) else None
+
+
 # ----------------------------------------------------------------------------- names
 
 
@@ -180,7 +286,8 @@ def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | N
 
 
 def hf_key(key: str, config: SamConfig) -> str:
-    """Reference state_dict key -> transformers `SamModel` key, for a model of `config`."""
+    """Reference state_dict key -> transformers key (`SamModel`'s, or `SamHQModel`'s for
+    SAM-HQ's tensors), for a model of `config`."""
     if m := FEED_FORWARD.match(key):
         depth = config.iou_head_depth if m.group(1).endswith("iou_prediction_head") else HYPERNETWORK_DEPTH
         inner = re.match(r"layers\.(\d+)\.(.*)$", key[m.end() :])
@@ -189,7 +296,7 @@ def hf_key(key: str, config: SamConfig) -> str:
         layer, rest = inner.groups()
         i = int(layer)
         name = "proj_in" if i == 0 else "proj_out" if i == depth - 1 else f"layers.{i - 1}"
-        return f"{m.group(1)}.{name}.{rest}"
+        return f"{HEAD_RENAMES.get(m.group(1), m.group(1))}.{name}.{rest}"
     renamed = _rename(key, _FORWARD)
     if renamed is None:
         raise ConversionError(f"no transformers name for tensor {key!r}")
@@ -228,7 +335,7 @@ def reference_state_dict(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndar
         if m := _HF_FEED_FORWARD.match(key):
             head, name, rest = m.groups()
             i = 0 if name == "proj_in" else depth.get(head, 2) - 1 if name == "proj_out" else int(name[7:]) + 1
-            out[f"{head}.layers.{i}.{rest}"] = value
+            out[f"{_HEADS_BACK.get(head, head)}.layers.{i}.{rest}"] = value
         else:
             out[_rename(key, _BACKWARD) or key] = value
     return out
@@ -258,39 +365,48 @@ def _int(sub: Mapping[str, Any], name: str, where: str, minimum: int = 1) -> int
 
 
 def config_from_hf(hf_config: Mapping[str, Any], source: str, processor: Mapping[str, Any] | None = None) -> SamConfig:
-    """`SamConfig` from a transformers `SamConfig` dict (config.json) and, optionally, the
-    image processor's dict (preprocessor_config.json) for the pixel statistics.
+    """`SamConfig` from a transformers `SamConfig` or `SamHQConfig` dict (config.json) and,
+    optionally, the image processor's dict (preprocessor_config.json) for the pixel statistics.
 
     Args:
-        hf_config: the parsed config.json; sub-config fields left out take transformers'
-            defaults (`HF_DEFAULTS`), as transformers does.
+        hf_config: the parsed config.json; its `model_type` picks the family (`FAMILIES`);
+            sub-config fields left out take transformers' defaults (`HFFamily.defaults`),
+            as transformers does.
         source: what to name in errors (the file).
         processor: the parsed image processor config, or None for the reference's statistics.
     Returns:
-        The sam_jax config, `decoder_layer_norm_eps` from `mask_decoder_config.layer_norm_eps`.
+        The sam_jax config, `decoder_layer_norm_eps` from `mask_decoder_config.layer_norm_eps`,
+        `mask_decoder` the family's.
     Raises:
         ConversionError naming `source` and the field when the dict is not a transformers
         SAM config, or describes a model sam_jax cannot run exactly.
     """
-    model_type = hf_config.get("model_type")
-    if model_type != HF_MODEL_TYPE:
-        if model_type == "sam_hq":
-            raise ConversionError(f"{source}: SAM-HQ (model_type 'sam_hq') is not supported, only SAM ('sam')")
+    family = family_named(hf_config)
+    if family is None:
+        model_type = hf_config.get("model_type")
         absent = [k for k in SUB_CONFIGS if not isinstance(hf_config.get(k), Mapping)]
         what = f"; no {', '.join(absent)}" if absent else ""
+        classes = " or ".join(f.architecture for f in FAMILIES.values())
+        types = " or ".join(repr(t) for t in FAMILIES)
         raise ConversionError(
-            f"{source}: not a transformers SamModel config (model_type {model_type!r}, expected 'sam'{what})"
+            f"{source}: not a transformers {classes} config (model_type {model_type!r}, expected {types}{what})"
         )
     subs = {}
     for name in SUB_CONFIGS:
         given = hf_config.get(name) or {}
         if not isinstance(given, Mapping):
             raise ConversionError(f"{source}: {name} must be an object, got {type(given).__name__}")
-        subs[name] = {**HF_DEFAULTS[name], **given}
+        subs[name] = {**family.defaults(name), **given}
     for (name, field), want in FIXED.items():
         got = subs[name][field]
         if got != want:
             raise ConversionError(f"{source}: {name}.{field} is {got!r}; sam_jax, as the reference, fixes {want!r}")
+    for (name, field), (other, other_field, why) in family.mirrors.items():
+        if subs[name][field] != subs[other][other_field]:
+            raise ConversionError(
+                f"{source}: {name}.{field} ({subs[name][field]!r}) differs from {other}.{other_field} "
+                f"({subs[other][other_field]!r}); {family.architecture} needs them equal ({why})"
+            )
     v, p, d = (subs[n] for n in SUB_CONFIGS)
     if d["attention_downsample_rate"] != 2:
         # transformers builds the blocks' cross attentions at rate 2 whatever the config says;
@@ -346,6 +462,7 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str, processor: Mapping
             iou_head_depth=_int(d, "iou_head_depth", where, minimum=2),
             iou_head_hidden_dim=_int(d, "iou_head_hidden_dim", where),
             decoder_layer_norm_eps=float(eps),
+            mask_decoder=family.mask_decoder,
             pixel_mean=mean,
             pixel_std=std,
         )
@@ -377,14 +494,18 @@ def pixel_stats_from_hf(processor: Mapping[str, Any], source: str) -> tuple[tupl
 
 
 def config_to_hf(config: SamConfig) -> dict[str, Any]:
-    """The transformers `SamConfig` dict (config.json) of a sam_jax config.
+    """The transformers config dict (config.json) of a sam_jax config: a `SamConfig`, or for
+    a SAM-HQ model a `SamHQConfig` (`family_of`).
 
     Raises:
         ConversionError: the model has no transformers equivalent (an IoU head of depth 1).
     """
+    family = family_of(config)
     vit = config.image_encoder
     if not isinstance(vit, ViTConfig):
-        raise ConversionError(f"a {type(vit).__name__} image encoder: transformers' SamModel holds SAM's ViT only")
+        raise ConversionError(
+            f"a {type(vit).__name__} image encoder: transformers' {family.architecture} holds SAM's ViT only"
+        )
     if config.iou_head_depth < 2:
         raise ConversionError(
             f"iou_head_depth {config.iou_head_depth}: transformers' SamFeedForward has at least 2 layers"
@@ -395,7 +516,7 @@ def config_to_hf(config: SamConfig) -> dict[str, Any]:
             "always downsample by 2"
         )
     vision = {
-        **HF_DEFAULTS["vision_config"],
+        **family.defaults("vision_config"),
         "hidden_size": vit.embed_dim,
         "output_channels": config.prompt_embed_dim,
         "num_hidden_layers": vit.depth,
@@ -411,19 +532,17 @@ def config_to_hf(config: SamConfig) -> dict[str, Any]:
         "global_attn_indexes": list(vit.global_attn_indexes),
         "num_pos_feats": config.prompt_embed_dim // 2,
         "scale": vit.embed_dim // 2,
-        "model_type": "sam_vision_model",
     }
     prompt = {
-        **HF_DEFAULTS["prompt_encoder_config"],
+        **family.defaults("prompt_encoder_config"),
         "hidden_size": config.prompt_embed_dim,
         "image_size": config.image_size,
         "patch_size": vit.patch_size,
         "image_embedding_size": config.embedding_size,
         "mask_input_channels": config.mask_in_chans,
-        "model_type": "sam_prompt_encoder",
     }
     decoder = {
-        **HF_DEFAULTS["mask_decoder_config"],
+        **family.defaults("mask_decoder_config"),
         "hidden_size": config.prompt_embed_dim,
         "mlp_dim": config.decoder_mlp_dim,
         "num_hidden_layers": config.decoder_depth,
@@ -433,23 +552,26 @@ def config_to_hf(config: SamConfig) -> dict[str, Any]:
         "iou_head_depth": config.iou_head_depth,
         "iou_head_hidden_dim": config.iou_head_hidden_dim,
         "layer_norm_eps": config.decoder_layer_norm_eps,
-        "model_type": "sam_mask_decoder",
     }
+    subs = {"vision_config": vision, "prompt_encoder_config": prompt, "mask_decoder_config": decoder}
+    for (name, field), (other, other_field, _) in family.mirrors.items():
+        subs[name][field] = subs[other][other_field]
+    for name, sub in subs.items():
+        sub["model_type"] = family.sub_model_types[name]
     return {
-        "architectures": [HF_ARCHITECTURE],
-        "model_type": HF_MODEL_TYPE,
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
         "dtype": "float32",
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
-        "vision_config": dict(sorted(vision.items())),
-        "prompt_encoder_config": dict(sorted(prompt.items())),
-        "mask_decoder_config": dict(sorted(decoder.items())),
+        **{name: dict(sorted(sub.items())) for name, sub in subs.items()},
     }
 
 
 def processor_to_hf(config: SamConfig) -> dict[str, Any]:
-    """The `SamProcessor` image processor dict (preprocessor_config.json) of a sam_jax config:
-    resize the longest side to the model's input, statistics in 0..1 units, pad to a square."""
+    """The `SamProcessor` (`SamHQProcessor`) image processor dict (preprocessor_config.json) of
+    a sam_jax config: resize the longest side to the model's input, statistics in 0..1 units,
+    pad to a square."""
     s, m = config.image_size, config.low_res_mask_size
     return {
         "do_convert_rgb": True,
@@ -463,7 +585,7 @@ def processor_to_hf(config: SamConfig) -> dict[str, Any]:
         "mask_pad_size": {"height": m, "width": m},
         "mask_size": {"longest_edge": m},
         "pad_size": {"height": s, "width": s},
-        "processor_class": "SamProcessor",
+        "processor_class": family_of(config).processor,
         "resample": 2,  # PIL bilinear, as the reference's ResizeLongestSide
         "rescale_factor": 1 / 255,
         "size": {"longest_edge": s},
@@ -610,7 +732,8 @@ def read_hf(
     decoder_num_heads: int | None = None,
     state_dict: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[SamParams, list[str]]:
-    """Reads a transformers SAM checkpoint into `SamParams` (numpy weights).
+    """Reads a transformers SAM checkpoint (`SamModel` or `SamHQModel`) into `SamParams`
+    (numpy weights).
 
     Args:
         source: a folder (config.json + model.safetensors / pytorch_model.bin, sharded or
@@ -636,7 +759,7 @@ def read_hf(
     folder = source if source.is_dir() else source.parent
     config_path = folder / CONFIG_FILE
     hf_config = _json(config_path) if config_path.is_file() else None
-    if hf_config is not None and not source.is_dir() and hf_config.get("model_type") != HF_MODEL_TYPE:
+    if hf_config is not None and not source.is_dir() and family_named(hf_config) is None:
         hf_config = None  # a file among other things: its own config is not beside it
     config = config_from_hf(hf_config, str(config_path), _processor_dict(folder)) if hf_config is not None else None
     files, needs_torch = tensor_files(source) if source.is_dir() else ([source], source.suffix != ".safetensors")
@@ -738,8 +861,9 @@ def _owned(out: Path) -> bool:
 def export_hf(
     params: SamParams, output_dir: str | os.PathLike[str], *, overwrite: bool = False
 ) -> dict[str, np.ndarray]:
-    """Writes `params` as a transformers `SamModel` folder, atomically: config.json,
-    model.safetensors (float32, without torch) and preprocessor_config.json (for `SamProcessor`).
+    """Writes `params` as a transformers `SamModel` folder (`SamHQModel` for a SAM-HQ model,
+    `family_of`), atomically: config.json, model.safetensors (float32, without torch) and
+    preprocessor_config.json (for `SamProcessor` / `SamHQProcessor`).
 
     Args:
         params: the model.
