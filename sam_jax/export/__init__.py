@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sam_jax.export.interface import (
+    DEFAULT_OPTIONS,
     FORMATS,
     HQ_INPUT_NAMES,
     INPUT_NAMES,
@@ -73,6 +74,7 @@ def export_decoder(params: SamParams, fmt: str = "onnx", options: AnyExportOptio
 
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "FORMATS",
     "HQ_INPUT_NAMES",
     "INPUT_NAMES",

@@ -121,7 +121,7 @@ class GraphBuilder:
     def conv(self, x: str, p: dict[str, Any], stride: int, padding: int = 0) -> str:
         """torch `Conv2d` of NCHW x from our (kh, kw, in, out) kernel."""
         kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # (kh, kw, in, out) -> OIHW
-        pads: dict[str, Any] = {"pads": [padding] * 4} if padding else {}
+        pads: dict[str, Any] = {"pads": [padding] * 4} if padding else {}  # at 0, the attribute's default
         return self.op("Conv", x, self.const(kernel), self.const(p["bias"]), strides=[stride, stride], **pads)
 
     def conv_transpose(self, x: str, p: dict[str, Any]) -> str:
