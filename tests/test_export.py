@@ -1,10 +1,12 @@
 """The decoder artifacts (`sam_jax.export`): our ONNX file and `jax.export` program against
 the reference's own ONNX export of the same weights and against our `decode`; the
-reference's ONNX notebook run on our file; `sam-jax export-decoder`."""
+reference's ONNX notebook run on our file; `sam-jax export-decoder`; a SAM-HQ model's
+against segment_anything_hq's `SamOnnxModel` and its ONNX export."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import subprocess
@@ -20,11 +22,23 @@ import pytest
 import torch
 from conftest import assert_parity
 from segment_anything.utils.onnx import SamOnnxModel
+from segment_anything_hq import SamPredictor as SamPredictorHQ
+from segment_anything_hq import modeling as hq_modeling
+from segment_anything_hq.utils.onnx import SamOnnxModel as SamOnnxModelHQ
 
 import sam_jax
 from sam_jax import cli, transforms
-from sam_jax.export import INPUT_NAMES, ExportOptions, export_decoder, reference_inputs
-from sam_jax.testing import SMALL, build_reference, make_image
+from sam_jax.config import SamConfig, ViTConfig
+from sam_jax.export import (
+    HQ_INPUT_NAMES,
+    INPUT_NAMES,
+    ExportOptions,
+    HQExportOptions,
+    export_decoder,
+    reference_inputs,
+    resolve_options,
+)
+from sam_jax.testing import SMALL, build_reference, make_image, randomize_, save_state_dict
 
 SIZE = (300, 410)
 OPTIONS = {
@@ -97,14 +111,19 @@ def prompt_cases(small) -> dict[str, dict]:
     }
 
 
-def onnx_inputs(small, emb, case: dict) -> dict[str, np.ndarray]:
-    """The notebook's construction: box corners as labels 2 and 3, else a padding point."""
+def notebook_prompt(case: dict, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The notebook's construction: box corners as labels 2 and 3, else a padding point;
+    coordinates in the model input frame."""
     pts, lab = np.asarray(case["points"]), np.asarray(case["labels"])
     if "box" in case:
         pts, lab = np.concatenate([pts, np.reshape(case["box"], (2, 2))]), np.concatenate([lab, [2, 3]])
     else:
         pts, lab = np.concatenate([pts, [[0.0, 0.0]]]), np.concatenate([lab, [-1]])
-    coords = transforms.apply_coords(pts, SIZE, small.params.config.image_size)
+    return transforms.apply_coords(pts, SIZE, image_size), lab
+
+
+def onnx_inputs(small, emb, case: dict) -> dict[str, np.ndarray]:
+    coords, lab = notebook_prompt(case, small.params.config.image_size)
     return reference_inputs(np.asarray(emb.image_embedding), coords, lab, case.get("mask"), SIZE)
 
 
@@ -349,3 +368,228 @@ def test_artifacts_on_a_64x64_grid():
         decoded = [np.asarray(x)[None] for x in sam_jax.decode(params, emb, pts, lab, return_logits=True)]
         for name, got in (("jax", from_program), ("onnx", from_onnx)):
             assert_parity(decoded, [np.asarray(x)[:, 1:] for x in got], f"{name} {n} points on 64x64")
+
+
+# ------------------------------------------------------------------ SAM-HQ
+
+HQ = dataclasses.replace(SMALL, mask_decoder="hq")
+HQ_OPTIONS = {
+    "sam+hq": HQExportOptions(),
+    "hq-token-only": HQExportOptions(hq_token_only=True),
+    "multimask, hq-token-only": HQExportOptions(hq_token_only=True, multimask_output=True),
+    "multimask+stability+metrics": HQExportOptions(
+        multimask_output=True, use_stability_score=True, return_extra_metrics=True
+    ),
+}
+TRIPLE = ("masks", "iou_predictions", "low_res_masks")
+
+
+def build_reference_hq(cfg: SamConfig) -> torch.nn.Module:
+    """segment_anything_hq's `Sam` for an HQ config, from its own classes as its
+    `build_sam._build_sam` (`MaskDecoderHQ` reads the encoder's width)."""
+    vit, e = cfg.image_encoder, cfg.embedding_size
+    assert isinstance(vit, ViTConfig) and cfg.hq
+    encoder = hq_modeling.ImageEncoderViT(
+        depth=vit.depth,
+        embed_dim=vit.embed_dim,
+        img_size=cfg.image_size,
+        mlp_ratio=vit.mlp_ratio,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=vit.num_heads,
+        patch_size=vit.patch_size,
+        qkv_bias=vit.qkv_bias,
+        use_abs_pos=vit.use_abs_pos,
+        use_rel_pos=vit.use_rel_pos,
+        global_attn_indexes=vit.global_attn_indexes,
+        window_size=vit.window_size,
+        out_chans=cfg.prompt_embed_dim,
+    )
+    prompt = hq_modeling.PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim,
+        image_embedding_size=(e, e),
+        input_image_size=(cfg.image_size, cfg.image_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
+    decoder = hq_modeling.MaskDecoderHQ(
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        transformer=hq_modeling.TwoWayTransformer(
+            depth=cfg.decoder_depth,
+            embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim,
+            num_heads=cfg.decoder_num_heads,
+            attention_downsample_rate=cfg.attention_downsample_rate,
+        ),
+        transformer_dim=cfg.prompt_embed_dim,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        vit_dim=vit.embed_dim,
+    )
+    return hq_modeling.Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
+
+
+@pytest.fixture(scope="module")
+def small_hq(tmp_path_factory):
+    """segment_anything_hq's model at the `small` size with every tensor randomised, its
+    official-format checkpoint, our params loaded from that file, and the reference encoder's
+    outputs for the test image (image embedding, its one intermediate embedding)."""
+    d = tmp_path_factory.mktemp("hq")
+    ref = randomize_(build_reference_hq(HQ), seed=5)
+    checkpoint = save_state_dict(ref, d / "sam_hq_small.pth")
+    params = sam_jax.load(checkpoint)
+    assert params.config == HQ
+    predictor = SamPredictorHQ(ref)
+    predictor.set_image(make_image(*SIZE, seed=9))
+    assert len(predictor.interm_features) == 1  # the one global-attention block
+    return types.SimpleNamespace(
+        ref=ref,
+        checkpoint=checkpoint,
+        params=params,
+        embedding=predictor.features[0].permute(1, 2, 0).numpy(),  # (E, E, C)
+        early=predictor.interm_features[0][0].numpy(),  # (E, E, D)
+    )
+
+
+def hq_inputs(small_hq, case: dict, size: tuple[int, int] = SIZE) -> dict[str, np.ndarray]:
+    """segment_anything_hq's ONNX inputs for a prompt, the reference encoder's outputs."""
+    coords, lab = notebook_prompt(case, HQ.image_size)
+    inputs = reference_inputs(small_hq.embedding, coords, lab, case.get("mask"), SIZE, early_features=small_hq.early)
+    assert tuple(inputs) == HQ_INPUT_NAMES
+    return {**inputs, "orig_im_size": np.asarray(size, np.float32)}
+
+
+def reference_hq(small_hq, options: HQExportOptions, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """segment_anything_hq's `SamOnnxModel` in torch, with the same options."""
+    module = SamOnnxModelHQ(small_hq.ref, **dataclasses.asdict(options))
+    outputs = module(**{k: torch.as_tensor(v) for k, v in inputs.items()})
+    return dict(zip(options.output_names(), (t.numpy() for t in outputs), strict=True))
+
+
+def assert_hq_parity(expected: dict, got: dict, what: str, areas_dtype: type = np.int64) -> None:
+    assert_parity([expected[k] for k in TRIPLE], [got[k] for k in TRIPLE], what)
+    if "areas" in expected:
+        np.testing.assert_allclose(got["stability_scores"], expected["stability_scores"], atol=1e-3)
+        assert expected["areas"].dtype == np.int64 and got["areas"].dtype == areas_dtype, what
+        np.testing.assert_allclose(got["areas"], expected["areas"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(HQ_OPTIONS))
+def test_hq_onnx_matches_segment_anything_hq(small_hq, name):
+    """Our ONNX file of a SAM-HQ model in onnxruntime against segment_anything_hq's
+    `SamOnnxModel` in torch: a click, clicks with a mask fed back, a box; the test size and
+    its portrait."""
+    options = HQ_OPTIONS[name]
+    session = onnxruntime.InferenceSession(export_decoder(small_hq.params, "onnx", options))
+    assert [i.name for i in session.get_inputs()] == list(HQ_INPUT_NAMES)
+    assert [o.name for o in session.get_outputs()] == list(options.output_names())
+    for case_name, case in prompt_cases(small_hq).items():
+        for size in (SIZE, SIZE[::-1]):
+            inputs = hq_inputs(small_hq, case, size)
+            got = dict(zip(options.output_names(), session.run(None, inputs), strict=True))
+            assert got["masks"].shape == (1, 1, *size) and got["low_res_masks"].shape == (1, 1, 64, 64)
+            assert_hq_parity(reference_hq(small_hq, options, inputs), got, f"{name} {case_name} {size}")
+
+
+def reference_hq_onnx(small_hq, path: Path) -> onnxruntime.InferenceSession:
+    """segment_anything_hq's `SamOnnxModel` exported as its `scripts/export_onnx_model.py`
+    does (opset 17, a dynamic number of points, default options; `interm_embeddings` holds
+    the encoder's intermediate embeddings, one for this model); the example size is the
+    test size (the trace fixes the padding crop to its aspect ratio: `reference_onnx`)."""
+    ref, e = small_hq.ref, HQ.embedding_size
+    dummy = {
+        "image_embeddings": torch.randn(1, HQ.prompt_embed_dim, e, e),
+        "interm_embeddings": torch.randn(1, 1, *small_hq.early.shape),
+        "point_coords": torch.randint(0, 256, (1, 5, 2)).float(),
+        "point_labels": torch.randint(0, 4, (1, 5)).float(),
+        "mask_input": torch.randn(1, 1, 4 * e, 4 * e),
+        "has_mask_input": torch.tensor([1.0]),
+        "orig_im_size": torch.tensor(SIZE, dtype=torch.float),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            SamOnnxModelHQ(ref),
+            tuple(dummy.values()),
+            str(path),
+            export_params=True,
+            opset_version=17,
+            do_constant_folding=True,
+            input_names=list(dummy),
+            output_names=list(TRIPLE),
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            dynamo=False,
+        )
+    return onnxruntime.InferenceSession(str(path))
+
+
+def test_hq_interface_matches_segment_anything_hq_export(small_hq, tmp_path):
+    """Our file has the inputs and outputs of segment_anything_hq's own ONNX export (names,
+    dtypes, fixed dimensions), computes what it computes, and takes any number of stacked
+    intermediate embeddings (the reference's export fixes it to the encoder's count)."""
+    ref = reference_hq_onnx(small_hq, tmp_path / "sam_hq_ref.onnx")
+    ours = onnxruntime.InferenceSession(export_decoder(small_hq.params, "onnx"))  # default: HQExportOptions()
+    for kind in ("get_inputs", "get_outputs"):
+        r_args, o_args = getattr(ref, kind)(), getattr(ours, kind)()
+        assert [(a.name, a.type) for a in o_args] == [(a.name, a.type) for a in r_args], kind
+        for r, o in zip(r_args, o_args, strict=True):
+            assert len(o.shape) == len(r.shape), (r.name, r.shape, o.shape)
+            fixed = [(i, d) for i, d in enumerate(r.shape) if isinstance(d, int)]
+            # Dimensions the reference fixes: ours equal, but for the intermediate count.
+            assert all(o.shape[i] == d for i, d in fixed if (r.name, i) != ("interm_embeddings", 0)), (r, o)
+    assert ours.get_inputs()[1].shape[0] == "num_interm"
+    case = prompt_cases(small_hq)["click + box"]
+    inputs = hq_inputs(small_hq, case)
+    got = ours.run(None, inputs)
+    assert_parity(ref.run(None, inputs), got, "vs segment_anything_hq's ONNX export")
+    rng = np.random.default_rng(0)
+    later = rng.normal(size=(2, *inputs["interm_embeddings"].shape[1:])).astype(np.float32)
+    stacked = {**inputs, "interm_embeddings": np.concatenate([inputs["interm_embeddings"], later])}
+    for a, b in zip(ours.run(None, stacked), got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hq_jax_program_matches_segment_anything_hq(small_hq):
+    """The `jax.export` program of a SAM-HQ model (segment_anything_hq's inputs, the original
+    size as the last argument's shape) against its `SamOnnxModel` in torch."""
+    # A call compiles the program for its shapes: few calls (points and box, both ways of
+    # hq_token_only, the stability scores' choice among SAM's multimask outputs).
+    cases = {
+        "sam+hq": ("click", "click + box"),
+        "multimask, hq-token-only": ("click + box",),
+        "multimask+stability+metrics": ("click",),
+    }
+    for name, case_names in cases.items():
+        options = HQ_OPTIONS[name]
+        program = jax.export.deserialize(bytearray(export_decoder(small_hq.params, "jax", options)))
+        assert len(program.in_avals) == len(HQ_INPUT_NAMES) and len(program.out_avals) == len(options.output_names())
+        for case_name in case_names:
+            inputs = hq_inputs(small_hq, prompt_cases(small_hq)[case_name])
+            args = [inputs[k] for k in HQ_INPUT_NAMES[:-1]]
+            outputs = program.call(*args, np.zeros(SIZE, np.uint8))
+            got = {k: np.asarray(x) for k, x in zip(options.output_names(), outputs, strict=True)}
+            expected = reference_hq(small_hq, options, inputs)
+            # JAX computes in 32-bit integers unless x64 is enabled.
+            assert_hq_parity(expected, got, f"jax program {name} {case_name}", areas_dtype=np.int32)
+
+
+def test_export_decoder_command_hq(small_hq, small, tmp_path, capsys):
+    out = tmp_path / "sam_hq_small.onnx"
+    args = ["export-decoder", "--checkpoint", str(small_hq.checkpoint), "--output", str(out)]
+    assert cli.main([*args, "--hq-token-only", "--multimask-output"]) == 0
+    assert "SAM-HQ" in capsys.readouterr().out
+    inputs = hq_inputs(small_hq, prompt_cases(small_hq)["3 clicks + mask"])
+    options = HQ_OPTIONS["multimask, hq-token-only"]
+    got = dict(zip(TRIPLE, onnxruntime.InferenceSession(str(out)).run(None, inputs), strict=True))
+    assert_hq_parity(reference_hq(small_hq, options, inputs), got, "export-decoder --hq-token-only --multimask-output")
+    # Each decoder's options are refused on the other's model, naming them.
+    other = tmp_path / "x.onnx"
+    assert cli.main([*args[:3], "--output", str(other), "--return-single-mask"]) == 1
+    assert "return_single_mask" in capsys.readouterr().err and not other.exists()
+    sam_args = ["export-decoder", "--checkpoint", str(small.directory), "--output", str(other), "--hq-token-only"]
+    assert cli.main(sam_args) == 1
+    assert "hq_token_only" in capsys.readouterr().err and not other.exists()
+    # The options both references have carry over.
+    assert resolve_options(HQ, ExportOptions(use_stability_score=True)) == HQExportOptions(use_stability_score=True)
+    metrics = ExportOptions(return_extra_metrics=True)
+    assert resolve_options(SMALL, HQExportOptions(return_extra_metrics=True)) == metrics
+    with pytest.raises(ValueError, match="multimask_output"):
+        export_decoder(small.params, "jax", HQExportOptions(multimask_output=True))

@@ -479,13 +479,22 @@ def _export_decoder_parser(sub: argparse._SubParsersAction) -> None:
         help="the prompt encoder and mask decoder as an ONNX model or a jax.export program",
         description=(
             "Writes the decoder with the reference SamOnnxModel's inputs and outputs (scripts/export_onnx_model.py): "
-            "an ONNX file onnxruntime runs, or a serialized jax.export program (see sam_jax.export)."
+            "an ONNX file onnxruntime runs, or a serialized jax.export program (see sam_jax.export). A SAM-HQ "
+            "checkpoint gets segment_anything_hq's SamOnnxModel interface (interm_embeddings input, one mask out)."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="anything sam_jax.load takes (e.g. tiny-shapes)")
     p.add_argument("--output", required=True, help="the file to write (refused if it exists, unless --overwrite)")
     p.add_argument("--format", choices=("onnx", "jax"), default="onnx")
-    p.add_argument("--return-single-mask", action="store_true", help="only the best mask (reference rule)")
+    p.add_argument("--return-single-mask", action="store_true", help="only the best mask (reference rule; SAM only)")
+    p.add_argument(
+        "--hq-token-only", action="store_true", help="SAM-HQ only: the HQ mask alone, not SAM's mask plus the HQ mask"
+    )
+    p.add_argument(
+        "--multimask-output",
+        action="store_true",
+        help="SAM-HQ only: SAM's part is its multimask output with the best score, not its single-mask output",
+    )
     p.add_argument("--use-stability-score", action="store_true", help="stability scores instead of predicted IoU")
     p.add_argument("--return-extra-metrics", action="store_true", help="also stability scores and areas")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -499,14 +508,22 @@ def export_decoder(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output!r} is a directory; give a file path")
     if output.exists() and not args.overwrite:
         raise ValueError(f"--output {args.output!r} exists; pass --overwrite to replace it")
-    from sam_jax.export import ExportOptions, export_decoder
+    from sam_jax.export import AnyExportOptions, ExportOptions, HQExportOptions, export_decoder, resolve_options
     from sam_jax.io import atomic_write_bytes
     from sam_jax.loading import load
 
-    options = ExportOptions(args.return_single_mask, args.use_stability_score, args.return_extra_metrics)
-    data = export_decoder(load(args.checkpoint), args.format, options)
+    params = load(args.checkpoint)
+    sam_options = ExportOptions(args.return_single_mask, args.use_stability_score, args.return_extra_metrics)
+    hq_options = HQExportOptions(
+        args.hq_token_only, args.multimask_output, args.use_stability_score, args.return_extra_metrics
+    )
+    options: AnyExportOptions = hq_options if params.config.hq else sam_options
+    resolve_options(params.config, sam_options if params.config.hq else hq_options)  # refuses the other's flags
+    data = export_decoder(params, args.format, options)
     atomic_write_bytes(output, data, overwrite=args.overwrite)
-    print(f"wrote {output} ({args.format}, {len(data) / 1e6:.1f} MB, outputs: {', '.join(options.output_names())})")
+    interface = "SAM-HQ, " if params.config.hq else ""
+    outputs = ", ".join(options.output_names())
+    print(f"wrote {output} ({args.format}, {interface}{len(data) / 1e6:.1f} MB, outputs: {outputs})")
     return 0
 
 

@@ -12,6 +12,15 @@ Outputs:
     stability_scores (1, M), areas (1, M) int, low_res_masks. M is 4 (every mask token),
     or 1 with `return_single_mask`.
 
+A SAM-HQ model (`SamConfig.mask_decoder == "hq"`) has segment_anything_hq's `SamOnnxModel`
+interface instead (`scripts/export_onnx_model.py` of SAM-HQ): the inputs above with
+interm_embeddings (L, 1, E, E, D) float32 second (`HQ_INPUT_NAMES`): the encoder's
+features after each global-attention block, of which the decoder reads the first (our
+`ImageEmbedding.early_features` as (1, 1, E, E, D) will do; L is dynamic); the same outputs
+with M = 1: SAM's single-mask output, or with `multimask_output` its multimask output with
+the best score, plus the HQ mask, or the HQ mask alone with `hq_token_only`; the score is
+SAM's mask's. Its options are `HQExportOptions` (that `SamOnnxModel`'s keyword arguments).
+
 Two artifacts:
 - `export_jax`: a serialized `jax.export` program (StableHLO with the weights inside) that
   any JAX can deserialize and call without this package. JAX arrays cannot take a shape
@@ -26,21 +35,56 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sam_jax.export.interface import DEFAULT_OPTIONS, FORMATS, INPUT_NAMES, ExportOptions, reference_inputs
+from sam_jax.export.interface import (
+    DEFAULT_OPTIONS,
+    FORMATS,
+    HQ_INPUT_NAMES,
+    INPUT_NAMES,
+    AnyExportOptions,
+    ExportOptions,
+    HQExportOptions,
+    input_names,
+    reference_inputs,
+    resolve_options,
+)
 from sam_jax.export.jax_program import export_jax
 from sam_jax.export.onnx_graph import export_onnx
 from sam_jax.modeling.sam import SamParams
 
-EXPORTERS: dict[str, Callable[[SamParams, ExportOptions], bytes]] = {"onnx": export_onnx, "jax": export_jax}
+EXPORTERS: dict[str, Callable[[SamParams, AnyExportOptions | None], bytes]] = {"onnx": export_onnx, "jax": export_jax}
 
 
-def export_decoder(params: SamParams, fmt: str = "onnx", options: ExportOptions = DEFAULT_OPTIONS) -> bytes:
-    """The decoder artifact's bytes in `fmt` ("onnx" or "jax")."""
+def export_decoder(params: SamParams, fmt: str = "onnx", options: AnyExportOptions | None = None) -> bytes:
+    """The decoder artifact's bytes in `fmt` ("onnx" or "jax").
+
+    Args:
+        params: the model (SAM's decoder or SAM-HQ's: the interface follows it).
+        fmt: "onnx" or "jax".
+        options: `ExportOptions` for SAM's decoder, `HQExportOptions` for SAM-HQ's
+            (`resolve_options` takes the other class where it only sets options both have);
+            None: the defaults.
+    Raises:
+        ValueError: an unknown format, or options the model's decoder does not have.
+    """
     if not isinstance(params, SamParams):
         raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
     if fmt not in EXPORTERS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return EXPORTERS[fmt](params, options)
+    return EXPORTERS[fmt](params, resolve_options(params.config, options))
 
 
-__all__ = ["FORMATS", "INPUT_NAMES", "ExportOptions", "export_decoder", "export_jax", "export_onnx", "reference_inputs"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "FORMATS",
+    "HQ_INPUT_NAMES",
+    "INPUT_NAMES",
+    "AnyExportOptions",
+    "ExportOptions",
+    "HQExportOptions",
+    "export_decoder",
+    "export_jax",
+    "export_onnx",
+    "input_names",
+    "reference_inputs",
+    "resolve_options",
+]

@@ -2,7 +2,9 @@
 any JAX can deserialize and call without this package. JAX arrays cannot take a shape from
 an input's values, so where the ONNX model reads the original size from the values of
 `orig_im_size`, the JAX program reads it from its *shape*: pass any (H, W) array, e.g.
-`np.zeros(image.shape[:2], np.uint8)`. N is symbolic (at most `max_points`)."""
+`np.zeros(image.shape[:2], np.uint8)`. N is symbolic (at most `max_points`). A SAM-HQ
+model's program takes `interm_embeddings` second, as segment_anything_hq's `SamOnnxModel`,
+with a symbolic leading axis (it reads the first entry)."""
 
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import jax.numpy as jnp
 
 from sam_jax.amg.scoring import pixel_count, stability_score
 from sam_jax.export.interface import (
-    DEFAULT_OPTIONS,
     MASK_THRESHOLD,
     SINGLE_MASK_POINTS,
     SINGLE_MASK_REWEIGHT,
     STABILITY_SCORE_OFFSET,
-    ExportOptions,
+    AnyExportOptions,
+    HQExportOptions,
+    resolve_options,
 )
 from sam_jax.modeling.cross_attention import BLOCK_DIAGONAL_MIN_RATIO
+from sam_jax.modeling.mask_decoder_hq import select_hq_outputs
 from sam_jax.modeling.sam import SamParams, predict_low_res_slots
 
 
@@ -69,23 +73,32 @@ def postprocess_masks(low_res: jax.Array, image_size: int, orig_hw: tuple[Any, A
 
 def decoder_forward(
     params: SamParams,
-    options: ExportOptions,
+    options: AnyExportOptions,
     image_embeddings: jax.Array,
     point_coords: jax.Array,
     point_labels: jax.Array,
     mask_input: jax.Array,
     has_mask_input: jax.Array,
     orig_hw: tuple[Any, Any],
+    interm_embeddings: jax.Array | None = None,
 ) -> tuple[jax.Array, ...]:
     """The reference `SamOnnxModel.forward` on our decoder (inputs as the module docstring;
-    `orig_hw` the original (H, W) as ints or symbolic dimensions)."""
+    `orig_hw` the original (H, W) as ints or symbolic dimensions); for a SAM-HQ model,
+    segment_anything_hq's, with `interm_embeddings` (L, 1, E, E, D) and `HQExportOptions`."""
     embedding = jnp.transpose(image_embeddings[0], (1, 2, 0))  # NCHW -> (E, E, C)
     labels = jnp.round(point_labels).astype(jnp.int32)
     mask_nhwc = jnp.moveaxis(mask_input, 1, -1)
-    low_res, scores = predict_low_res_slots(params, embedding, point_coords, labels, mask_nhwc, has_mask_input)
+    early = None if interm_embeddings is None else interm_embeddings[0, 0]  # the first: (E, E, D)
+    low_res, scores = predict_low_res_slots(
+        params, embedding, point_coords, labels, mask_nhwc, has_mask_input, early_features=early
+    )
     if options.use_stability_score:
         scores = stability_score(low_res, MASK_THRESHOLD, STABILITY_SCORE_OFFSET)
-    if options.return_single_mask:
+    if isinstance(options, HQExportOptions):
+        # SAM's scores only: a stability score was computed for the HQ mask too.
+        scores = scores[:, : params.config.num_mask_tokens]
+        low_res, scores = select_hq_outputs(low_res, scores, options.multimask_output, options.hq_token_only)
+    elif options.return_single_mask:
         low_res, scores = select_masks(low_res, scores, point_coords.shape[1])
     masks = postprocess_masks(low_res, params.config.image_size, orig_hw)
     if options.return_extra_metrics:
@@ -101,31 +114,37 @@ def max_points_default(params: SamParams) -> int:
     block-diagonal path (`BLOCK_DIAGONAL_MIN_RATIO`; N <= 27 for the official models), else
     fewer tokens than image tokens, and at most 64 points."""
     cfg = params.config
-    tokens, out = cfg.embedding_size**2, cfg.num_mask_tokens + 1
+    tokens, out = cfg.embedding_size**2, cfg.num_output_tokens
     limit = tokens // (BLOCK_DIAGONAL_MIN_RATIO * cfg.decoder_num_heads) - out
     return limit if limit >= 1 else min(64, tokens - out - 1)
 
 
-def export_jax(params: SamParams, options: ExportOptions = DEFAULT_OPTIONS, max_points: int | None = None) -> bytes:
+def export_jax(params: SamParams, options: AnyExportOptions | None = None, max_points: int | None = None) -> bytes:
     """Serializes the decoder as a `jax.export` program (see the module docstring).
 
     Args:
         params: the model (only the prompt encoder and mask decoder weights are used).
-        options: the reference `SamOnnxModel` options.
+        options: the reference `SamOnnxModel` options (`ExportOptions`, or `HQExportOptions`
+            for a SAM-HQ model; `resolve_options`); None: the defaults.
         max_points: the largest N the program takes; default `max_points_default(params)`.
     Returns:
         The bytes of `jax.export.Exported.serialize()`: `jax.export.deserialize(bytearray(b))
         .call(image_embeddings, point_coords, point_labels, mask_input, has_mask_input,
-        np.zeros((H, W), np.uint8))`.
+        np.zeros((H, W), np.uint8))`; a SAM-HQ model's takes `interm_embeddings`
+        (L, 1, E, E, D) second.
     """
     cfg = params.config
+    options = resolve_options(cfg, options)
     if max_points is None:
         max_points = max_points_default(params)
-    n, h, w = jax.export.symbolic_shape("N, H, W", constraints=[f"N <= {int(max_points)}"])
+    early = cfg.early_features_shape  # SAM-HQ's: its `interm_embeddings` input, L symbolic
+    dims = "N, H, W" if early is None else "N, H, W, L"
+    n, h, w, *layers = jax.export.symbolic_shape(dims, constraints=[f"N <= {int(max_points)}"])
     e, c, low = cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size
     f32 = jnp.float32
     specs = (
         jax.ShapeDtypeStruct((1, c, e, e), f32),
+        *([] if early is None else [jax.ShapeDtypeStruct((*layers, 1, *early), f32)]),
         jax.ShapeDtypeStruct((1, n, 2), f32),
         jax.ShapeDtypeStruct((1, n), f32),
         jax.ShapeDtypeStruct((1, 1, low, low), f32),
@@ -152,4 +171,26 @@ def export_jax(params: SamParams, options: ExportOptions = DEFAULT_OPTIONS, max_
             (orig_im_size.shape[0], orig_im_size.shape[1]),
         )
 
-    return bytes(jax.export.export(jax.jit(program))(*specs).serialize())
+    # Named parameters (not *args): the program keeps them as its inputs' names.
+    def program_hq(
+        image_embeddings: jax.Array,
+        interm_embeddings: jax.Array,
+        point_coords: jax.Array,
+        point_labels: jax.Array,
+        mask_input: jax.Array,
+        has_mask_input: jax.Array,
+        orig_im_size: jax.Array,
+    ) -> tuple[jax.Array, ...]:
+        return decoder_forward(
+            params,
+            options,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            mask_input,
+            has_mask_input,
+            (orig_im_size.shape[0], orig_im_size.shape[1]),
+            interm_embeddings,
+        )
+
+    return bytes(jax.export.export(jax.jit(program if early is None else program_hq))(*specs).serialize())

@@ -9,7 +9,8 @@ decoder (an `If` branch for the mask flag, mixed float/double types); it also pi
 older orbax-checkpoint than the package uses. The graph is the reference decoder's
 arithmetic, op for op (plain per-head attention; the speed paths of
 `sam_jax.modeling.cross_attention` are for XLA), and the tests hold it to our decoder and to
-the reference's own ONNX export.
+the reference's own ONNX export. A SAM-HQ model's graph is segment_anything_hq's
+`SamOnnxModel` (its inputs, `HQExportOptions`): SAM's graph plus the HQ token's mask.
 
 Requires the `onnx` package (the `export` extra).
 """
@@ -23,13 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.export.interface import (
-    DEFAULT_OPTIONS,
+    HQ_INPUT_NAMES,
     INPUT_NAMES,
     MASK_THRESHOLD,
     SINGLE_MASK_POINTS,
     SINGLE_MASK_REWEIGHT,
     STABILITY_SCORE_OFFSET,
-    ExportOptions,
+    AnyExportOptions,
+    HQExportOptions,
+    input_names,
+    resolve_options,
 )
 from sam_jax.modeling.prompt_encoder import LAYER_NORM_2D_EPS
 from sam_jax.modeling.sam import SamParams
@@ -114,6 +118,19 @@ class GraphBuilder:
         out = self.op("Reshape", self.op("Transpose", out, perm=[0, 2, 1, 3]), self.ints(1, -1, inner))
         return self.linear(out, p["out_proj"])
 
+    def conv(self, x: str, p: dict[str, Any], stride: int, padding: int = 0) -> str:
+        """torch `Conv2d` of NCHW x from our (kh, kw, in, out) kernel."""
+        kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # (kh, kw, in, out) -> OIHW
+        pads: dict[str, Any] = {"pads": [padding] * 4} if padding else {}  # at 0, the attribute's default
+        return self.op("Conv", x, self.const(kernel), self.const(p["bias"]), strides=[stride, stride], **pads)
+
+    def conv_transpose(self, x: str, p: dict[str, Any]) -> str:
+        """torch `ConvTranspose2d(kernel_size=2, stride=2)` of NCHW x (`ConvTranspose2x2`'s weights)."""
+        kernel = np.transpose(p["kernel"], (2, 3, 0, 1))  # (2, 2, in, out) -> (in, out, 2, 2)
+        return self.op(
+            "ConvTranspose", x, self.const(kernel), self.const(p["bias"]), strides=[2, 2], kernel_shape=[2, 2]
+        )
+
     def resize(self, x: str, leading: str, size: str) -> str:
         """torch `F.interpolate(bilinear, align_corners=False)` of NCHW x to (N, C) `leading` +
         (h, w) `size` (int64 tensors)."""
@@ -154,12 +171,63 @@ def _dense_pe(params: SamParams) -> np.ndarray:
     return np.asarray(pe, np.float32).reshape(e * e, -1)
 
 
-def build_decoder(params: SamParams, options: Any) -> Any:
+def hq_mask(g: GraphBuilder, params: SamParams, upscaled: str, queries: str) -> str:
+    """The HQ token's low-res mask (segment_anything_hq `MaskDecoderHQ.predict_masks`):
+    (1, 1, 4E, 4E) logits from SAM's upscaled image tokens (1, C/8, 4E, 4E), through
+    `embedding_maskfeature`, plus the HQ features of the `image_embeddings` and
+    `interm_embeddings` inputs (as its `SamOnnxModel.forward`: the first of the latter,
+    and the image embedding without the dense prompt), read by the HQ token of the
+    transformer's output `queries`."""
+    cfg = params.config
+    dw = _numpy_tree(params.weights["mask_decoder"])
+    c, low = cfg.prompt_embed_dim, cfg.low_res_mask_size
+    emb_in, interm_in = HQ_INPUT_NAMES[:2]
+    early = g.op("Transpose", g.op("Gather", interm_in, g.const(0, np.int64), axis=0), perm=[0, 3, 1, 2])  # NCHW
+
+    def fuse(x: str, name: str) -> str:  # ConvTranspose, LayerNorm2d, GELU, ConvTranspose
+        x = g.gelu(g.layer_norm_2d(g.conv_transpose(x, dw[f"{name}_0"]), dw[f"{name}_1"]))
+        return g.conv_transpose(x, dw[f"{name}_3"])
+
+    hq_features = g.op("Add", fuse(emb_in, "embedding_encoder"), fuse(early, "compress_vit_feat"))
+    x = g.gelu(g.layer_norm_2d(g.conv(upscaled, dw["embedding_maskfeature_0"], 1, 1), dw["embedding_maskfeature_1"]))
+    features = g.op("Add", g.conv(x, dw["embedding_maskfeature_3"], 1, 1), hq_features)
+    token = g.op("Gather", queries, g.const(1 + cfg.num_mask_tokens, np.int64), axis=1)
+    hyper = g.op("Unsqueeze", g.mlp(token, dw["hf_mlp"], 3), g.ints(1))
+    mask = g.op("MatMul", hyper, g.op("Reshape", features, g.ints(1, c // 8, low * low)))
+    return g.op("Reshape", mask, g.ints(1, 1, low, low))
+
+
+def select_hq_masks(g: GraphBuilder, masks: str, scores: str, t: int, options: HQExportOptions) -> tuple[str, str]:
+    """segment_anything_hq `SamOnnxModel.forward`'s choice: (1, T + 1, L, L) low-res logits,
+    the HQ mask last, and (1, T or T + 1) scores -> (1, 1, L, L) and (1, 1): SAM's single
+    output, or its multimask output with the best score, plus the HQ mask (or the HQ mask
+    alone); SAM's mask's score.
+
+    Args:
+        t: SAM's mask token count (`SamConfig.num_mask_tokens`).
+    """
+
+    def outputs(x: str, start: int, stop: int) -> str:
+        return g.op("Slice", x, g.ints(start), g.ints(stop), g.ints(1))
+
+    if options.multimask_output:
+        multi_scores = outputs(scores, 1, t)
+        best = g.op("ArgMax", multi_scores, axis=1, keepdims=0)  # the first of equal scores, as torch.max
+        scores = g.op("Gather", multi_scores, best, axis=1)
+        masks_sam = g.op("Gather", outputs(masks, 1, t), best, axis=1)
+    else:
+        scores, masks_sam = outputs(scores, 0, 1), outputs(masks, 0, 1)
+    masks_hq = outputs(masks, t, t + 1)
+    return (masks_hq if options.hq_token_only else g.op("Add", masks_sam, masks_hq)), scores
+
+
+def build_decoder(params: SamParams, options: AnyExportOptions | None = None) -> Any:
     """The decoder as an `onnx.ModelProto` (interface and options: `sam_jax.export`).
 
     Args:
         params: the model; only the prompt encoder and mask decoder weights are read.
-        options: `sam_jax.export.ExportOptions`.
+        options: `sam_jax.export.ExportOptions`, or `HQExportOptions` for a SAM-HQ model
+            (`resolve_options`); None: the defaults.
     Returns:
         A checked `onnx.ModelProto`, opset 17.
     """
@@ -167,6 +235,7 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     from onnx import TensorProto, helper
 
     cfg = params.config
+    options = resolve_options(cfg, options)
     pw, dw = _numpy_tree(params.weights["prompt_encoder"]), _numpy_tree(params.weights["mask_decoder"])
     c, e, s, low = cfg.prompt_embed_dim, cfg.embedding_size, cfg.image_size, cfg.low_res_mask_size
     heads, t = cfg.decoder_num_heads, cfg.num_mask_tokens
@@ -193,13 +262,9 @@ def build_decoder(params: SamParams, options: Any) -> Any:
         table = g.const(pw[f"point_embeddings_{i}"]["embedding"])
         sparse = g.op("Add", sparse, g.op("Mul", table, where_label(float(i))))
 
-    def conv(x: str, p: dict[str, Any], stride: int) -> str:
-        kernel = np.transpose(p["kernel"], (3, 2, 0, 1))  # (kh, kw, in, out) -> OIHW
-        return g.op("Conv", x, g.const(kernel), g.const(p["bias"]), strides=[stride, stride])
-
-    x = g.gelu(g.layer_norm_2d(conv(mask_in, pw["mask_downscaling_0"], 2), pw["mask_downscaling_1"]))
-    x = g.gelu(g.layer_norm_2d(conv(x, pw["mask_downscaling_3"], 2), pw["mask_downscaling_4"]))
-    mask_embedding = conv(x, pw["mask_downscaling_6"], 1)
+    x = g.gelu(g.layer_norm_2d(g.conv(mask_in, pw["mask_downscaling_0"], 2), pw["mask_downscaling_1"]))
+    x = g.gelu(g.layer_norm_2d(g.conv(x, pw["mask_downscaling_3"], 2), pw["mask_downscaling_4"]))
+    mask_embedding = g.conv(x, pw["mask_downscaling_6"], 1)
     no_mask = g.const(pw["no_mask_embed"]["embedding"].reshape(1, c, 1, 1))
     dense = g.op(
         "Add",
@@ -208,7 +273,8 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     )
 
     # Two-way transformer (reference `MaskDecoder.predict_masks`, `TwoWayTransformer`).
-    output_tokens = np.concatenate([dw["iou_token"]["embedding"], dw["mask_tokens"]["embedding"]])[None]
+    hq_token = [dw["hf_token"]["embedding"]] if cfg.hq else []
+    output_tokens = np.concatenate([dw["iou_token"]["embedding"], dw["mask_tokens"]["embedding"], *hq_token])[None]
     tokens = g.op("Concat", g.const(output_tokens), sparse, axis=1)
     src = g.op("Add", emb_in, dense)
     keys = g.op("Transpose", g.op("Reshape", src, g.ints(1, c, e * e)), perm=[0, 2, 1])
@@ -242,12 +308,8 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     iou_token = g.op("Gather", queries, g.const(0, np.int64), axis=1)
     src = g.op("Reshape", g.op("Transpose", keys, perm=[0, 2, 1]), g.ints(1, c, e, e))
 
-    def conv_transpose(x: str, p: dict[str, Any]) -> str:
-        kernel = np.transpose(p["kernel"], (2, 3, 0, 1))  # (2, 2, in, out) -> (in, out, 2, 2)
-        return g.op("ConvTranspose", x, g.const(kernel), g.const(p["bias"]), strides=[2, 2], kernel_shape=[2, 2])
-
-    x = g.gelu(g.layer_norm_2d(conv_transpose(src, dw["output_upscaling_0"]), dw["output_upscaling_1"]))
-    upscaled = g.gelu(conv_transpose(x, dw["output_upscaling_3"]))
+    x = g.gelu(g.layer_norm_2d(g.conv_transpose(src, dw["output_upscaling_0"]), dw["output_upscaling_1"]))
+    upscaled = g.gelu(g.conv_transpose(x, dw["output_upscaling_3"]))
     hyper = []
     for i in range(t):
         token = g.op("Gather", queries, g.const(1 + i, np.int64), axis=1)
@@ -256,11 +318,15 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     masks = g.op("MatMul", hyper_in, g.op("Reshape", upscaled, g.ints(1, c // 8, low * low)))
     masks = g.op("Reshape", masks, g.ints(1, t, low, low))
     scores = g.mlp(iou_token, dw["iou_prediction_head"], cfg.iou_head_depth)
+    if cfg.hq:
+        masks = g.op("Concat", masks, hq_mask(g, params, upscaled, queries), axis=1)
 
     # Options and post-processing (reference `SamOnnxModel.forward`).
     if options.use_stability_score:
         scores = g.stability_score(masks, MASK_THRESHOLD, STABILITY_SCORE_OFFSET)
-    if options.return_single_mask:
+    if isinstance(options, HQExportOptions):
+        masks, scores = select_hq_masks(g, masks, scores, t, options)
+    elif options.return_single_mask:
         n = g.op("Cast", g.op("Gather", g.op("Shape", coords_in), g.const(1, np.int64)), to=1)
         reweight = np.zeros((1, t), np.float32)
         reweight[0, 0] = SINGLE_MASK_REWEIGHT
@@ -283,10 +349,14 @@ def build_decoder(params: SamParams, options: Any) -> Any:
     for out_name in names:  # give the graph outputs their names
         g.op("Identity", outputs[out_name], name=out_name)
 
-    m = "num_masks"
+    m: int | str = 1 if cfg.hq else "num_masks"  # SAM-HQ's returns one mask
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    early = [] if cfg.early_features_shape is None else [cfg.early_features_shape]
     inputs = [
         helper.make_tensor_value_info(emb_in, f32, [1, c, e, e]),
+        # SAM-HQ's encoder features (L, 1, E, E, D): the reference's export fixes L to the
+        # encoder's global-attention blocks; only the first is read, so any L >= 1 is taken.
+        *[helper.make_tensor_value_info(HQ_INPUT_NAMES[1], f32, ["num_interm", 1, *shape]) for shape in early],
         helper.make_tensor_value_info(coords_in, f32, [1, "num_points", 2]),
         helper.make_tensor_value_info(labels_in, f32, [1, "num_points"]),
         helper.make_tensor_value_info(mask_in, f32, [1, 1, low, low]),
@@ -301,12 +371,13 @@ def build_decoder(params: SamParams, options: Any) -> Any:
         "areas": (i64, [1, m]),
     }
     outs = [helper.make_tensor_value_info(k, shapes[k][0], shapes[k][1]) for k in names]
+    assert [i.name for i in inputs] == list(input_names(cfg))
     graph = helper.make_graph(g.nodes, "sam_jax_decoder", inputs, outs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sam-jax")
     onnx.checker.check_model(model)
     return model
 
 
-def export_onnx(params: SamParams, options: ExportOptions = DEFAULT_OPTIONS) -> bytes:
-    """The decoder as a serialized ONNX model."""
+def export_onnx(params: SamParams, options: AnyExportOptions | None = None) -> bytes:
+    """The decoder as a serialized ONNX model (arguments as `build_decoder`)."""
     return build_decoder(params, options).SerializeToString()
