@@ -9,7 +9,6 @@ parameter and buffer that the state_dict holds, and checks that none was left ou
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -113,7 +112,13 @@ def _build_reference_hq(cfg: SamConfig) -> Any:
         window_size=vit.window_size,
         out_chans=cfg.prompt_embed_dim,
     )
-    plain = build_reference(dataclasses.replace(cfg, mask_decoder="sam"))
+    e = cfg.embedding_size
+    prompt = hq.PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim,
+        image_embedding_size=(e, e),
+        input_image_size=(cfg.image_size, cfg.image_size),
+        mask_in_chans=cfg.mask_in_chans,
+    )
     decoder = hq.MaskDecoderHQ(
         num_multimask_outputs=cfg.num_multimask_outputs,
         transformer=hq.TwoWayTransformer(
@@ -128,7 +133,7 @@ def _build_reference_hq(cfg: SamConfig) -> Any:
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         vit_dim=vit.embed_dim,
     )
-    return hq.Sam(encoder, plain.prompt_encoder, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
+    return hq.Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
 
 
 @torch.no_grad()

@@ -76,7 +76,7 @@ def test_registry_has_the_references_names_and_loads_every_checkpoint_kind(small
     from mobile_sam import sam_model_registry as mobile_sam_registry
 
     # The reference's names and MobileSAM's (its "vit_t"), then sam-jax's own models by name.
-    own = {"lite_medsam", "medsam", "tiny-shapes"}
+    own = {"lite_medsam", "medsam", "tiny-shapes", "sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "sam_hq_vit_tiny"}
     assert set(sam_jax.sam_model_registry) == {*reference_registry, *mobile_sam_registry, *own}
     assert sam_jax.sam_model_registry["default"] is sam_jax.sam_model_registry["vit_h"]
     assert same_weights(sam.params, small.params) and sam.config == SMALL  # official .pth, in memory

@@ -6,7 +6,6 @@ against segment_anything_hq's `SamOnnxModel` and its ONNX export."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import re
 import subprocess
@@ -23,12 +22,10 @@ import torch
 from conftest import assert_parity
 from segment_anything.utils.onnx import SamOnnxModel
 from segment_anything_hq import SamPredictor as SamPredictorHQ
-from segment_anything_hq import modeling as hq_modeling
 from segment_anything_hq.utils.onnx import SamOnnxModel as SamOnnxModelHQ
 
 import sam_jax
 from sam_jax import cli, transforms
-from sam_jax.config import SamConfig, ViTConfig
 from sam_jax.export import (
     HQ_INPUT_NAMES,
     INPUT_NAMES,
@@ -384,56 +381,13 @@ HQ_OPTIONS = {
 TRIPLE = ("masks", "iou_predictions", "low_res_masks")
 
 
-def build_reference_hq(cfg: SamConfig) -> torch.nn.Module:
-    """segment_anything_hq's `Sam` for an HQ config, from its own classes as its
-    `build_sam._build_sam` (`MaskDecoderHQ` reads the encoder's width)."""
-    vit, e = cfg.image_encoder, cfg.embedding_size
-    assert isinstance(vit, ViTConfig) and cfg.hq
-    encoder = hq_modeling.ImageEncoderViT(
-        depth=vit.depth,
-        embed_dim=vit.embed_dim,
-        img_size=cfg.image_size,
-        mlp_ratio=vit.mlp_ratio,
-        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=vit.num_heads,
-        patch_size=vit.patch_size,
-        qkv_bias=vit.qkv_bias,
-        use_abs_pos=vit.use_abs_pos,
-        use_rel_pos=vit.use_rel_pos,
-        global_attn_indexes=vit.global_attn_indexes,
-        window_size=vit.window_size,
-        out_chans=cfg.prompt_embed_dim,
-    )
-    prompt = hq_modeling.PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim,
-        image_embedding_size=(e, e),
-        input_image_size=(cfg.image_size, cfg.image_size),
-        mask_in_chans=cfg.mask_in_chans,
-    )
-    decoder = hq_modeling.MaskDecoderHQ(
-        num_multimask_outputs=cfg.num_multimask_outputs,
-        transformer=hq_modeling.TwoWayTransformer(
-            depth=cfg.decoder_depth,
-            embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim,
-            num_heads=cfg.decoder_num_heads,
-            attention_downsample_rate=cfg.attention_downsample_rate,
-        ),
-        transformer_dim=cfg.prompt_embed_dim,
-        iou_head_depth=cfg.iou_head_depth,
-        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        vit_dim=vit.embed_dim,
-    )
-    return hq_modeling.Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
-
-
 @pytest.fixture(scope="module")
 def small_hq(tmp_path_factory):
     """segment_anything_hq's model at the `small` size with every tensor randomised, its
     official-format checkpoint, our params loaded from that file, and the reference encoder's
     outputs for the test image (image embedding, its one intermediate embedding)."""
     d = tmp_path_factory.mktemp("hq")
-    ref = randomize_(build_reference_hq(HQ), seed=5)
+    ref = randomize_(build_reference(HQ), seed=5)
     checkpoint = save_state_dict(ref, d / "sam_hq_small.pth")
     params = sam_jax.load(checkpoint)
     assert params.config == HQ
