@@ -95,15 +95,6 @@ def tiny_shapes() -> sam_jax.SamParams:
     return sam_jax.load("tiny-shapes")
 
 
-@pytest.fixture(scope="session")
-def vit_b(tmp_path_factory: pytest.TempPathFactory) -> Converted:
-    from segment_anything import sam_model_registry
-
-    d = tmp_path_factory.mktemp("vit_b")
-    ref = randomize_(sam_model_registry["vit_b"]().eval(), seed=1)
-    return Converted(ref, save_state_dict(ref, d / "sam_vit_b_random.pth"), d / "vit_b-jax")
-
-
 def assert_parity(ref: tuple, ours: tuple, what: str = "") -> dict[str, float]:
     """The project's fp32 tolerances, applied to a (masks, scores, low_res_logits) triple.
 

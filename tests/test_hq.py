@@ -1,6 +1,7 @@
 """SAM-HQ against its own package, `segment_anything_hq`, with every tensor randomised: the
-official vit_b and vit_tiny (Light HQ-SAM) through the predictor (embeddings, early
-features, logits, IoU, masks; points, boxes, masks fed back, `hq_token_only` both ways),
+official vit_tiny (Light HQ-SAM) through the predictor (embeddings, early features, logits,
+IoU, masks; points, boxes, masks fed back, `hq_token_only` both ways; vit_b is in
+`test_predict.py::test_vit_b_end_to_end`, beside SAM's),
 SAM-HQ code ported by changing its imports, the official checkpoint format both ways, and a
 small HQ model through `Sam.forward`, automatic masks, the embedding job and fine-tuning."""
 
@@ -18,7 +19,6 @@ from test_amg import RANDOM_RELAXED, assert_same_records
 
 import sam_jax
 from sam_jax import config, conversion, formats, jobs, train
-from sam_jax import segment_anything_hq as ported
 from sam_jax.data import SyntheticShapes
 from sam_jax.testing import PARITY_LIMITS, SMALL, TINY, build_reference, make_image, randomize_, save_state_dict
 
@@ -47,39 +47,6 @@ def hq_small(tmp_path_factory):
     params = sam_jax.load(checkpoint)
     assert params.config == SMALL_HQ
     return ref, params
-
-
-POINT, LABEL, BOX = np.array([[160, 120]]), np.array([1]), np.array([40, 30, 250, 200])
-CASES = {
-    "point, multimask": dict(point_coords=POINT, point_labels=LABEL),
-    "box, single": dict(box=BOX, multimask_output=False),
-    "box and points": dict(point_coords=np.array([[100, 100], [200, 60]]), point_labels=np.array([1, 0]), box=BOX),
-}
-
-
-@pytest.mark.slow
-def test_vit_b_matches_its_predictor(tmp_path):
-    """The official vit_b layout: embeddings, the early features (its first global block's
-    output) and every prompt kind, `hq_token_only` both ways."""
-    from segment_anything_hq import SamPredictor as HQPredictor
-
-    ref, checkpoint = official("vit_b", tmp_path, seed=23)
-    sam = ported.sam_model_registry["vit_b"](checkpoint=checkpoint)
-    assert sam.config == config.get_config("sam_hq_vit_b")
-    image = make_image(240, 320, seed=5)
-    theirs, ours = HQPredictor(ref), ported.SamPredictor(sam)
-    theirs.set_image(image)
-    ours.set_image(image)
-    assert rel_err(ours.get_image_embedding(), theirs.get_image_embedding().numpy()) < PARITY_LIMITS["logit_rel_err"]
-    assert rel_err(ours.interm_features[0], theirs.interm_features[0].numpy()) < PARITY_LIMITS["logit_rel_err"]
-    for hq_token_only in (False, True):
-        for what, kwargs in CASES.items():
-            r = theirs.predict(**kwargs, hq_token_only=hq_token_only)
-            assert_parity(r, ours.predict(**kwargs, hq_token_only=hq_token_only), f"{what}, {hq_token_only}")
-    # The logits fed back, multimask off: both sides from the reference's.
-    _, _, logits = theirs.predict(point_coords=POINT, point_labels=LABEL)
-    fed = dict(point_coords=POINT, point_labels=LABEL, mask_input=logits, multimask_output=False)
-    assert_parity(theirs.predict(**fed), ours.predict(**fed), "mask fed back")
 
 
 # SAM-HQ's demo (`demo/demo_hqsam.py`), written once; run with each package's imports.
@@ -187,9 +154,10 @@ def test_small_hq_model_through_forward_automatic_masks_and_embeddings(hq_small,
 
     scene = np.ascontiguousarray(SyntheticShapes(size=256, length=3, seed=4242)[2].image[:, 24:224])
     options = {**RANDOM_RELAXED, "crop_n_layers": 1, "output_mode": "coco_rle"}
-    single = HQGenerator(ref, **options).generate(scene, multimask_output=False)
-    ours_single = sam_jax.SamAutomaticMaskGenerator(params, **options).generate(scene, multimask_output=False)
-    assert_same_records(single, ours_single, "coco_rle")
+    # Single outputs without crops: the reference fails on a crop where no mask survives.
+    single = HQGenerator(ref, **RANDOM_RELAXED).generate(scene, multimask_output=False)
+    ours_single = sam_jax.SamAutomaticMaskGenerator(params, **RANDOM_RELAXED).generate(scene, multimask_output=False)
+    assert_same_records(single, ours_single, "binary_mask")
     figures = assert_same_records(
         HQGenerator(ref, **options).generate(scene), sam_jax.generate_masks(params, scene, **options), "coco_rle"
     )

@@ -14,7 +14,7 @@ from segment_anything import SamPredictor
 
 import sam_jax
 from sam_jax import predictor, transforms
-from sam_jax.testing import make_image
+from sam_jax.testing import make_image, randomize_, save_state_dict
 
 # Shrinking (non-square both ways, large) and growing images.
 SIZES = [(427, 640), (640, 427), (1500, 1000), (90, 120)]
@@ -157,22 +157,48 @@ def test_embedding_is_a_pytree(small, small_predictors):
 
 
 @pytest.mark.slow
-def test_vit_b_end_to_end(vit_b, tmp_path):
-    """The full vit_b configuration at 1024, converted from an official-format checkpoint."""
-    assert vit_b.params.config == sam_jax.get_config("vit_b")
+def test_vit_b_end_to_end(tmp_path):
+    """The full vit_b configuration at 1024, SAM's and SAM-HQ's, each converted from its
+    official-format checkpoint, every tensor randomised; against `segment_anything` and
+    `segment_anything_hq`. The two share their image encoder's weights, so each side encodes
+    the image once (SAM-HQ's encoder also returns its early features) and both decoders run
+    on that embedding."""
+    from segment_anything import sam_model_registry
+    from segment_anything_hq import SamPredictor as HQPredictor
+    from segment_anything_hq import sam_model_registry as hq_registry
+
+    hq_ref = randomize_(hq_registry["vit_b"]().eval(), seed=1)
+    hq_keys = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
+    plain_state = {k: v for k, v in hq_ref.state_dict().items() if k.split(".")[1] not in hq_keys}
+    ref = sam_model_registry["vit_b"]().eval()
+    ref.load_state_dict(plain_state, strict=True)
+    params = sam_jax.load(save_state_dict(ref, tmp_path / "sam_vit_b.pth"))
+    hq_params = sam_jax.load(save_state_dict(hq_ref, tmp_path / "sam_hq_vit_b.pth"))
+    assert params.config == sam_jax.get_config("vit_b") and hq_params.config == sam_jax.get_config("sam_hq_vit_b")
+
     image = make_image(427, 640, seed=11)
-    ref = SamPredictor(vit_b.ref)
-    ref.set_image(image)
-    emb = sam_jax.encode(vit_b.params, image)
-    figures = {"embedding_rel_err": rel_err(emb.image_embedding, ref.features[0].permute(1, 2, 0).numpy())}
-    assert figures["embedding_rel_err"] < 1e-3
+    hq_pred = HQPredictor(hq_ref)
+    hq_pred.set_image(image)
+    pred = SamPredictor(ref)  # the same encoder's output, given to the reference's predictor
+    pred.features, pred.original_size, pred.input_size = hq_pred.features, image.shape[:2], hq_pred.input_size
+    pred.is_image_set = True
+    hq_emb = sam_jax.encode(hq_params, image)
+    emb = sam_jax.ImageEmbedding(hq_emb.image_embedding, hq_emb.original_size, hq_emb.input_size)
+    figures = {
+        "embedding_rel_err": rel_err(emb.image_embedding, pred.features[0].permute(1, 2, 0).numpy()),
+        "early_features_rel_err": rel_err(hq_emb.early_features, hq_pred.interm_features[0][0].numpy()),
+    }
+    assert figures["embedding_rel_err"] < 1e-3 and figures["early_features_rel_err"] < 1e-3
     for name, case in prompt_cases(427, 640).items():
         for multimask_output in (True, False):
-            got = sam_jax.decode(vit_b.params, emb, **ours_kwargs(case), multimask_output=multimask_output)
-            f = assert_parity(ref.predict(**case, multimask_output=multimask_output), got, name)
+            got = sam_jax.decode(params, emb, **ours_kwargs(case), multimask_output=multimask_output)
+            f = assert_parity(pred.predict(**case, multimask_output=multimask_output), got, name)
             for k, v in f.items():
                 worst = min if k == "mask_agreement" else max
                 figures[k] = worst(figures.get(k, v), v)
+            hq_case = dict(multimask_output=multimask_output, hq_token_only=not multimask_output)
+            got = sam_jax.decode(hq_params, hq_emb, **ours_kwargs(case), **hq_case)
+            assert_parity(hq_pred.predict(**case, **hq_case), got, f"SAM-HQ, {name}, {hq_case}")
     print("vit_b parity:", json.dumps(figures))
     if os.environ.get("SAM_JAX_PARITY_REPORT"):
         with open(os.environ["SAM_JAX_PARITY_REPORT"], "w") as f:
