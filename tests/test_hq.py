@@ -8,8 +8,8 @@ small HQ model through `Sam.forward`, automatic masks, the embedding job and fin
 from __future__ import annotations
 
 import dataclasses
+import io
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -176,27 +176,48 @@ def test_small_hq_model_through_forward_automatic_masks_and_embeddings(hq_small,
         sam_jax.decode(params, no_early, [[1, 1]])
 
 
-def test_fine_tuning_with_the_papers_recipe_trains_only_what_hq_adds():
-    params = sam_jax.init(dataclasses.replace(TINY, mask_decoder="hq"))
-    cfg = train.TrainConfig(
-        steps=2,
-        batch_size=2,
-        prompts_per_image=2,
-        freeze=("all-but-hq",),
-        warmup_steps=1,
-        correction_rounds=0,
-        box_probability=0.0,
-    )
-    trained = train.train(params, [SyntheticShapes(size=64, length=2, seed=1)], cfg, progress=False)
-    before = dict(jax.tree_util.tree_flatten_with_path(params.weights)[0])
-    changed = {
-        path[1].key
-        for path, value in jax.tree_util.tree_flatten_with_path(trained.weights)[0]
-        if not np.array_equal(value, before[path])
-    }
+def test_the_papers_recipe_trains_only_what_hq_adds():
+    """`--freeze all-but-hq`: every SAM weight frozen (training SAM-HQ models runs in
+    `test_train.py::test_frozen_parameters_stay_bit_identical`)."""
+    weights = sam_jax.modeling.sam.abstract_params(dataclasses.replace(TINY, mask_decoder="hq")).weights
+    trainable, frozen = train.partition(weights, ("all-but-hq",))
     hq_parts = {"hf_token", "hf_mlp"} | {
-        f"{m}_{i}" for m in ("compress_vit_feat", "embedding_encoder") for i in (0, 1, 3)
+        f"{m}_{i}" for m in ("compress_vit_feat", "embedding_encoder", "embedding_maskfeature") for i in (0, 1, 3)
     }
-    assert changed == hq_parts | {f"embedding_maskfeature_{i}" for i in (0, 1, 3)}
+    assert list(trainable) == ["mask_decoder"] and set(trainable["mask_decoder"]) == hq_parts
+    assert set(frozen) == {"image_encoder", "prompt_encoder", "mask_decoder"}
+    assert not hq_parts & set(frozen["mask_decoder"])
     with pytest.raises(ValueError, match="all-but-hq leaves nothing to train"):
-        train.partition(sam_jax.init(TINY).weights, ("all-but-hq",))
+        train.partition(sam_jax.modeling.sam.abstract_params(TINY).weights, ("all-but-hq",))
+
+
+def test_small_hq_model_through_the_commands(hq_small, tmp_path):
+    """`sam-jax convert` of an official-format SAM-HQ file, then `amg` and the page's
+    predict endpoint on the converted model: each once, in-process."""
+    from starlette.testclient import TestClient
+
+    from sam_jax import cli
+    from sam_jax.serve import create_app
+
+    ref, params = hq_small
+    checkpoint = save_state_dict(ref, tmp_path / "small_hq.pth")
+    assert cli.main(["convert", str(checkpoint), str(tmp_path / "model")]) == 0
+    assert sam_jax.load(tmp_path / "model").config == SMALL_HQ
+    image = make_image(150, 200, seed=4)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "a.png")
+    flags = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--no-progress"]
+    args = ["amg", "--checkpoint", str(tmp_path / "model"), "--input", str(tmp_path / "in")]
+    assert cli.main([*args, "--output", str(tmp_path / "out"), *flags]) == 0
+    records = sam_jax.generate_masks(params, image, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    assert len(list((tmp_path / "out" / "a").glob("*.png"))) == len(records) > 0
+
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, "PNG")
+    with TestClient(create_app(params, model_name="small-hq")) as client:
+        uploaded = client.post("/api/images", files={"file": ("a.png", png.getvalue(), "application/octet-stream")})
+        image_id = uploaded.json()["image_id"]
+        answer = client.post(f"/api/images/{image_id}/predict", json={"points": [[100, 60]], "labels": [1]})
+    assert answer.status_code == 200, answer.text
+    _, scores, _ = sam_jax.decode(params, sam_jax.encode(params, image), [[100, 60]])
+    np.testing.assert_allclose(answer.json()["scores"], np.asarray(scores), atol=1e-5)

@@ -199,6 +199,11 @@ def test_vit_b_end_to_end(tmp_path):
             hq_case = dict(multimask_output=multimask_output, hq_token_only=not multimask_output)
             got = sam_jax.decode(hq_params, hq_emb, **ours_kwargs(case), **hq_case)
             assert_parity(hq_pred.predict(**case, **hq_case), got, f"SAM-HQ, {name}, {hq_case}")
+    # SAM-HQ's logits fed back (the reference's on both sides), multimask off.
+    case = prompt_cases(427, 640)["points-fg-bg"]
+    fed = dict(**case, mask_input=hq_pred.predict(**case)[2], multimask_output=False)
+    got = sam_jax.decode(hq_params, hq_emb, **ours_kwargs(case), mask_input=fed["mask_input"], multimask_output=False)
+    assert_parity(hq_pred.predict(**fed), got, "SAM-HQ, logits fed back")
     print("vit_b parity:", json.dumps(figures))
     if os.environ.get("SAM_JAX_PARITY_REPORT"):
         with open(os.environ["SAM_JAX_PARITY_REPORT"], "w") as f:

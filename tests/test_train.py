@@ -127,7 +127,10 @@ def test_training_fits_a_batch():
 
 
 def test_frozen_parameters_stay_bit_identical():
-    params = sam_jax.init(TINY, 0)
+    """On a SAM-HQ model (its decoder also reads the encoder's early features, which the
+    frozen encoder's cache keeps too); SAM's own decoder trains in every other test here."""
+    tiny_hq = dataclasses.replace(TINY, mask_decoder="hq")
+    params = sam_jax.init(tiny_hq, 0)
     # Point prompts only: one step program (what is frozen does not depend on the prompt kind).
     cfg = dataclasses.replace(
         CFG, steps=3, freeze=("image_encoder", "mask_decoder/iou_prediction_head"), box_probability=0.0
@@ -144,10 +147,11 @@ def test_frozen_parameters_stay_bit_identical():
     computed, kept = next(map(int, m.groups()) for m in counts if m)
     assert 4 <= computed == kept <= 5, lines
     # ... and what it kept is what the step would compute (the step reads them in its place).
-    cache = train.EmbeddingCache(sam_jax.SamParams(TINY, {"image_encoder": params.weights["image_encoder"]}), 2**20)
-    batch, _ = train.BatchStream([few], TINY, cfg, embeddings=cache).next_batch()
-    in_step = jax.jit(train.encode_images)(params, batch.images, batch.input_hw)[0]
-    np.testing.assert_allclose(batch.embeddings, in_step, rtol=1e-5, atol=1e-5 * float(np.abs(in_step).max()))
+    encoder = sam_jax.SamParams(tiny_hq, {"image_encoder": params.weights["image_encoder"]})
+    batch, _ = train.BatchStream([few], tiny_hq, cfg, embeddings=train.EmbeddingCache(encoder, 2**20)).next_batch()
+    in_step = jax.jit(train.encode_images)(params, batch.images, batch.input_hw)
+    for kept, computed in zip((batch.embeddings, batch.early_features), in_step, strict=True):
+        np.testing.assert_allclose(kept, computed, rtol=1e-5, atol=1e-5 * float(np.abs(computed).max()))
     assert leaves_equal(trained.weights["image_encoder"], params.weights["image_encoder"])
     assert leaves_equal(
         trained.weights["mask_decoder"]["iou_prediction_head"], params.weights["mask_decoder"]["iou_prediction_head"]
@@ -156,9 +160,8 @@ def test_frozen_parameters_stay_bit_identical():
     assert np.array_equal(
         trained.weights["prompt_encoder"]["pe_layer"][pe], params.weights["prompt_encoder"]["pe_layer"][pe]
     )
-    assert not leaves_equal(
-        trained.weights["mask_decoder"]["transformer"], params.weights["mask_decoder"]["transformer"]
-    )
+    for trains in ("transformer", "hf_mlp", "embedding_maskfeature_0"):  # SAM's part and HQ's
+        assert not leaves_equal(trained.weights["mask_decoder"][trains], params.weights["mask_decoder"][trains])
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
