@@ -242,7 +242,7 @@ def _decode_low_res(
     hq_features: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None
-    (and a SAM-HQ model's `_hq_features`) -> every output's (B, T, L, L) logits and (B, T)
+    (and a SAM-HQ model's `hq_features`) -> every output's (B, T, L, L) logits and (B, T)
     IoU predictions (`predict_low_res_slots`)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
@@ -257,8 +257,8 @@ def _compute_hq_features(params: SamParams, image_embedding: jax.Array, early_fe
     return mask_decoder_hq_features(params, image_embedding[None], early_features[None])
 
 
-def _hq_features(params: SamParams, embedding: ImageEmbedding) -> jax.Array | None:
-    """A SAM-HQ model's HQ features of the image (None for SAM's), computed at its first
+def hq_features(params: SamParams, embedding: ImageEmbedding) -> jax.Array | None:
+    """A SAM-HQ model's HQ features of one image (None for SAM's), computed at its first
     decode and kept on the embedding: they depend on the image only, and cost as much as
     decoding a few prompts."""
     if not params.config.hq or embedding.early_features is None:
@@ -473,7 +473,7 @@ def _decode_in_input_frame(
             np.zeros((1, 1, cfg.low_res_mask_size, cfg.low_res_mask_size), np.float32),
             np.zeros(1, np.float32),
         )
-    hq = _hq_features(params, embedding)
+    hq = hq_features(params, embedding)
     low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, hq)
     return _postprocess(
         low_res,

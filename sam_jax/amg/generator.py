@@ -31,7 +31,7 @@ from sam_jax import transforms
 from sam_jax.amg import scoring, utils
 from sam_jax.amg.options import AmgOptions, options_from
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import check_image, check_params, encode
+from sam_jax.predictor import check_image, check_params, encode, hq_features
 
 
 def _process_crop(
@@ -58,10 +58,7 @@ def _process_crop(
     points = points01 * np.asarray(crop_size)[None, ::-1]  # (x, y) in crop pixels, float64
     batch = opts.points_per_batch
     n_masks = scoring.candidates_per_prompt(cfg, multimask_output)
-    hq = None
-    if cfg.hq:
-        assert embedding.early_features is not None  # `encode` returns them for an HQ model
-        hq = scoring.hq_features(params, embedding.image_embedding, embedding.early_features)
+    hq = hq_features(params, embedding)  # once per crop, for every batch of points (SAM-HQ)
     n_candidates = batch * n_masks
     offset = jnp.float32(opts.stability_score_offset)
     fields = ("part", "row", "iou_preds", "stability_score", "boxes", "points")

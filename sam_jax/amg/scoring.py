@@ -17,7 +17,6 @@ from sam_jax.modeling.mask_decoder import select_outputs
 from sam_jax.modeling.mask_decoder_hq import best_multimask_output
 from sam_jax.modeling.sam import (
     SamParams,
-    mask_decoder_hq_features,
     mask_decoder_masks,
     mask_decoder_tokens,
     prompt_encoder_forward,
@@ -45,13 +44,6 @@ def decode_tokens(
     if params.config.hq and multimask_output:
         return tokens, src, iou_pred, best_multimask_output(iou_pred)[1]
     return tokens, src, iou_pred, select_outputs(iou_pred, multimask_output)
-
-
-@jax.jit
-def hq_features(params: SamParams, image_embedding: jax.Array, early_features: jax.Array) -> jax.Array:
-    """A SAM-HQ decoder's features of one (E, E, C) embedding with its (E, E, D) early
-    features, computed once per crop for every batch of points."""
-    return mask_decoder_hq_features(params, image_embedding[None], early_features[None])
 
 
 @functools.partial(jax.jit, static_argnames="multimask_output")

@@ -386,6 +386,6 @@ def predict_low_res_slots(
         if hq_features is None:
             if early_features is None:
                 raise ValueError("a SAM-HQ decoder needs the encoder's early features")
-            hq_features = apply(decoder, weights, image_embedding[None], early_features[None], method="hq_features")
+            hq_features = mask_decoder_hq_features(params, image_embedding[None], early_features[None])
         return apply(decoder, weights, tokens, src, None, hq_features, method="predict_masks"), iou_pred
     return apply(decoder, weights, tokens, src, None, method="predict_masks"), iou_pred
