@@ -20,6 +20,13 @@ SESSION_CACHE = Path(os.environ.get("SAM_JAX_TEST_CACHE") or tempfile.mkdtemp(pr
 # Values move by float rounding only; parity bounds and bit-for-bit comparisons within the
 # suite hold, since every process of it (commands the tests start too) compiles the same way.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# As many workers as cores (`make test`: two on two): one thread each. torch's OpenMP and
+# XLA's Eigen pools size themselves to the machine, and two such pools per core spin-wait
+# on each other: a third of the suite's time on the reference side (docs/architecture.md).
+ONE_THREAD = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1)
+if ONE_THREAD:
+    TEST_XLA_FLAGS += " --xla_cpu_multi_thread_eigen=false"
+    os.environ["OMP_NUM_THREADS"] = "1"
 _flags = os.environ.get("XLA_FLAGS", "")  # kept: a command a test starts may set its device count
 os.environ.update(
     {
@@ -51,6 +58,8 @@ from sam_jax.testing import (  # noqa: E402
 )
 
 torch.set_grad_enabled(False)
+if ONE_THREAD:
+    torch.set_num_threads(1)
 
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
