@@ -17,8 +17,10 @@ Inputs are checked on the host before anything is traced, so a bad argument rais
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import operator
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ from sam_jax.modeling.prompt_encoder import (
     LABEL_BACKGROUND,
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
+    LABEL_EMPTY_SLOT,
     LABEL_FOREGROUND,
     LABEL_PADDING,
 )
@@ -45,7 +48,7 @@ from sam_jax.modeling.sam import (
     predict_low_res_slots,
     select_masks,
 )
-from sam_jax.prompt_layout import fast_slots, layout_prompts
+from sam_jax.prompt_layout import fast_slots, layout_prompts, slot_bucket
 
 POINT_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
 
@@ -316,7 +319,7 @@ def preprocess_images(images: np.ndarray, config: SamConfig) -> tuple[np.ndarray
     return np.stack([transforms.pad_to_square(r, config.image_size) for r in resized]), resized[0].shape[:2]
 
 
-def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -> ImageEmbedding:
+def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None, prepare: bool = True) -> ImageEmbedding:
     """Computes the image embedding (reference `SamPredictor.set_image`).
 
     Args:
@@ -324,6 +327,10 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
         image: (H, W, 3) uint8 RGB, or (B, H, W, 3) for a batch of same-sized images.
         compute_dtype: "float32" or "bfloat16" for the encoder's arithmetic; None uses
             `params.compute_dtype` (float32 unless `load` or `with_compute_dtype` said otherwise).
+        prepare: for one image, compile the interactive session's programs
+            (`prepare_session`) on a background thread once the embedding is computed, so
+            that no click compiles; False for code that only reads the embedding or decodes
+            in batches.
     Returns:
         An `ImageEmbedding` with `image_embedding` (E, E, C) float32, or (B, E, E, C) for a batch.
     """
@@ -337,7 +344,10 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None) -
     if not batch:
         emb, early = emb[0], None if early is None else early[0]
     h, w = images.shape[1:3]
-    return ImageEmbedding(emb, (int(h), int(w)), (int(input_size[0]), int(input_size[1])), early)
+    embedding = ImageEmbedding(emb, (int(h), int(w)), (int(input_size[0]), int(input_size[1])), early)
+    if prepare and not batch:
+        object.__setattr__(embedding, "_preparing", prepare_session(params, embedding, background=True))
+    return embedding
 
 
 def decode(
@@ -431,6 +441,11 @@ def _check_finite_embedding(embedding: ImageEmbedding) -> None:
     """Refuses an embedding holding NaN or infinity (its masks would be empty and its scores
     NaN). Checked once per embedding, after every other argument (the answer is kept on it):
     one small reduction where the embedding is."""
+    preparing = preparation(embedding)
+    if preparing is not None:
+        # Compiling a program beside the thread that is compiling it would only share the
+        # CPU. A failed preparation is left to the calls that follow: they raise what it raised.
+        concurrent.futures.wait([preparing])
     if not getattr(embedding, "_finite", False):
         if not bool(_all_finite(embedding.image_embedding)):
             raise ValueError("embedding.image_embedding holds NaN or infinite values")
@@ -520,7 +535,7 @@ def predict(
     check_hq_token_only(params.config, _check_flag(hq_token_only, "hq_token_only"))
     return decode(
         params,
-        encode(params, arr),
+        encode(params, arr, prepare=False),  # one decode: nothing to prepare for
         points,
         labels,
         box=box,
@@ -529,6 +544,137 @@ def predict(
         return_logits=return_logits,
         hq_token_only=hq_token_only,
     )
+
+
+# ----------------------------------------------------------------------------- preparation
+
+_PREPARATIONS: dict[Any, concurrent.futures.Future[None]] = {}  # by program signature
+_PREPARATIONS_LOCK = threading.Lock()
+_PREPARER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def prepare_session(
+    params: SamParams, embedding: ImageEmbedding, *, background: bool = False
+) -> concurrent.futures.Future[None]:
+    """Compiles, ahead of time, every program that `decode` runs in an interactive session
+    on this embedding's image, so that no click compiles (docs/interactive.md):
+
+    - the decoder of one prompt in the smallest static layout (up to 8 clicks and a box,
+      10 clicks without one; with or without fed-back logits: one program);
+    - the post-processing to the image's size, multimask on and off (a SAM-HQ model's with
+      `hq_token_only` either way), masks as booleans;
+    - the embedding's finiteness check, and a SAM-HQ model's image features.
+
+    Programs depend on shapes, not values: once prepared for a model and an image size,
+    every later image of that size is ready. With the persistent compilation cache (on by
+    default, `sam_jax.compilation_cache`) a new process loads them instead of compiling.
+    `encode` starts this in the background for every single image, once its embedding is
+    computed.
+
+    Args:
+        params: the model (its weights' shapes and config).
+        embedding: one image's, from `encode` (its values need not be computed yet).
+        background: compile on a worker thread and return at once.
+    Returns:
+        A future, done when every program is ready; its `result()` raises what compiling raised.
+    """
+    params = check_params(params)
+    _check_embedding(params, embedding)
+    leaves, tree = jax.tree.flatten(params)
+    arrays = (embedding.image_embedding, embedding.early_features)
+    key = (
+        tree,
+        tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves),
+        tuple(None if a is None else (a.shape, str(a.dtype)) for a in arrays),
+        embedding.original_size,
+        embedding.input_size,
+    )
+    global _PREPARER
+    with _PREPARATIONS_LOCK:
+        future = _PREPARATIONS.get(key)
+        if future is not None and not (future.done() and future.exception() is not None):
+            return future
+        if background:
+            if _PREPARER is None:
+                _PREPARER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam-jax-prepare")
+            future = _PREPARER.submit(_compile_session, params, embedding)
+        else:
+            future = concurrent.futures.Future()
+        _PREPARATIONS[key] = future
+    if not background:
+        try:
+            _compile_session(params, embedding)
+            future.set_result(None)
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+    return future
+
+
+def preparation(embedding: ImageEmbedding) -> concurrent.futures.Future[None] | None:
+    """The preparation `encode` started for this embedding (`prepare_session`), or None."""
+    return getattr(embedding, "_preparing", None)
+
+
+def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
+    """`prepare_session`'s programs, lowered from shapes and compiled (`jit(...).lower(...)
+    .compile()` fills the same cache that a call looks in)."""
+
+    def spec(x: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+    # After the encoder: compiling beside it would delay the embedding by as long as the
+    # compilation takes a core (a vit_b encode 10 -> 13 s on two cores), and the image is
+    # shown before its first click comes.
+    jax.block_until_ready((embedding.image_embedding, embedding.early_features))
+    cfg = params.config
+    emb = spec(embedding.image_embedding)
+    early = None if embedding.early_features is None else spec(embedding.early_features)
+    _all_finite.lower(emb).compile()
+    hq = None
+    if early is not None:
+        _all_finite.lower(early).compile()
+        hq = spec(_compute_hq_features.lower(params, emb, early).compile().out_info)
+    slots, low = slot_bucket(1, cfg.num_output_tokens), cfg.low_res_mask_size
+    prompt = (
+        jax.ShapeDtypeStruct((1, slots, 2), np.float32),
+        jax.ShapeDtypeStruct((1, slots), np.int32),
+        jax.ShapeDtypeStruct((1, 1, low, low), np.float32),
+        jax.ShapeDtypeStruct((1,), np.float32),
+    )
+    low_res, scores = (spec(x) for x in _decode_low_res.lower(params, emb, *prompt, hq).compile().out_info)
+    # One run of each branch on zeros: a program's first run of a branch costs several of
+    # its later runs (buffers allocated and touched for the first time).
+    zeros = np.zeros(emb.shape, emb.dtype)
+    hq_zeros = None if hq is None else np.zeros(hq.shape, hq.dtype)
+    for used in (1, slots):
+        labels = np.full((1, slots), LABEL_EMPTY_SLOT, np.int32)
+        labels[:, :used] = LABEL_FOREGROUND
+        jax.block_until_ready(
+            _decode_low_res(
+                params,
+                zeros,
+                np.zeros((1, slots, 2), np.float32),
+                labels,
+                np.zeros((1, 1, low, low), np.float32),
+                np.ones(1, np.float32),
+                hq_zeros,
+            )
+        )
+    for multimask_output in (True, False):
+        for hq_token_only in (False, True) if cfg.hq else (False,):
+            _postprocess.lower(
+                low_res,
+                scores,
+                embedding.input_size,
+                embedding.original_size,
+                cfg.image_size,
+                False,
+                multimask_output,
+                True,
+                cfg.hq,
+                hq_token_only,
+            ).compile()
 
 
 def encode_cache_size() -> int:
@@ -574,4 +720,4 @@ def decode_input_frame(
     )
 
 
-__all__: Sequence[str] = ["ImageEmbedding", "decode", "decode_input_frame", "encode", "predict"]
+__all__: Sequence[str] = ["ImageEmbedding", "decode", "decode_input_frame", "encode", "predict", "prepare_session"]

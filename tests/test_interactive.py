@@ -119,13 +119,19 @@ def test_box_as_corner_labels(small, session):
     assert_parity([x[None] for x in ref.predict(box=BOX)], box_only, "batched corners alone")
 
 
+COMPILED = "/jax/core/compile/backend_compile_duration"
+# Every program lowered: compiled, or loaded from the persistent compilation cache (which
+# the suite keeps on, so a program another test compiled is loaded, not compiled).
+LOWERED = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+
 @contextlib.contextmanager
-def count_compiles():
-    """Counts XLA compilations by function name while the block runs."""
+def count_compiles(which: str = COMPILED):
+    """Counts XLA compilations (or lowerings) by function name while the block runs."""
     counts: collections.Counter[str] = collections.Counter()
 
     def listener(event: str, duration: float, **kwargs: object) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
+        if event == which:
             counts[str(kwargs.get("fun_name", "?"))] += 1
 
     jax.monitoring.register_event_duration_secs_listener(listener)
@@ -158,6 +164,37 @@ def test_one_decode_program_per_session(small, session):
     assert predictor.decode_cache_size() == 1
     others = {k: v for k, v in counts.items() if "_decode_low_res" not in k}
     assert others and all("_postprocess" in k for k in others) and sum(others.values()) == 2, dict(counts)
+
+
+def test_a_prepared_session_compiles_nothing(small):
+    """`encode` prepares the session's programs; afterwards 1 to 8 clicks, a box, box and
+    clicks, fed-back logits and multimask on and off neither compile nor load a program,
+    through `sam_jax.decode` and through `SamPredictor`."""
+    image = make_image(77, 101, seed=9)  # a size of its own: its post-processing is new here
+    with count_compiles(LOWERED) as prepared:
+        emb = sam_jax.encode(small.params, image)
+        preparing = predictor.preparation(emb)
+        assert preparing is not None and preparing is predictor.prepare_session(small.params, emb)
+        preparing.result()
+    assert sum(v for k, v in prepared.items() if "_postprocess" in k) == 2, dict(prepared)
+    ported = sam_jax.SamPredictor(sam_jax.compat.Sam(small.params))
+    ported.set_image(image)
+    clicks, labels = prompt(8, seed=12)
+    clicks = clicks * (101 / SIZE[1], 77 / SIZE[0])
+    box = np.array([10.0, 5.0, 90.0, 70.0])
+    with count_compiles(LOWERED) as counts:
+        low = None
+        for k in range(1, 9):
+            masks, scores, low_res = sam_jax.decode(small.params, emb, clicks[:k], labels[:k], mask_input=low)
+            low = np.asarray(low_res)[int(np.argmax(np.asarray(scores)))][None]
+        sam_jax.decode(small.params, emb, box=box)
+        sam_jax.decode(small.params, emb, clicks[:2], labels[:2], box=box, mask_input=low)
+        sam_jax.decode(small.params, emb, clicks, labels, multimask_output=False)
+        for k in (1, 5):
+            ported.predict(clicks[:k], labels[:k], multimask_output=k == 1)
+        masks, _, _ = ported.predict(clicks[:2], labels[:2], box=box, mask_input=low)
+        np.asarray(masks)
+    assert not counts, dict(counts)
 
 
 def test_labels_are_checked(small, session):

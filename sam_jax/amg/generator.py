@@ -53,7 +53,7 @@ def _process_crop(
     crop_size = crop.shape[:2]
     cfg = params.config
     size = cfg.image_size
-    embedding = encode(params, crop)
+    embedding = encode(params, crop, prepare=False)  # decoded in batches
 
     points = points01 * np.asarray(crop_size)[None, ::-1]  # (x, y) in crop pixels, float64
     batch = opts.points_per_batch

@@ -62,7 +62,7 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         if len(gt) == 0:
             continue
         small.extend(gt.sum(axis=(1, 2)) < SMALL_AREA * gt[0].size)
-        emb = encode(params, sample.image)
+        emb = encode(params, sample.image, prepare=False)  # decoded in batches
         pts = np.array([[interior_point(m)] for m in gt])  # (K, 1, 2)
         labels = np.ones(pts.shape[:2], np.int32)
         masks, scores, low = (np.asarray(a) for a in decode(params, emb, pts, labels))
