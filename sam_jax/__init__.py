@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
+from sam_jax import compilation_cache
 from sam_jax.checkpoint import save
 from sam_jax.compat import ResizeLongestSide, Sam, SamPredictor, sam_model_registry
 from sam_jax.compilation_cache import enable_compilation_cache
@@ -27,6 +28,10 @@ from sam_jax.end_to_end import forward
 from sam_jax.loading import EMBEDDED_AUTOMATIC_OPTIONS, EMBEDDED_MODELS, init, load
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, decode, encode, predict
+
+# Before anything is compiled (importing the package compiles nothing): JAX decides once per
+# process whether to use its persistent cache.
+compilation_cache.enable_default()
 
 if TYPE_CHECKING:
     from sam_jax.amg import AmgOptions, generate_masks

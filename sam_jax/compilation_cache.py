@@ -1,9 +1,14 @@
-"""JAX's persistent compilation cache, for library users and the command line.
+"""JAX's persistent compilation cache, on by default for library users and the command line.
 
 A process that finds a program in the cache loads it instead of compiling it: the first
 click of an interactive session, the first image of a batch job. JAX keys the entries by
 the program, the JAX/XLA version and the device, so a cache can be shared by processes and
 kept across runs; a stale entry is never used.
+
+`import sam_jax` turns it on (`enable_default`) in the user's cache folder, bounded to
+`DEFAULT_MAX_BYTES` (least recently used programs go first), unless JAX already has a cache
+folder (the user's own `JAX_COMPILATION_CACHE_DIR` or `jax_compilation_cache_dir`) or
+`SAM_JAX_COMPILATION_CACHE` says "off" or names another folder.
 """
 
 from __future__ import annotations
@@ -60,15 +65,49 @@ def enable_from_environment(path: str | None = None, *, default: bool = True) ->
     """The command line's switch: `path` (a `--compilation-cache` flag), else the
     `SAM_JAX_COMPILATION_CACHE` environment variable, else (with `default`) the user's cache
     folder (`user_cache_dir()/compilation`, at most `DEFAULT_MAX_BYTES`); "off" in either
-    place, or `default=False` without a path: no cache."""
+    place, or `default=False` without a path: no cache (the default one turned off again)."""
     path = path or os.environ.get(ENV_VAR) or None
     if path is not None and path.lower() in OFF_VALUES:
+        disable_default()
         return None
     if path is None:
         if not default:
+            disable_default()
             return None
-        return enable_compilation_cache(user_cache_dir() / "compilation", max_bytes=DEFAULT_MAX_BYTES)
+        return _enable_default_folder()
     return enable_compilation_cache(path)
+
+
+_DEFAULT: list[Path] = []  # the folder `enable_default` turned on, if it did
+
+
+def enable_default() -> Path | None:
+    """What `import sam_jax` does (see the module docstring). Never raises: a cache folder
+    that cannot be made leaves the cache off."""
+    import jax
+
+    if os.environ.get(ENV_VAR) is None and jax.config.jax_compilation_cache_dir:
+        return None  # the user's own JAX cache
+    try:
+        return enable_from_environment()
+    except (OSError, ValueError):
+        return None
+
+
+def disable_default() -> None:
+    """Turns off the cache that `enable_default` turned on (not one the user set)."""
+    if _DEFAULT:
+        import jax
+
+        if jax.config.jax_compilation_cache_dir == str(_DEFAULT[0]):
+            jax.config.update("jax_compilation_cache_dir", None)
+        _DEFAULT.clear()
+
+
+def _enable_default_folder() -> Path:
+    folder = enable_compilation_cache(user_cache_dir() / "compilation", max_bytes=DEFAULT_MAX_BYTES)
+    _DEFAULT[:] = [folder]
+    return folder
 
 
 def user_cache_dir() -> Path:

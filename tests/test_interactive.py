@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
 
@@ -215,6 +217,14 @@ def test_compilation_cache(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code, str(cache)], check=True, timeout=300)
     assert any(cache.iterdir())
+    # On by default, in the user's cache folder; one switch turns it off.
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if "CACHE" not in k}  # the suite's own folders
+    code = "import jax, sam_jax; jax.jit(lambda x: x * 3 + 1)(1.0).block_until_ready()"
+    for switch in ({}, {"SAM_JAX_COMPILATION_CACHE": "off"}):
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**env, "HOME": str(home), **switch})
+        assert (home / ".cache" / "sam-jax" / "compilation").is_dir() != bool(switch)
+        shutil.rmtree(home, ignore_errors=True)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         sam_jax.enable_compilation_cache(tmp_path / "file")

@@ -571,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compilation-cache",
         metavar="DIR",
-        help="keep compiled programs in DIR for later runs (default: $SAM_JAX_COMPILATION_CACHE, else none)",
+        help="keep compiled programs in DIR for later runs, 'off' for none "
+        "(default: $SAM_JAX_COMPILATION_CACHE, else ~/.cache/sam-jax/compilation)",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("convert", help="convert checkpoints to and from PyTorch (see sam-jax convert -h)")
