@@ -84,9 +84,8 @@ _DEFAULT: list[Path] = []  # the folder `enable_default` turned on, if it did
 def enable_default() -> Path | None:
     """What `import sam_jax` does (see the module docstring). Never raises: a cache folder
     that cannot be made leaves the cache off."""
-    import jax
 
-    if os.environ.get(ENV_VAR) is None and jax.config.jax_compilation_cache_dir:
+    if os.environ.get(ENV_VAR) is None and cache_folder():
         return None  # the user's own JAX cache
     try:
         return enable_from_environment()
@@ -99,9 +98,17 @@ def disable_default() -> None:
     if _DEFAULT:
         import jax
 
-        if jax.config.jax_compilation_cache_dir == str(_DEFAULT[0]):
+        if cache_folder() == str(_DEFAULT[0]):
             jax.config.update("jax_compilation_cache_dir", None)
         _DEFAULT.clear()
+
+
+def cache_folder() -> str | None:
+    """The persistent cache's folder in use, whoever set it; None when it is off."""
+    import jax
+
+    folder = jax.config.values.get("jax_compilation_cache_dir")
+    return str(folder) if folder else None
 
 
 def _enable_default_folder() -> Path:

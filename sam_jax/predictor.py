@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax import transforms
+from sam_jax import compilation_cache, transforms
 from sam_jax.config import SamConfig
 from sam_jax.modeling.prompt_encoder import (
     LABEL_BACKGROUND,
@@ -327,8 +327,8 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None, p
         image: (H, W, 3) uint8 RGB, or (B, H, W, 3) for a batch of same-sized images.
         compute_dtype: "float32" or "bfloat16" for the encoder's arithmetic; None uses
             `params.compute_dtype` (float32 unless `load` or `with_compute_dtype` said otherwise).
-        prepare: for one image, compile the interactive session's programs
-            (`prepare_session`) on a background thread once the embedding is computed, so
+        prepare: for one image, compile (or load from the persistent cache) the
+            interactive session's programs (`prepare_session`) on a background thread, so
             that no click compiles; False for code that only reads the embedding or decodes
             in batches.
     Returns:
@@ -565,11 +565,13 @@ def prepare_session(
       `hq_token_only` either way), masks as booleans;
     - the embedding's finiteness check, and a SAM-HQ model's image features.
 
+    With the persistent compilation cache off, a background preparation first waits for
+    the embedding: compiling beside the encoder would slow it down.
+
     Programs depend on shapes, not values: once prepared for a model and an image size,
     every later image of that size is ready. With the persistent compilation cache (on by
     default, `sam_jax.compilation_cache`) a new process loads them instead of compiling.
-    `encode` starts this in the background for every single image, once its embedding is
-    computed.
+    `encode` starts this in the background for every single image.
 
     Args:
         params: the model (its weights' shapes and config).
@@ -611,6 +613,14 @@ def prepare_session(
     return future
 
 
+def wait_for_preparations() -> None:
+    """Waits for every preparation started so far (before timing decodes or counting
+    compilations: a background preparation uses the CPU and compiles)."""
+    with _PREPARATIONS_LOCK:
+        pending = list(_PREPARATIONS.values())
+    concurrent.futures.wait(pending)
+
+
 def preparation(embedding: ImageEmbedding) -> concurrent.futures.Future[None] | None:
     """The preparation `encode` started for this embedding (`prepare_session`), or None."""
     return getattr(embedding, "_preparing", None)
@@ -623,10 +633,13 @@ def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
     def spec(x: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
-    # After the encoder: compiling beside it would delay the embedding by as long as the
-    # compilation takes a core (a vit_b encode 10 -> 13 s on two cores), and the image is
-    # shown before its first click comes.
-    jax.block_until_ready((embedding.image_embedding, embedding.early_features))
+    if compilation_cache.cache_folder() is None:
+        # Without the persistent cache every program compiles: beside the encoder that holds
+        # a core it needs (a vit_b embedding 10 -> 13 s on two CPU cores), so wait for it.
+        # With the cache (the default) programs are mostly loaded: ~1 s of one core for
+        # vit_b, which overlaps the encoder (its embedding +0.4-0.9 s) so that the first
+        # click finds them ready (docs/interactive.md).
+        jax.block_until_ready((embedding.image_embedding, embedding.early_features))
     cfg = params.config
     emb = spec(embedding.image_embedding)
     early = None if embedding.early_features is None else spec(embedding.early_features)

@@ -148,6 +148,7 @@ def test_one_decode_program_per_session(small, session):
     alone, box and clicks, fed-back logits, multimask on and off. Post-processing compiles
     once per image size and output option (here 2: multimask on and off)."""
     _, emb = session
+    predictor.wait_for_preparations()  # encode's, which compiles what this test counts
     jax.clear_caches()
     clicks, labels = prompt(8, seed=11)
     with count_compiles() as counts:
@@ -173,6 +174,7 @@ def test_a_prepared_session_compiles_nothing(small):
     clicks, fed-back logits and multimask on and off neither compile nor load a program,
     through `sam_jax.decode` and through `SamPredictor`."""
     image = make_image(77, 101, seed=9)  # a size of its own: its post-processing is new here
+    predictor.wait_for_preparations()  # earlier tests' (their compilations would be counted)
     with count_compiles(LOWERED) as prepared:
         emb = sam_jax.encode(small.params, image)
         preparing = predictor.preparation(emb)
