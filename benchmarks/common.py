@@ -7,6 +7,12 @@ puts it there for the package).
 
 from __future__ import annotations
 
+import os
+
+# First calls (`first=`, the compile rows) time compilation: the persistent compilation
+# cache, on by default for users, stays off here unless a run or section sets a folder.
+os.environ.setdefault("SAM_JAX_COMPILATION_CACHE", "off")
+
 import dataclasses
 import statistics
 import time
