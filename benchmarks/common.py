@@ -29,6 +29,7 @@ import sam_jax
 from sam_jax import conversion, formats
 from sam_jax.config import SamConfig, with_fields
 from sam_jax.data import SyntheticShapes
+from sam_jax.predictor import wait_for_preparations
 from sam_jax.testing import SMALL, TINY, build_reference, randomize_
 from sam_jax.testing import make_image as make_image  # a scene too: the tests' smooth random image
 
@@ -206,6 +207,7 @@ def decode_cases(ref_model: torch.nn.Module, params: sam_jax.SamParams, image: n
     masks = "1 mask" if params.config.hq else "3 masks"
     predictor.set_image(image)
     emb = sam_jax.encode(params, image)
+    wait_for_preparations()  # encode's background compilation would slow the reference's first calls
     point = np.array([[w * 0.4, h * 0.6]])
     points = np.random.default_rng(0).uniform(0, 1, (64, 1, 2)) * [w, h]
     tp = torch.as_tensor(predictor.transform.apply_coords(points, (h, w)), dtype=torch.float, device=device)

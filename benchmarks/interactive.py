@@ -87,6 +87,7 @@ def bench_session(repeats: int) -> None:
     ref = SamPredictor(ref_model)
     ref.set_image(image)
     emb = sam_jax.encode(params, image)
+    sam_jax.predictor.wait_for_preparations()  # its background compilation would slow the reference's session
 
     def ours(point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True) -> tuple:
         return sam_jax.decode(
