@@ -83,7 +83,8 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
     box = page.locator("#view").bounding_box()
-    return box["x"] + (x + 0.5) * box["width"] / 512, box["y"] + (y + 0.5) * box["height"] / 512
+    w, h = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
+    return box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h
 
 
 def test_click_to_segment_in_chromium(url, app, params, tmp_path):
@@ -214,6 +215,34 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert page.evaluate("document.getElementById('view').height") == 300
             assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
             assert np.abs(canvas(page) - sample[100:400, 50:450]).max() <= 2
+            assert problems == []
+
+            # A file the server takes but the browser cannot show (TIFF) leaves the page as it
+            # was: nothing is uploaded, and the next click's mask is the shown image's.
+            tiff = tmp_path / "other.tif"
+            Image.fromarray(np.ascontiguousarray(sample[::-1, ::2])).save(tiff, format="TIFF")
+            posted = len(uploads)
+            page.set_input_files("#file", str(tiff))
+            wait_until(page, "document.getElementById('status').textContent.includes('cannot display')")
+            assert len(uploads) == posted and page.evaluate("document.getElementById('view').width") == 400
+            with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+                page.mouse.click(*image_to_screen(page, 120, 150))
+            wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+            body, result = sent[-1], answer.value.json()
+            assert body["labels"] == [1]
+            masks, scores, _ = sam_jax.predict(params, sample[100:400, 50:450], body["points"], body["labels"])
+            best = int(np.argmax(scores))
+            np.testing.assert_array_equal(decode_rle(result["masks"][best]), np.asarray(masks)[best])
+
+            # The server goes away: the next click's point is drawn, the mask of the previous
+            # prompt is taken off, and the page says why.
+            page.route("**/predict", lambda route: route.abort())
+            page.mouse.click(*image_to_screen(page, 300, 200), button="right")
+            wait_until(page, "document.getElementById('status').textContent.includes('no mask for this prompt')")
+            assert "did not answer" in page.text_content("#status")
+            assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
+            page.unroute("**/predict")
+            problems[:] = [p for p in problems if "net::ERR_FAILED" not in p]  # the refused request, logged
             assert problems == []
         finally:
             browser.close()

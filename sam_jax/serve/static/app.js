@@ -40,11 +40,20 @@ async function api(path, { body, form } = {}, retry = true) {
     init.headers = { "Content-Type": "application/json" };
     init.body = JSON.stringify(body || {});
   }
-  const response = await fetch(path, init);
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new Error("the server did not answer (is `sam-jax serve` still running?)");
+  }
   if (response.status === 404 && retry && state.file && path.startsWith("/api/images/")) {
-    // Evicted from the server's cache: upload the same file again, then retry once.
-    await upload(state.file, false);
-    return api(path.replace(/\/api\/images\/[^/]+/, `/api/images/${state.imageId}`), { body, form }, false);
+    // Evicted from the server's cache: upload the same file again, then retry once, unless
+    // another image was opened meanwhile (its answer would not be this one's).
+    const file = state.file;
+    const info = await upload(file);
+    if (state.file !== file) throw new Error("another image was opened");
+    state.imageId = info.image_id;
+    return api(path.replace(/\/api\/images\/[^/]+/, `/api/images/${info.image_id}`), { body, form }, false);
   }
   let data;
   try {
@@ -56,19 +65,14 @@ async function api(path, { body, form } = {}, retry = true) {
   return data;
 }
 
-async function upload(file, resetPrompt = true) {
+// Uploads a file; the caller decides what of the page changes (nothing, if anything fails).
+async function upload(file) {
   if (file.size > state.maxUploadBytes) {
     throw new Error(`the file is larger than the server accepts (${state.maxUploadBytes} bytes)`);
   }
   const form = new FormData();
   form.append("file", file, "upload");
-  const info = await api("/api/images", { form });
-  state.imageId = info.image_id;
-  if (resetPrompt) {
-    state.width = info.width;
-    state.height = info.height;
-  }
-  return info;
+  return api("/api/images", { form });
 }
 
 // ---------------------------------------------------------------- masks
@@ -245,14 +249,18 @@ async function predict() {
     multimask: $("show-candidates").checked || single,
   };
   const t0 = performance.now();
+  const file = state.file;
   try {
     const result = await api(`/api/images/${state.imageId}/predict`, { body });
-    if (seq !== state.seq) return; // a newer prompt is on its way
+    // Shown only for the prompt and image on screen: a newer prompt or image drops it.
+    if (seq !== state.seq || file !== state.file) return;
     const best = result.scores.indexOf(Math.max(...result.scores));
     state.result = { ...result, chosen: best };
     status(`score ${result.scores[best].toFixed(3)} · ${Math.round(performance.now() - t0)} ms`);
   } catch (e) {
-    if (seq === state.seq) status(e.message, true);
+    if (seq !== state.seq || file !== state.file) return;
+    state.result = null; // the mask of an earlier prompt would not match the points on screen
+    status(`no mask for this prompt: ${e.message}`, true);
   }
   showCandidates();
   render();
@@ -336,8 +344,10 @@ $("everything").addEventListener("click", async () => {
   $("everything").disabled = true;
   status("Segmenting everything…");
   const t0 = performance.now();
+  const file = state.file;
   try {
     const records = await api(`/api/images/${state.imageId}/automatic`, { body: options });
+    if (file !== state.file) throw new Error("another image was opened; its masks were not kept");
     state.seq += 1; // drop any prediction still on its way
     state.points = [];
     state.labels = [];
@@ -389,18 +399,21 @@ $("download-json").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- opening images
 
+// Opens a file: the page changes only once the browser has decoded it and the server has
+// encoded it; if either fails, the image, prompt and masks on screen stay as they were.
 async function open(file) {
   status("Uploading and encoding…");
   try {
-    const info = await upload(file);
     let bitmap;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch {
-      throw new Error("the server took the image, but this browser cannot display its format; try a PNG or JPEG");
+      throw new Error(`this browser cannot display ${file.name}; try a PNG or JPEG (the page is unchanged)`);
     }
+    const info = await upload(file);
     Object.assign(state, {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
+      imageId: info.image_id, width: info.width, height: info.height,
       points: [], labels: [], box: null, history: [], result: null, automatic: null, overlay: null,
     });
     state.seq += 1;
