@@ -69,12 +69,6 @@ def subprocess_env(devices: int = 1) -> dict[str, str]:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slow tests first (the longest-first rule for two workers): started last, one of
-    them would run alone on one core while the other worker has finished."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
         shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -197,7 +197,6 @@ def test_cli_refuses_bad_data_in_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "nowhere" in result.stderr, result.stderr
 
 
-@pytest.mark.slow
 def test_cli_finetune_runs_and_resumes(tmp_path, capsys):
     sam_jax.save(tmp_path / "init", sam_jax.init(TINY, 0))
     args = [
@@ -240,7 +239,6 @@ def test_cli_finetune_runs_and_resumes(tmp_path, capsys):
     assert "resumed from step 8" in out, out + err
 
 
-@pytest.mark.slow
 def test_remat_and_bf16_steps():
     """Gradient checkpointing changes memory, not values; bf16 compute stays near fp32.
     (No correction rounds: what remat and bf16 touch is the encoder, run once per step.)"""
@@ -292,7 +290,6 @@ np.savez({out!r}, *one_step_and_run(batch))
 """
 
 
-@pytest.mark.slow
 def test_data_parallel_over_devices_matches_one_device(tmp_path):
     """The batch axis is sharded over every local device; the result equals one device's
     (this process's, which has one)."""
