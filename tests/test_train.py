@@ -217,10 +217,11 @@ def test_cli_finetune_runs_and_resumes(tmp_path, capsys):
         "2",
         "--eval-every",
         "4",
+        # One image each: every image brings its own prompt count, so its own programs.
         "--eval-images",
-        "3",
+        "1",
         "--final-eval-images",
-        "3",
+        "1",
         "--export",
         str(tmp_path / "final"),
         "--no-progress",
