@@ -634,11 +634,10 @@ def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
         return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
     if compilation_cache.cache_folder() is None:
-        # Without the persistent cache every program compiles: beside the encoder that holds
-        # a core it needs (a vit_b embedding 10 -> 13 s on two CPU cores), so wait for it.
-        # With the cache (the default) programs are mostly loaded: ~1 s of one core for
-        # vit_b, which overlaps the encoder (its embedding +0.4-0.9 s) so that the first
-        # click finds them ready (docs/interactive.md).
+        # Without the persistent cache every program compiles, which beside the encoder
+        # would hold a core it needs: wait for it. With the cache (the default) programs are
+        # mostly loaded, cheap enough to overlap the encoder so that the first click finds
+        # them ready (docs/interactive.md has the measurements).
         jax.block_until_ready((embedding.image_embedding, embedding.early_features))
     cfg = params.config
     emb = spec(embedding.image_embedding)
