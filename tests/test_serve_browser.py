@@ -150,6 +150,8 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             labels = page.locator("#candidates button").all_inner_texts()
             assert [float(t.rsplit(" ", 1)[1]) for t in labels] == pytest.approx(np.asarray(scores), abs=1e-3)
             atomic_write_bytes(shots / "serve-click.png", page.screenshot())
+            page.locator("#candidates button").nth(2).click()  # the status names the mask drawn
+            assert page.text_content("#status") == f"mask 3 · score {labels[2].rsplit(' ', 1)[1]}"
             with page.expect_response(lambda r: r.url.endswith("/predict")):
                 page.uncheck("#show-candidates")
 
@@ -216,6 +218,19 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
             assert np.abs(canvas(page) - sample[100:400, 50:450]).max() <= 2
             assert problems == []
+
+            # A file over the server's limit is refused with the limit in MB, before upload.
+            page.evaluate(
+                """() => {
+                    state.maxUploadBytes = 3 * 2 ** 20;
+                    const drop = new DataTransfer();
+                    drop.items.add(new File([new Uint8Array(4 * 2 ** 20)], "big.png", { type: "image/png" }));
+                    document.getElementById("stage").dispatchEvent(
+                        new DragEvent("drop", { dataTransfer: drop, bubbles: true, cancelable: true }));
+                }"""
+            )
+            wait_until(page, "document.getElementById('status').textContent.includes('(3.0 MB)')")
+            assert page.evaluate("document.getElementById('view').width") == 400
 
             # A file the server takes but the browser cannot show (TIFF) leaves the page as it
             # was: nothing is uploaded, and the next click's mask is the shown image's.

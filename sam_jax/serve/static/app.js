@@ -65,11 +65,20 @@ async function api(path, { body, form } = {}, retry = true) {
   return data;
 }
 
+function megabytes(n) {
+  const mb = n / 2 ** 20;
+  return `${mb.toFixed(mb < 10 ? 1 : 0)} MB`;
+}
+
 // Uploads a file; the caller decides what of the page changes (nothing, if anything fails).
-async function upload(file) {
+function checkSize(file) {
   if (file.size > state.maxUploadBytes) {
-    throw new Error(`the file is larger than the server accepts (${state.maxUploadBytes} bytes)`);
+    throw new Error(`the file is larger than the server accepts (${megabytes(state.maxUploadBytes)})`);
   }
+}
+
+async function upload(file) {
+  checkSize(file);
   const form = new FormData();
   form.append("file", file, "upload");
   return api("/api/images", { form });
@@ -216,6 +225,7 @@ function showCandidates() {
     b.className = i === state.result.chosen ? "chosen" : "";
     b.addEventListener("click", () => {
       state.result.chosen = i;
+      status(`mask ${i + 1} · score ${score.toFixed(3)}`); // the one drawn, not the best
       showCandidates();
       render();
     });
@@ -404,6 +414,7 @@ $("download-json").addEventListener("click", () => {
 async function open(file) {
   status("Uploading and encoding…");
   try {
+    checkSize(file);
     let bitmap;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
