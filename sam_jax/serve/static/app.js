@@ -70,13 +70,13 @@ function megabytes(n) {
   return `${mb.toFixed(mb < 10 ? 1 : 0)} MB`;
 }
 
-// Uploads a file; the caller decides what of the page changes (nothing, if anything fails).
 function checkSize(file) {
   if (file.size > state.maxUploadBytes) {
     throw new Error(`the file is larger than the server accepts (${megabytes(state.maxUploadBytes)})`);
   }
 }
 
+// Uploads a file; the caller decides what of the page changes (nothing, if anything fails).
 async function upload(file) {
   checkSize(file);
   const form = new FormData();
