@@ -154,8 +154,15 @@ def save(path: str | os.PathLike[str], params: SamParams, *, overwrite: bool = F
         raise TypeError("save takes the folder first, then the model: sam_jax.save(path, params)")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise TypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__} {path!r:.40}")
+    if "sam_jax.nnx" in sys.modules:  # an NNX model exists only once its module is imported
+        from sam_jax.nnx import Sam, from_nnx
+
+        params = from_nnx(params) if isinstance(params, Sam) else params
     if not isinstance(params, SamParams):
-        raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
+        raise TypeError(
+            "params must be SamParams (from sam_jax.load or sam_jax.init) or a sam_jax.nnx.Sam, "
+            f"got {type(params).__name__}"
+        )
     with checkpoint_directory(path, overwrite) as tmp:
         write_checkpoint(tmp, params)
 

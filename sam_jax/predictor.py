@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import operator
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -104,9 +105,18 @@ class ImageEmbedding:
 
 
 def check_params(params: Any) -> SamParams:
-    if not isinstance(params, SamParams):
-        raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
-    return params
+    """`params` as `SamParams`: themselves, or a `sam_jax.nnx.Sam`'s weights (the same arrays)."""
+    if isinstance(params, SamParams):
+        return params
+    if "sam_jax.nnx" in sys.modules:  # an NNX model exists only once its module is imported
+        from sam_jax.nnx import Sam, from_nnx
+
+        if isinstance(params, Sam):
+            return from_nnx(params)
+    raise TypeError(
+        "params must be SamParams (from sam_jax.load or sam_jax.init) or a sam_jax.nnx.Sam, "
+        f"got {type(params).__name__}"
+    )
 
 
 def _as_numeric(value: Any, name: str, form: str) -> np.ndarray:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("sam_jax.config", "sam_jax.io", "sam_jax.masks", "sam_jax.compilation_cache")),
     ("modeling", ("sam_jax.modeling",)),
+    ("nnx", ("sam_jax.nnx",)),
     ("checkpoint", ("sam_jax.checkpoint",)),
     (
         "computation",

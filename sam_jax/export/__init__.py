@@ -50,6 +50,7 @@ from sam_jax.export.interface import (
 from sam_jax.export.jax_program import export_jax
 from sam_jax.export.onnx_graph import export_onnx
 from sam_jax.modeling.sam import SamParams
+from sam_jax.predictor import check_params
 
 EXPORTERS: dict[str, Callable[[SamParams, AnyExportOptions | None], bytes]] = {"onnx": export_onnx, "jax": export_jax}
 
@@ -66,8 +67,7 @@ def export_decoder(params: SamParams, fmt: str = "onnx", options: AnyExportOptio
     Raises:
         ValueError: an unknown format, or options the model's decoder does not have.
     """
-    if not isinstance(params, SamParams):
-        raise TypeError(f"params must be SamParams (from sam_jax.load or sam_jax.init), got {type(params).__name__}")
+    params = check_params(params)
     if fmt not in EXPORTERS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return EXPORTERS[fmt](params, resolve_options(params.config, options))

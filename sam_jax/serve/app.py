@@ -41,7 +41,7 @@ from sam_jax.amg import AmgOptions, generate_masks
 from sam_jax.config import trained_for
 from sam_jax.masks import masks_to_coco_rle
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import ImageEmbedding, check_prompts, decode, encode
+from sam_jax.predictor import ImageEmbedding, check_params, check_prompts, decode, encode
 from sam_jax.serve.cache import EmbeddingCache
 from sam_jax.serve.images import UploadRejected, decode_upload
 
@@ -141,8 +141,7 @@ def create_app(
     Returns:
         A Starlette application (run it with uvicorn; one process: the cache lives in it).
     """
-    if not isinstance(params, SamParams):
-        raise TypeError(f"params must be SamParams (from sam_jax.load), got {type(params).__name__}")
+    params = check_params(params)
     for name, value in (
         ("max_upload_bytes", max_upload_bytes),
         ("max_pixels", max_pixels),
