@@ -5,6 +5,7 @@ the functional core, differentiable through `nnx.split`/`merge`, trainable with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -44,9 +45,54 @@ def prompts(config: sam_jax.SamConfig) -> dict[str, jax.Array]:
     }
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_VIT_HQ], ids=["vit-sam", "tiny_vit-hq"])
-def test_nnx_model_holds_the_same_arrays_and_computes_the_same_bits(config):
-    params = core.init_params(config, 1)
+KINDS = {
+    "vit": TINY,
+    "vit-hq": dataclasses.replace(TINY, mask_decoder="hq"),
+    "tiny_vit": dataclasses.replace(TINY_VIT_HQ, mask_decoder="sam"),
+    "tiny_vit-hq": TINY_VIT_HQ,
+}
+
+
+def nnx_forward(params: sam_jax.SamParams, x: dict[str, jax.Array], multimask: bool) -> tuple:
+    """Each NNX module's outputs on `x`, and the whole model's."""
+    m = sam_jax.nnx.to_nnx(params)
+    emb, early = m.image_encoder(x["images"])
+    sparse, dense, pe = m.prompt_encoder(x["points"], x["labels"], x["boxes"], x["masks"])
+    hq_only = params.config.hq and not multimask
+    decoded = m.mask_decoder(emb, pe, sparse, dense, multimask, early, hq_token_only=hq_only)
+    return emb, early, sparse, dense, pe, decoded, m(x["images"], x["points"], x["labels"], multimask_output=multimask)
+
+
+def core_forward(params: sam_jax.SamParams, x: dict[str, jax.Array], multimask: bool) -> tuple:
+    """The same through the functional core."""
+    emb, early = core.encoder_outputs(params, x["images"])
+    sparse, dense, pe = core.prompt_encoder_forward(params, x["points"], x["labels"], x["boxes"], x["masks"])
+    hq_only = params.config.hq and not multimask
+    decoded = core.mask_decoder_forward(params, emb, pe, sparse, dense, multimask, early, hq_only)
+    emb2, early2 = core.encoder_outputs(params, x["images"])  # the whole model encodes again
+    p_sparse, p_dense, p_pe = core.prompt_encoder_forward(params, x["points"], x["labels"])
+    whole = core.mask_decoder_forward(params, emb2, p_pe, p_sparse, p_dense, multimask, early2)
+    return emb, early, sparse, dense, pe, decoded, whole
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_nnx_modules_lower_to_the_functional_core_s_program(kind):
+    """The same program, operation for operation, precision included (hence the same bits
+    on any backend): the NNX modules run the core's linen modules on the same arrays."""
+    config = KINDS[kind]
+    params = core.abstract_params(config)
+    x = jax.eval_shape(lambda: prompts(config))
+    # Multimask off also selects SAM-HQ's HQ mask alone: once is enough.
+    for multimask in (True, False) if kind == "tiny_vit-hq" else (True,):
+
+        def program(forward: Callable[..., tuple], multimask: bool = multimask) -> str:
+            return jax.jit(lambda p, x: forward(p, x, multimask)).lower(params, x).as_text()
+
+        assert program(nnx_forward) == program(core_forward), (kind, multimask)
+
+
+def test_nnx_model_holds_the_same_arrays_and_its_gradients_are_the_core_s():
+    params = core.init_params(TINY, 1)
     model = sam_jax.nnx.to_nnx(params)
 
     # The same arrays, at the same paths, both ways: nothing was copied.
@@ -61,49 +107,9 @@ def test_nnx_model_holds_the_same_arrays_and_computes_the_same_bits(config):
     assert jax.tree.structure(back) == jax.tree.structure(params)  # config and static fields too
     assert all(a is b for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True))
 
-    @jax.jit
-    def both(params: sam_jax.SamParams, x: dict[str, jax.Array]) -> tuple:
-        m = sam_jax.nnx.to_nnx(params)
-        emb, early = m.image_encoder(x["images"])
-        sparse, dense, pe = m.prompt_encoder(x["points"], x["labels"], x["boxes"], x["masks"])
-        ours = (
-            emb,
-            early,
-            sparse,
-            dense,
-            pe,
-            m.mask_decoder(emb, pe, sparse, dense, True, early, hq_token_only=config.hq),
-            m(x["images"], x["points"], x["labels"], multimask_output=False),
-        )
-        emb_c, early_c = core.encoder_outputs(params, x["images"])
-        sparse_c, dense_c, pe_c = core.prompt_encoder_forward(params, x["points"], x["labels"], x["boxes"], x["masks"])
-        p_sparse, p_dense, p_pe = core.prompt_encoder_forward(params, x["points"], x["labels"])
-        theirs = (
-            emb_c,
-            early_c,
-            sparse_c,
-            dense_c,
-            pe_c,
-            core.mask_decoder_forward(params, emb_c, pe_c, sparse_c, dense_c, True, early_c, config.hq),
-            core.mask_decoder_forward(params, emb_c, p_pe, p_sparse, p_dense, False, early_c),
-        )
-        return ours, theirs
-
-    ours, theirs = both(params, prompts(config))
-    assert (ours[1] is None) == (not config.hq)
-    for i, (a, b) in enumerate(zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"output {i}")
-
-    # The functional API takes the NNX model as it takes SamParams (`check_params`).
-    image = np.random.default_rng(0).integers(0, 256, (40, 52, 3), np.uint8)
-    ours, theirs = (sam_jax.encode(p, image, prepare=False) for p in (model, params))
-    np.testing.assert_array_equal(np.asarray(ours.image_embedding), np.asarray(theirs.image_embedding))
-
-
-def test_gradients_through_split_and_merge_equal_jax_grad_on_params():
-    params = core.init_params(TINY, 2)
-    graphdef, state = nnx.split(sam_jax.nnx.to_nnx(params))
+    # Gradients through nnx.split / nnx.merge against jax.grad on SamParams.
     x = prompts(TINY)
+    graphdef, state = nnx.split(model)
 
     def loss(logits: jax.Array, iou: jax.Array) -> jax.Array:
         return jnp.mean(jnp.tanh(logits) ** 2) + jnp.mean(iou**2)
@@ -116,13 +122,20 @@ def test_gradients_through_split_and_merge_equal_jax_grad_on_params():
         sparse, dense, pe = core.prompt_encoder_forward(params, x["points"], x["labels"], x["boxes"])
         return loss(*core.mask_decoder_forward(params, emb, pe, sparse, dense, True))
 
-    ours, theirs = jax.jit(lambda s, p: (jax.grad(nnx_loss)(s), jax.grad(core_loss)(p)))(state, params)
-    ours = nnx.to_pure_dict(ours)
+    grad = jax.jit(lambda s, p: (jax.value_and_grad(nnx_loss)(s), jax.value_and_grad(core_loss)(p)))
+    (nnx_value, nnx_grads), (core_value, core_grads) = grad(state, params)
+    assert float(nnx_value) == float(core_value)
+    nnx_grads = nnx.to_pure_dict(nnx_grads)
     for name in core.COMPONENTS:
-        grads = dict(flatten_weights(theirs.weights[name]))
+        grads = dict(flatten_weights(core_grads.weights[name]))
         assert any(np.abs(np.asarray(g)).max() > 0 for g in grads.values()), name
-        for path, g in flatten_weights(ours[name]):
+        for path, g in flatten_weights(nnx_grads[name]):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(grads[path]), err_msg=f"{name}/{path}")
+
+    # The functional API takes the NNX model as it takes SamParams (`check_params`).
+    image = np.random.default_rng(0).integers(0, 256, (40, 52, 3), np.uint8)
+    ours, theirs = (sam_jax.encode(p, image, prepare=False) for p in (model, params))
+    np.testing.assert_array_equal(np.asarray(ours.image_embedding), np.asarray(theirs.image_embedding))
 
 
 def test_the_nnx_fine_tuning_example_of_the_docs_lowers_the_loss():
