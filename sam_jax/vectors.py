@@ -40,11 +40,12 @@ def _number_pair(value: object, name: str) -> tuple[float, float]:
     return x, y
 
 
-def _check_tolerance(tolerance: object) -> float:
+def check_tolerance(tolerance: object, name: str = "tolerance") -> float:
+    """`tolerance` as a simplification in pixels (a finite number >= 0); raises naming `name` otherwise."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)):
-        raise TypeError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
+        raise TypeError(f"{name} must be a number of pixels >= 0, got {tolerance!r}")
     if not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance must be a number of pixels >= 0, got {tolerance}")
+        raise ValueError(f"{name} must be a number of pixels >= 0, got {tolerance}")
     return float(tolerance)
 
 
@@ -131,7 +132,7 @@ def mask_to_polygons(
         raise ValueError(f"mask must be an (H, W) array, got shape {mask.shape}")
     if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
         raise TypeError(f"mask must be an (H, W) bool array, got dtype {mask.dtype}")
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     ox, oy = _number_pair(offset, "offset")
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (mask != 0).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S
@@ -140,8 +141,8 @@ def mask_to_polygons(
     for label in range(1, count):  # 0 is the background
         x, y, w, h = (int(v) for v in stats[label, :4])
         component = labels[y : y + h, x : x + w] == label
-        for polygon in _trace_component(component, tolerance):
-            polygons.append([ring + (x + ox, y + oy) for ring in polygon])
+        shift = np.asarray([x + ox, y + oy])
+        polygons.extend([ring + shift for ring in polygon] for polygon in _trace_component(component, tolerance))
     return polygons
 
 
@@ -380,7 +381,7 @@ def records_to_geojson(records: Iterable[dict[str, Any]], transform: object = No
         values as JSON numbers and lists.
     """
     checked = _check_transform(transform)
-    tolerance = _check_tolerance(tolerance)
+    tolerance = check_tolerance(tolerance)
     features = []
     for i, record in enumerate(records):
         polygons = record_polygons(record, tolerance, f"records[{i}]")
