@@ -134,6 +134,8 @@ def mask_to_polygons(
         raise TypeError(f"mask must be an (H, W) bool array, got dtype {mask.dtype}")
     tolerance = check_tolerance(tolerance)
     ox, oy = _number_pair(offset, "offset")
+    if mask.size == 0:
+        return []
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (mask != 0).astype(np.uint8), connectivity=4, ltype=cv2.CV_32S
     )
