@@ -373,3 +373,25 @@ def test_bad_arguments_are_refused_in_one_line(call, needle):
     with pytest.raises((ValueError, TypeError)) as e:
         call()
     assert str(e.value).startswith(needle) and "\n" not in str(e.value)
+
+
+def test_the_generators_vector_output_modes_give_the_masks_polygons():
+    from sam_jax.amg import generator  # jax: imported here, for this test only
+
+    mask = _ring_in_ring()
+    data = {
+        "rles": [mask_to_rle(mask)],
+        "boxes": np.array([[4, 4, 36, 36]]),
+        "iou_preds": np.array([0.9], np.float32),
+        "points": np.array([[20.0, 5.0]]),
+        "stability_score": np.array([0.97], np.float32),
+        "crop_boxes": np.array([[0, 0, 40, 40]]),
+    }
+    as_polygons = generator._record(data, 0, "polygons")
+    assert as_polygons["segmentation"]["size"] == [40, 40]
+    np.testing.assert_array_equal(vectors.polygons_to_mask(as_polygons["segmentation"]["polygons"], (40, 40)), mask)
+    as_geometry = generator._record(data, 0, "geojson")
+    np.testing.assert_array_equal(_rasterise(_check_geojson_geometry(as_geometry["segmentation"]), (40, 40)), mask)
+    as_mask = generator._record(data, 0, "binary_mask")
+    expected = vectors.records_to_geojson([as_mask])
+    assert vectors.records_to_geojson([as_polygons]) == vectors.records_to_geojson([as_geometry]) == expected
