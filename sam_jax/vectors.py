@@ -323,10 +323,9 @@ def record_polygons(record: dict[str, Any], tolerance: float = 0.0, where: str =
         if "counts" in seg and "size" in seg:
             return mask_to_polygons(_rle_mask(seg), tolerance=tolerance)
         raise ValueError(f"{name} must be a mask, an RLE {{'size', 'counts'}}, polygons or a GeoJSON geometry")
-    mask = np.asarray(seg)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be an (H, W) bool mask or an RLE dict, got shape {mask.shape}")
-    return mask_to_polygons(mask, tolerance=tolerance)
+    if not isinstance(seg, np.ndarray) or seg.ndim != 2:
+        raise ValueError(f"{name} must be an (H, W) bool array or a dict (RLE, polygons, GeoJSON geometry)")
+    return mask_to_polygons(seg, tolerance=tolerance)
 
 
 def record_size(record: dict[str, Any]) -> list[int] | None:
