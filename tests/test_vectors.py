@@ -395,3 +395,16 @@ def test_the_generators_vector_output_modes_give_the_masks_polygons():
     as_mask = generator._record(data, 0, "binary_mask")
     expected = vectors.records_to_geojson([as_mask])
     assert vectors.records_to_geojson([as_polygons]) == vectors.records_to_geojson([as_geometry]) == expected
+
+
+def test_written_polygons_given_in_another_frame_have_no_size(tmp_path):
+    tile = np.zeros((8, 8), bool)
+    tile[2:4, 3:6] = True
+    record = {"segmentation": mask_to_rle(tile), "polygons": vectors.mask_to_polygons(tile, offset=(512, 256))}
+    path = tmp_path / "t.polygons.json"
+    layout.write_masks(path, [record], "polygons")
+    (written,) = json.loads(path.read_text())
+    assert set(written) == {"segmentation"} and set(written["segmentation"]) == {"polygons"}  # no tile size
+    np.testing.assert_array_equal(
+        vectors.polygons_to_mask(written["segmentation"]["polygons"], (8, 8), offset=(512, 256)), tile
+    )

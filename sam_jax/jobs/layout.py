@@ -180,12 +180,13 @@ def metadata_row(i: int, record: dict[str, Any]) -> str:
 
 def polygon_records(records: list[dict[str, Any]], tolerance: float = 0.0) -> list[dict[str, Any]]:
     """Records for JSON with each segmentation as polygons: `{"size": [H, W], "polygons": [...]}`
-    (size left out where a record does not say it), nested lists of [x, y] positions along the
-    pixel edges, polygon -> [exterior, hole, ...] (`sam_jax.vectors`); the other fields as JSON."""
+    (size left out where a record does not say it, or gives its polygons in another frame as
+    `"polygons"`), nested lists of [x, y] positions along the pixel edges, polygon ->
+    [exterior, hole, ...] (`sam_jax.vectors`); the other fields as JSON."""
     out = []
     for i, record in enumerate(records):
         polygons = vectors.record_polygons(record, tolerance, f"records[{i}]")
-        size = vectors.record_size(record)
+        size = None if "polygons" in record else vectors.record_size(record)
         segmentation = {"polygons": vectors.polygons_to_json(polygons)}
         rest = {k: vectors.to_json(v) for k, v in record.items() if k not in ("segmentation", "polygons")}
         out.append({"segmentation": segmentation if size is None else {"size": size, **segmentation}, **rest})
