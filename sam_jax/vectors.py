@@ -120,7 +120,8 @@ def mask_to_polygons(
         mask: (H, W) bool (or integer, nonzero = in) array.
         tolerance: if > 0, each ring is simplified (`cv2.approxPolyDP`, in pixels); a hole
             that collapses (fewer than 3 distinct positions, or no area) is dropped, and so is
-            a polygon whose exterior collapses.
+            a polygon whose exterior collapses. Simplified rings approximate the outline (a
+            hole may then cross its exterior); the exact ones never do.
         offset: (x, y) added to every position, e.g. the corner of a crop in a larger image.
     Returns:
         A list of polygons, each `[exterior, hole, ...]` with each ring an (N, 2) float64 array
