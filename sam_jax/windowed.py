@@ -21,6 +21,7 @@ import dataclasses
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -143,11 +144,15 @@ def _tiff_layout(f: BinaryIO, name: str) -> _TiffLayout | str:
     if head[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         raise ImageError(f"{name}: not a TIFF file (expected {WINDOWED_FORM})")
     try:
-        ifd = TiffImagePlugin.ImageFileDirectory_v2(head if head[2] == 0x2B or head[3] == 0x2B else head[:8])
-        f.seek(ifd.next)
-        ifd.load(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of damage it then raises for, or works around
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head if head[2] == 0x2B or head[3] == 0x2B else head[:8])
+            f.seek(ifd.next)
+            ifd.load(f)
     except (OSError, SyntaxError, ValueError, struct.error, KeyError) as e:
-        raise ImageError(f"{name}: damaged TIFF directory ({e or type(e).__name__})") from None
+        raise ImageError(
+            f"{name}: damaged TIFF directory ({e or type(e).__name__}); expected {WINDOWED_FORM}"
+        ) from None
     tags: dict[str, Any] = {key: ifd.get(tag) for key, tag in _TAGS.items()}
 
     def values(key: str) -> tuple[int, ...]:
@@ -155,10 +160,10 @@ def _tiff_layout(f: BinaryIO, name: str) -> _TiffLayout | str:
         return tuple(int(x) for x in (v if isinstance(v, tuple) else (v,))) if v is not None else ()
 
     if tags["width"] is None or tags["height"] is None:
-        raise ImageError(f"{name}: damaged TIFF (no image width or length)")
+        raise ImageError(f"{name}: damaged TIFF (no image width or length); expected {WINDOWED_FORM}")
     width, height = int(tags["width"]), int(tags["height"])
     if width < 1 or height < 1:
-        raise ImageError(f"{name}: damaged TIFF (an image of {width}x{height} pixels)")
+        raise ImageError(f"{name}: damaged TIFF (an image of {width}x{height} pixels); expected {WINDOWED_FORM}")
     samples = int(tags["samples"] or 1)
     bits = values("bits") or (1,)
     compression = int(tags["compression"] or 1)
@@ -188,10 +193,12 @@ def _tiff_layout(f: BinaryIO, name: str) -> _TiffLayout | str:
         seg_w, seg_h = width, min(int(tags["rows_per_strip"] or height), height)
         offsets, counts = values("strip_offsets"), values("strip_counts")
     if seg_w < 1 or seg_h < 1:
-        raise ImageError(f"{name}: damaged TIFF (segments of {seg_w}x{seg_h} pixels)")
+        raise ImageError(f"{name}: damaged TIFF (segments of {seg_w}x{seg_h} pixels); expected {WINDOWED_FORM}")
     expected = -(-width // seg_w) * -(-height // seg_h)
     if len(offsets) != expected or len(counts) != expected:
-        raise ImageError(f"{name}: damaged TIFF ({len(offsets)} segment offsets where {expected} are needed)")
+        raise ImageError(
+            f"{name}: damaged TIFF ({len(offsets)} segment offsets, {expected} needed); expected {WINDOWED_FORM}"
+        )
     if seg_w * seg_h * samples * bits[0] // 8 > MAX_SEGMENT_BYTES:
         return f"segments of {seg_w}x{seg_h} pixels, over {MAX_SEGMENT_BYTES >> 20} MiB each"
     return _TiffLayout(

@@ -229,6 +229,13 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
     p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
+    t = p.add_argument_group(
+        "large images, tile by tile (COCO RLE JSON; tiled or stripped TIFFs are read a tile at a time)"
+    )
+    t.add_argument(
+        "--tile", type=int, metavar="SIZE", help="segment each image in square tiles of SIZE pixels, masks merged"
+    )
+    t.add_argument("--overlap", type=int, metavar="PIXELS", help="pixels shared by neighbouring tiles (default SIZE/4)")
     g = p.add_argument_group("AMG settings (the reference's names; default: the reference's values)")
     for flag, (kind, text) in _AMG_FLAGS.items():
         g.add_argument(flag, type=kind, help=text)
@@ -350,10 +357,16 @@ def embed(args: argparse.Namespace) -> int:
 def amg(args: argparse.Namespace) -> int:
     from sam_jax import jobs
     from sam_jax.amg import AmgOptions
+    from sam_jax.amg.tiling import check_tiling
     from sam_jax.config import get_config
     from sam_jax.loading import with_registry_preprocessing
 
     names = {flag.lstrip("-").replace("-", "_"): flag for flag in _AMG_FLAGS}
+    if args.tile is None and args.overlap is not None:
+        raise ValueError("--overlap needs --tile")
+    overlap = args.overlap if args.overlap is not None or args.tile is None else args.tile // 4
+    if args.tile is not None:
+        check_tiling(args.tile, overlap, names=("--tile", "--overlap"))
     try:
         options = AmgOptions(
             **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
@@ -379,6 +392,20 @@ def amg(args: argparse.Namespace) -> int:
                 devices = jax.local_devices(backend=platform)
             except RuntimeError:
                 raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
+        if args.tile is not None:
+            check_tiling(args.tile, overlap, cfg.image_size, names=("--tile", "--overlap"))
+            with progress_bar() as advance:
+                return jobs.generate_tiled_masks_for_images(
+                    params,
+                    items,
+                    args.output,
+                    options,
+                    tile=args.tile,
+                    overlap=overlap,
+                    device=devices[0] if devices else None,
+                    progress=advance,
+                    max_pixels=args.max_pixels,
+                )
         with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
             return jobs.generate_masks_for_images(
                 params,
