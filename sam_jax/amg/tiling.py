@@ -246,7 +246,7 @@ def merge_tiles(
     for i, (t, _) in enumerate(flat):
         if masks[i].mask.size:
             by_tile[t].append(i)
-    groups = _Groups(len(flat))
+    candidates = []
     for t in range(len(boxes)):
         for u in range(t + 1, len(boxes)):
             strip = _intersection(boxes[t], boxes[u])
@@ -254,8 +254,17 @@ def merge_tiles(
                 continue
             here = [i for i in by_tile[t] if _intersection(masks[i].box, strip)]
             there = [j for j in by_tile[u] if _intersection(masks[j].box, strip)]
-            for i, j in _matches(here, there, masks, cut, strip, merge_iou):
-                groups.join(i, j)
+            candidates += _candidates(here, there, masks, cut, strip, merge_iou)
+    # Best agreement first; an object has one piece per tile at most, so two groups join only
+    # if they hold pieces of different tiles (a tile's second mask of the same region, say two
+    # objects at once, cannot chain two objects together).
+    groups = _Groups(len(flat))
+    tiles_of = {i: {t} for i, (t, _) in enumerate(flat)}
+    for _, i, j in sorted(candidates, key=lambda c: -c[0]):
+        gi, gj = groups.find(i), groups.find(j)
+        if gi != gj and not tiles_of[gi] & tiles_of[gj]:
+            groups.join(gi, gj)
+            tiles_of[groups.find(gi)] = tiles_of[gi] | tiles_of[gj]
     members: dict[int, list[int]] = {}
     for i in range(len(flat)):
         members.setdefault(groups.find(i), []).append(i)
@@ -269,11 +278,10 @@ def merge_tiles(
     return _suppress(merged, whole, nms_thresh)
 
 
-def _matches(
+def _candidates(
     here: list[int], there: list[int], masks: list[CroppedMask], cut: list[bool], strip: Box, merge_iou: float
-) -> list[tuple[int, int]]:
-    """Pairs of pieces of two neighbouring tiles that are one object, each piece in one pair
-    at most, best agreement first."""
+) -> list[tuple[float, int, int]]:
+    """(score, i, j): pairs of pieces of two neighbouring tiles that may be one object."""
     windows = {i: masks[i].window(strip) for i in here + there}
     candidates = []
     for i in here:
@@ -290,13 +298,7 @@ def _matches(
                     outside = masks[i].area + masks[j].area - a.sum() - b.sum()
                     excess = outside / max(masks[i].area + masks[j].area, 1)
                     candidates.append((iou - 0.1 * excess, i, j))
-    used: set[int] = set()
-    pairs = []
-    for _, i, j in sorted(candidates, key=lambda c: -c[0]):
-        if i not in used and j not in used:
-            used.update((i, j))
-            pairs.append((i, j))
-    return pairs
+    return candidates
 
 
 def tile_cores(boxes: Sequence[Box]) -> list[Box]:
