@@ -363,6 +363,7 @@ def write_tiled_tiff(
     h, w = source.shape
     across, down = -(-w // tile), -(-h // tile)
     path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
