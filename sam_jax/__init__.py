@@ -36,17 +36,23 @@ compilation_cache.enable_default()
 if TYPE_CHECKING:
     from sam_jax.amg import AmgOptions, generate_masks
     from sam_jax.compat.automatic_mask_generator import SamAutomaticMaskGenerator
+    from sam_jax.vectors import mask_to_polygons, polygons_to_geojson_geometry, polygons_to_mask, records_to_geojson
 
 try:
     __version__ = importlib.metadata.version("sam-jax")
 except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-# Imported on first use: automatic masks pull in scipy, which `predict` users never need.
+# Imported on first use: automatic masks pull in scipy, and vectors OpenCV, which `predict`
+# users never need.
 _LAZY = {
     "AmgOptions": "sam_jax.amg",
     "generate_masks": "sam_jax.amg",
     "SamAutomaticMaskGenerator": "sam_jax.compat.automatic_mask_generator",
+    "mask_to_polygons": "sam_jax.vectors",
+    "polygons_to_mask": "sam_jax.vectors",
+    "polygons_to_geojson_geometry": "sam_jax.vectors",
+    "records_to_geojson": "sam_jax.vectors",
 }
 
 
@@ -79,7 +85,11 @@ __all__ = [
     "init",
     "load",
     "load_embedding",
+    "mask_to_polygons",
+    "polygons_to_geojson_geometry",
+    "polygons_to_mask",
     "predict",
+    "records_to_geojson",
     "sam_model_registry",
     "save",
 ]

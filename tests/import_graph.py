@@ -19,7 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top: a module may import from its own layer and the layers below, never above.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("sam_jax.config", "sam_jax.io", "sam_jax.windowed", "sam_jax.masks", "sam_jax.compilation_cache")),
+    (
+        "foundations",
+        (
+            "sam_jax.config",
+            "sam_jax.io",
+            "sam_jax.windowed",
+            "sam_jax.masks",
+            "sam_jax.vectors",
+            "sam_jax.compilation_cache",
+        ),
+    ),
     ("modeling", ("sam_jax.modeling",)),
     ("checkpoint", ("sam_jax.checkpoint",)),
     (

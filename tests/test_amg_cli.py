@@ -71,6 +71,8 @@ def test_png_folders_match_the_library(folder, tmp_path, capsys):
         source = next(folder.glob(f"{name}.*"))
         records = sam_jax.generate_masks(params, _image(source), **OPTIONS)
         total += len(records)
+        if name == "a":
+            first = records
         with open(out / name / "metadata.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == len(records) == len(list((out / name).glob("*.png")))
@@ -85,6 +87,20 @@ def test_png_folders_match_the_library(folder, tmp_path, capsys):
             assert float(row["stability_score"]) == record["stability_score"]
             assert [int(row[f"crop_box_{k}"]) for k in ("x0", "y0", "w", "h")] == record["crop_box"]
     assert total >= 2
+    # The same masks as GeoJSON, one image (its programs are compiled by now): each feature
+    # rasterises to its mask, its properties are the record's.
+    vec = tmp_path / "vec"
+    args = ["amg", "--checkpoint", "tiny-shapes", "--input", str(folder / "a.png"), "--output", str(vec)]
+    assert cli.main([*args, *FLAGS, "--output-format", "geojson", "--no-progress"]) == 0
+    collection = json.loads((vec / "a.geojson").read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == len(first) >= 1
+    for feature, record in zip(collection["features"], first, strict=True):
+        geometry = feature["geometry"]
+        polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        np.testing.assert_array_equal(
+            sam_jax.polygons_to_mask(polygons, record["segmentation"].shape), record["segmentation"]
+        )
+        assert feature["properties"] == {k: v for k, v in record.items() if k != "segmentation"}
 
 
 def test_coco_rle_json_matches_the_reference_generator(folder, tmp_path):
@@ -144,6 +160,28 @@ def test_cli_refuses_bad_arguments_in_one_line(folder, tmp_path, capsys, extra):
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("sam-jax: error:"), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--convert-to-rle", "--output-format", "geojson"), "argument --output-format: not allowed with"),
+        (("--output-format", "svg"), "argument --output-format: invalid choice"),
+        (("--output-format", "polygons", "--simplify", "-1"), "argument --simplify: must be a finite number >= 0"),
+        (("--simplify", "1"), "--simplify applies to --output-format polygons or geojson, not png"),
+        (("--convert-to-rle", "--simplify", "1"), "--simplify applies to --output-format polygons or geojson"),
+    ],
+)
+def test_cli_refuses_conflicting_output_formats_in_one_line(folder, tmp_path, capsys, extra, needle):
+    args = ["amg", "--checkpoint", "tiny-shapes", "--input", str(folder), "--output", str(tmp_path / "o"), *extra]
+    try:
+        status = cli.main(args)
+    except SystemExit as e:  # argparse's refusals exit
+        status = e.code
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sam-jax: error: {needle}"), err
     assert not (tmp_path / "o").exists()
 
 

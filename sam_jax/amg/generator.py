@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax import masks as mask_utils
-from sam_jax import transforms
+from sam_jax import transforms, vectors
 from sam_jax.amg import scoring, utils
 from sam_jax.amg.options import AmgOptions, options_from
 from sam_jax.modeling.sam import SamParams
@@ -205,6 +205,11 @@ def _record(data: dict[str, Any], i: int, output_mode: str) -> dict[str, Any]:
         segmentation: Any = mask_utils.coco_encode_rle(rle)
     elif output_mode == "binary_mask":
         segmentation = mask_utils.rle_to_mask(rle)
+    elif output_mode == "polygons":
+        segmentation = {"size": rle["size"], "polygons": vectors.mask_to_polygons(mask_utils.rle_to_mask(rle))}
+    elif output_mode == "geojson":
+        polygons = vectors.mask_to_polygons(mask_utils.rle_to_mask(rle))
+        segmentation = vectors.polygons_to_geojson_geometry(polygons)
     else:
         segmentation = rle
     return {
@@ -227,7 +232,8 @@ def generate_masks(params: SamParams, image: Any, **options: Any) -> list[dict[s
         **options: the fields of `AmgOptions` (the reference's names and defaults).
     Returns:
         A list of records, one per mask, each a dict with:
-            segmentation: (H, W) bool array, or an RLE dict (`output_mode`);
+            segmentation: (H, W) bool array, an RLE dict, polygons or a GeoJSON geometry
+                (`output_mode`; `sam_jax.vectors.records_to_geojson` takes any of them);
             area: int, pixels in the mask;
             bbox: [x, y, w, h] of the mask (ints);
             predicted_iou: float, the model's estimate of the mask's quality;

@@ -11,7 +11,7 @@ import numpy as np
 from sam_jax.amg import utils
 from sam_jax.io import host_memory
 
-OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle", "polygons", "geojson")
 # Host bytes per crop (its box, its per-crop results) and per point of a layer's grid (the
 # grid in float64 and the temporaries that build and scale it): upper estimates, from which
 # the bounds on `crop_n_layers` and `points_per_side` follow (a quarter of host memory).
@@ -59,7 +59,9 @@ class AmgOptions:
         crop_n_points_downscale_factor: layer i uses points_per_side / factor**i points per side.
         point_grids: explicit (N, 2) grids in [0, 1] (x, y), one per crop layer.
         min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels).
-        output_mode: "binary_mask", "uncompressed_rle" or "coco_rle".
+        output_mode: "binary_mask", "uncompressed_rle" or "coco_rle" (the reference's), or
+            "polygons" (`{"size": [H, W], "polygons": [...]}`, `sam_jax.vectors`) or "geojson"
+            (a GeoJSON Polygon or MultiPolygon in pixel coordinates).
     """
 
     points_per_side: int | None = 32

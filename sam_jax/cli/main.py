@@ -210,13 +210,18 @@ _AMG_FLAGS = {
 }
 
 
+# --output-format -> AmgOptions.output_mode.
+_OUTPUT_FORMATS = {"png": "binary_mask", "coco_rle": "coco_rle", "polygons": "polygons", "geojson": "geojson"}
+
+
 def _amg_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "amg",
         help="automatic masks ('segment everything') for a collection of images",
         description=(
             "The reference scripts/amg.py, on every local device: for each image, OUTPUT/<path relative to "
-            "INPUT>/ with one PNG per mask and metadata.csv, or with --convert-to-rle OUTPUT/<...>.json (COCO RLE). "
+            "INPUT>/ with one PNG per mask and metadata.csv, or with --convert-to-rle OUTPUT/<...>.json (COCO RLE); "
+            "--output-format polygons or geojson writes vectors. "
             "Complete outputs are skipped, so a re-run finishes a killed one. Unset options take the reference's "
             "defaults (tuned for ViT-H)."
         ),
@@ -228,7 +233,23 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
         "medsam, tiny-shapes; default = vit_h); an official .pth takes the named model's preprocessing",
     )
     p.add_argument("--device", help="run on this platform's devices (cpu, gpu/cuda, tpu); default: JAX's choice")
-    p.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--convert-to-rle", action="store_true", help="write COCO RLE JSON instead of PNG folders")
+    fmt.add_argument(
+        "--output-format",
+        choices=tuple(_OUTPUT_FORMATS),
+        help="png: OUTPUT/<...>/ PNG folders (default); coco_rle: OUTPUT/<...>.json (as --convert-to-rle); "
+        "polygons: OUTPUT/<...>.polygons.json, the records with each segmentation {size, polygons} (rings of "
+        "[x, y] along the pixel edges, holes kept); geojson: OUTPUT/<...>.geojson, a FeatureCollection in pixel "
+        "coordinates",
+    )
+    p.add_argument(
+        "--simplify",
+        type=number_in(0),
+        default=0.0,
+        metavar="PIXELS",
+        help="polygons and geojson: simplify each ring by this many pixels (Douglas-Peucker; default 0, exact)",
+    )
     t = p.add_argument_group(
         "large images, tile by tile (COCO RLE JSON; tiled or stripped TIFFs are read a tile at a time)"
     )
@@ -362,6 +383,9 @@ def amg(args: argparse.Namespace) -> int:
     from sam_jax.loading import with_registry_preprocessing
 
     names = {flag.lstrip("-").replace("-", "_"): flag for flag in _AMG_FLAGS}
+    output_format = "coco_rle" if args.convert_to_rle else args.output_format or "png"
+    if args.simplify and output_format not in ("polygons", "geojson"):
+        raise ValueError(f"--simplify applies to --output-format polygons or geojson, not {output_format}")
     if args.tile is None and args.overlap is not None:
         raise ValueError("--overlap needs --tile")
     overlap = args.overlap if args.overlap is not None or args.tile is None else args.tile // 4
@@ -370,7 +394,7 @@ def amg(args: argparse.Namespace) -> int:
     try:
         options = AmgOptions(
             **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
-            output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
+            output_mode=_OUTPUT_FORMATS[output_format],
         )
     except (ValueError, TypeError) as e:  # the message names the option as the command line does
         raise type(e)(re.sub(r"\b[a-z_]+\b", lambda m: names.get(m.group(0), m.group(0)), str(e))) from None
@@ -416,6 +440,7 @@ def amg(args: argparse.Namespace) -> int:
                 threads=args.threads or None,
                 progress=advance,
                 max_pixels=args.max_pixels,
+                simplify=args.simplify,
             )
 
     return _run_job(args, "amg", run, extra=lambda report: f", {report.masks} masks")

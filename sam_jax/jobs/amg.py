@@ -6,6 +6,7 @@ images from a shared stream decoded on host threads."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import os
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
+from sam_jax import vectors
 from sam_jax.amg import AmgOptions, generate
 from sam_jax.amg.tiling import check_tiling, coco_records, generate_tiled
 from sam_jax.io import (
@@ -29,6 +31,8 @@ from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import check_params
 from sam_jax.windowed import TiffWindows, open_windows
 
+POLYGON_MODES = ("polygons", "geojson")
+
 
 def generate_masks_for_images(
     params: SamParams,
@@ -42,6 +46,7 @@ def generate_masks_for_images(
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    simplify: float = 0.0,
 ) -> JobReport:
     """Automatic masks for every image of `inputs`, written in the reference script's layout.
 
@@ -58,6 +63,8 @@ def generate_masks_for_images(
         options: `AmgOptions` (default: the reference's defaults).
         devices: devices to use (default: all of this process's).
         process_index, process_count, threads, progress, max_pixels: as for `embed_images`.
+        simplify: for `output_mode` "polygons" and "geojson", each ring simplified by this
+            many pixels (`sam_jax.vectors.mask_to_polygons`'s tolerance; 0: exact outlines).
     Returns:
         A `JobReport`; `report.ok` is False when some image could not be read or processed.
     """
@@ -68,6 +75,11 @@ def generate_masks_for_images(
     cfg = params.config
     options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
     mode = options.output_mode
+    simplify = vectors.check_tolerance(simplify, "simplify")
+    if simplify and mode not in POLYGON_MODES:
+        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
+    # The polygon modes trace each mask once, as they are written, with the simplification.
+    generating = dataclasses.replace(options, output_mode="uncompressed_rle") if mode in POLYGON_MODES else options
     reader = Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
     job = Job.plan(
         inputs,
@@ -88,8 +100,8 @@ def generate_masks_for_images(
         assert entry.image is not None  # failures never reach here
         target = masks_output_path(out, entry.item, mode)
         try:
-            records = generate(replica, entry.image, options)
-            write_masks(target, records, mode)
+            records = generate(replica, entry.image, generating)
+            write_masks(target, records, mode, tolerance=simplify)
         except ValueError as e:  # this image cannot be processed (e.g. too small for the crops)
             return one_line(e)
         except FileExistsError:

@@ -3,7 +3,9 @@ complete outputs, records as a failure anything else in their place, and never t
 
 - `sam-jax embed`: `OUT/<image path relative to the input>.npz` (`sam_jax.io` embedding files);
 - `sam-jax amg`: per image the reference `scripts/amg.py` layout, a folder of `<i>.png` masks
-  with `metadata.csv`, or with COCO RLE one `OUT/<...>.json` list of records;
+  with `metadata.csv`, or with COCO RLE one `OUT/<...>.json` list of records; or polygons,
+  `OUT/<...>.polygons.json` (the records, each segmentation `{"size", "polygons"}`), or one
+  GeoJSON FeatureCollection `OUT/<...>.geojson` (`sam_jax.vectors`);
 - `failures.tsv` (or `failures.I-of-N.tsv` per process): the images that failed, and why,
   after a marker line that makes it recognisably a job's (`FAILURES_MARKER`).
 """
@@ -20,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sam_jax import vectors
 from sam_jax.io import (
     OutputExistsError,
     atomic_write_bytes,
@@ -115,15 +118,32 @@ METADATA_HEADER = (
 )
 
 
+# Each mode's file suffix (binary masks are a folder). Polygons have their own, so a folder
+# of COCO RLE outputs is never taken for complete polygon outputs, nor the other way round.
+MASKS_SUFFIXES = {
+    "binary_mask": "",
+    "uncompressed_rle": ".json",
+    "coco_rle": ".json",
+    "polygons": ".polygons.json",
+    "geojson": ".geojson",
+}
+# How each file output begins (`json.dumps` of what `write_masks` writes).
+_RECORDS_HEAD = b'[{"segmentation":'
+_GEOJSON_HEAD = b'{"type": "FeatureCollection", "features": ['
+
+
 def masks_output_path(output_dir: str | os.PathLike[str], item: InputItem, output_mode: str) -> Path:
-    """`OUT/<key without suffix>/` for binary masks, `OUT/<key without suffix>.json` otherwise."""
-    return output_path(output_dir, item, "" if output_mode == "binary_mask" else ".json")
+    """`OUT/<key without suffix>/` for binary masks, `OUT/<key without suffix><suffix>` for the
+    file outputs (`MASKS_SUFFIXES`)."""
+    if output_mode not in MASKS_SUFFIXES:
+        raise ValueError(f"output_mode must be one of {', '.join(MASKS_SUFFIXES)}; got {output_mode!r}")
+    return output_path(output_dir, item, MASKS_SUFFIXES[output_mode])
 
 
 def is_complete_masks(path: Path, output_mode: str) -> bool:
     """Whether `path` is an output this job writes (they appear by an atomic rename, so an
     output of ours that exists is complete): a folder of `<i>.png` and a `metadata.csv` with
-    the reference's header, or a JSON list of records."""
+    the reference's header, a JSON list of records, or a GeoJSON FeatureCollection."""
     try:
         if output_mode == "binary_mask":
             return (
@@ -132,8 +152,10 @@ def is_complete_masks(path: Path, output_mode: str) -> bool:
                 and (path / "metadata.csv").read_text().startswith(METADATA_HEADER)
             )
         with open(path, "rb") as f:
-            head = f.read(32).lstrip()
-        return path.is_file() and (head == b"[]" or head.startswith(b'[{"segmentation":'))
+            head = f.read(64).lstrip()
+        if output_mode == "geojson":
+            return path.is_file() and head.startswith(_GEOJSON_HEAD)
+        return path.is_file() and (head == b"[]" or head.startswith(_RECORDS_HEAD))
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -156,14 +178,42 @@ def metadata_row(i: int, record: dict[str, Any]) -> str:
     return ",".join(str(f) for f in fields)
 
 
-def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str) -> None:
-    """Writes one image's records atomically in the reference script's layout.
+def polygon_records(records: list[dict[str, Any]], tolerance: float = 0.0) -> list[dict[str, Any]]:
+    """Records for JSON with each segmentation as polygons: `{"size": [H, W], "polygons": [...]}`
+    (size left out where a record does not say it, or gives its polygons in another frame as
+    `"polygons"`), nested lists of [x, y] positions along the pixel edges, polygon ->
+    [exterior, hole, ...] (`sam_jax.vectors`); the other fields as JSON."""
+    out = []
+    for i, record in enumerate(records):
+        polygons = vectors.record_polygons(record, tolerance, f"records[{i}]")
+        size = None if "polygons" in record else vectors.record_size(record)
+        segmentation = {"polygons": vectors.polygons_to_json(polygons)}
+        rest = {k: vectors.to_json(v) for k, v in record.items() if k not in ("segmentation", "polygons")}
+        out.append({"segmentation": segmentation if size is None else {"size": size, **segmentation}, **rest})
+    return out
 
+
+def write_masks(path: Path, records: list[dict[str, Any]], output_mode: str, *, tolerance: float = 0.0) -> None:
+    """Writes one image's records atomically in the reference script's layout, or as polygons
+    (`polygon_records`) or a GeoJSON FeatureCollection in pixel coordinates
+    (`sam_jax.vectors.records_to_geojson`).
+
+    Args:
+        path: where (`masks_output_path`).
+        records: the image's records (`generate_masks`'s, any `output_mode` for the polygon modes).
+        output_mode: an `AmgOptions.output_mode`.
+        tolerance: for "polygons" and "geojson", simplification of each ring in pixels (0: none).
     Raises:
         FileExistsError: something exists at `path` (it is left untouched).
     """
     if output_mode != "binary_mask":
-        atomic_write_bytes(path, json.dumps(records).encode(), overwrite=False)
+        if output_mode == "polygons":
+            data = json.dumps(polygon_records(records, tolerance)).encode()
+        elif output_mode == "geojson":
+            data = json.dumps(vectors.records_to_geojson(records, tolerance=tolerance)).encode()
+        else:
+            data = json.dumps(records).encode()
+        atomic_write_bytes(path, data, overwrite=False)
         return
     owns = functools.partial(is_complete_masks, output_mode=output_mode)
     with write_directory(path, owns=owns, overwrite=False, what="automatic masks") as tmp:
