@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco
 
-from sam_jax import cli, masks
+from sam_jax import cli, masks, vectors
 from sam_jax.amg import AmgOptions, generate, tiling
 from sam_jax.amg.tiling import CroppedMask, crop_mask, merge_tiles, tile_boxes
 from sam_jax.data.synthetic import scattered_scene
@@ -205,3 +205,12 @@ def test_the_command_writes_the_library_records_and_resumes(tiny_shapes, scene, 
 def test_cropped_masks_never_hold_the_image(tiled):
     assert all(isinstance(r["segmentation"], CroppedMask) for r in tiled)
     assert all(r["segmentation"].mask.shape == (r["bbox"][3] + 1, r["bbox"][2] + 1) for r in tiled)
+
+
+def test_polygon_records_are_in_image_coordinates():
+    wide = disc(230, 100, 70)
+    records = tiling.polygon_records(merge_tiles(pieces_of(wide), TILES, SIZE))
+    assert "segmentation" not in records[0]
+    np.testing.assert_array_equal(vectors.polygons_to_mask(records[0]["polygons"], SIZE), wide)
+    (feature,) = vectors.records_to_geojson(records)["features"]
+    assert feature["geometry"]["type"] == "Polygon" and feature["properties"]["area"] == wide.sum()

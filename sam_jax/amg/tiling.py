@@ -22,6 +22,7 @@ Usage:
     records = generate_tiled(params, sam_jax.windowed.open_windows("scene.tif"), AmgOptions(),
                              tile=1024, overlap=256)
     json_ready = coco_records(records)
+    collection = sam_jax.records_to_geojson(polygon_records(records))
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from sam_jax import masks as mask_utils
+from sam_jax import vectors
 from sam_jax.amg.generator import generate
 from sam_jax.amg.options import AmgOptions
 from sam_jax.modeling.sam import SamParams
@@ -482,3 +484,20 @@ def coco_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """`generate_tiled`'s records with `segmentation` as image-sized COCO RLE (counts a str),
     ready for JSON; the image-sized bitmaps are never made."""
     return [{**r, "segmentation": r["segmentation"].to_coco_rle()} for r in records]
+
+
+def polygon_records(records: Sequence[dict[str, Any]], tolerance: float = 0.0) -> list[dict[str, Any]]:
+    """`generate_tiled`'s records with `"polygons"` in the image's coordinates in place of
+    `segmentation` (`sam_jax.vectors.mask_to_polygons` of each cropped mask, offset to its
+    place), as `sam_jax.vectors.records_to_geojson` and the job's polygon outputs take them.
+
+    Args:
+        records: `generate_tiled`'s.
+        tolerance: simplification of each ring in pixels (0: exact pixel-edge outlines).
+    """
+    out = []
+    for r in records:
+        m = r["segmentation"]
+        rest = {k: v for k, v in r.items() if k != "segmentation"}
+        out.append({**rest, "polygons": vectors.mask_to_polygons(m.mask, tolerance=tolerance, offset=(m.x0, m.y0))})
+    return out

@@ -251,7 +251,8 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
         help="polygons and geojson: simplify each ring by this many pixels (Douglas-Peucker; default 0, exact)",
     )
     t = p.add_argument_group(
-        "large images, tile by tile (COCO RLE JSON; tiled or stripped TIFFs are read a tile at a time)"
+        "large images, tile by tile (output coco_rle unless --output-format polygons or geojson; tiled or "
+        "stripped TIFFs are read a tile at a time, other images decoded whole within --max-pixels)"
     )
     t.add_argument(
         "--tile", type=int, metavar="SIZE", help="segment each image in square tiles of SIZE pixels, masks merged"
@@ -388,6 +389,10 @@ def amg(args: argparse.Namespace) -> int:
         raise ValueError(f"--simplify applies to --output-format polygons or geojson, not {output_format}")
     if args.tile is None and args.overlap is not None:
         raise ValueError("--overlap needs --tile")
+    if args.tile is not None:
+        if output_format == "png" and args.output_format is not None:
+            raise ValueError("--tile writes --output-format coco_rle, polygons or geojson, not png (a PNG per mask)")
+        output_format = "coco_rle" if output_format == "png" else output_format
     overlap = args.overlap if args.overlap is not None or args.tile is None else args.tile // 4
     if args.tile is not None:
         check_tiling(args.tile, overlap, names=("--tile", "--overlap"))
@@ -429,6 +434,7 @@ def amg(args: argparse.Namespace) -> int:
                     device=devices[0] if devices else None,
                     progress=advance,
                     max_pixels=args.max_pixels,
+                    simplify=args.simplify,
                 )
         with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
             return jobs.generate_masks_for_images(

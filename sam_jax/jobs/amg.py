@@ -16,7 +16,7 @@ import jax
 
 from sam_jax import vectors
 from sam_jax.amg import AmgOptions, generate
-from sam_jax.amg.tiling import check_tiling, coco_records, generate_tiled
+from sam_jax.amg.tiling import check_tiling, coco_records, generate_tiled, polygon_records
 from sam_jax.io import (
     DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_PIXELS,
@@ -150,9 +150,12 @@ def generate_tiled_masks_for_images(
     process_count: int | None = None,
     progress: Callable[[int], None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    simplify: float = 0.0,
 ) -> JobReport:
     """Automatic masks of large images, tile by tile (`sam_jax.amg.tiling.generate_tiled`):
-    one COCO RLE JSON list of records per image, `OUT/<path relative to the input>.json`.
+    per image one file of `options.output_mode`'s (`masks_output_path`): "coco_rle" (also for
+    "binary_mask", whose image-sized PNGs per mask tiling is there to avoid), "polygons" or
+    "geojson" (polygons in the image's coordinates, traced from each cropped mask).
 
     An image is read a tile at a time where its format allows (`sam_jax.windowed`: tiled or
     stripped TIFFs), so neither it nor its masks are ever held at full size; other formats are
@@ -162,8 +165,7 @@ def generate_tiled_masks_for_images(
     redoes the image it was on.
 
     Args:
-        params, inputs, output_dir, options: as for `generate_masks_for_images`
-            (`options.output_mode` is ignored: the output is COCO RLE).
+        params, inputs, output_dir, options, simplify: as for `generate_masks_for_images`.
         tile, overlap: tile side and pixels shared by neighbours (`check_tiling`).
         device: the device to run on (default: this process's first).
         process_index, process_count, progress: as for `embed_images`.
@@ -179,7 +181,10 @@ def generate_tiled_masks_for_images(
     cfg = params.config
     options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
     max_pixels = check_max_pixels(max_pixels)
-    mode = "coco_rle"
+    mode = options.output_mode if options.output_mode in POLYGON_MODES else "coco_rle"
+    simplify = vectors.check_tolerance(simplify, "simplify")
+    if simplify and mode not in POLYGON_MODES:
+        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
     job = Job.plan(
         inputs,
         output_dir,
@@ -199,7 +204,10 @@ def generate_tiled_masks_for_images(
             finally:
                 if isinstance(source, TiffWindows):
                     source.close()
-            write_masks(target, coco_records(records), mode)
+            if mode in POLYGON_MODES:
+                write_masks(target, polygon_records(records, simplify), mode)
+            else:
+                write_masks(target, coco_records(records), mode)
         except (ImageError, ValueError) as e:  # unreadable, or this image cannot be processed
             job.record_failure(item, one_line(e))
         except FileExistsError:
