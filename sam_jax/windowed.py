@@ -102,6 +102,15 @@ class ArrayWindows:
         check_window(self.shape, y0, y1, x0, x1)
         return np.ascontiguousarray(self.image[y0:y1, x0:x1])
 
+    def close(self) -> None:
+        """Nothing to release (as `TiffWindows.close`, so both serve in a `with` block)."""
+
+    def __enter__(self) -> ArrayWindows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclasses.dataclass(frozen=True)
 class _TiffLayout:
@@ -313,7 +322,7 @@ def windowed_reason(path: str | os.PathLike[str]) -> str | None:
     return layout if isinstance(layout, str) else None
 
 
-def open_windows(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> WindowedImage:
+def open_windows(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> TiffWindows | ArrayWindows:
     """The image at `path`, read by windows where its format allows, whole otherwise.
 
     Args:
@@ -321,7 +330,7 @@ def open_windows(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_
         max_pixels: the cap on an image decoded whole (every format but `WINDOWED_FORM`); a
             windowed TIFF holds only the segments a window needs, so it has no cap.
     Returns:
-        A `TiffWindows` (close it when done) or an `ArrayWindows`.
+        A `TiffWindows` or an `ArrayWindows` (both close, and serve in a `with` block).
     Raises:
         ImageError: unreadable, damaged, or decoded whole and over the cap (the message
             names the file and the form that is read by windows).

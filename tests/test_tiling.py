@@ -133,7 +133,7 @@ def test_windows_of_tiled_and_stripped_tiffs_equal_the_decoded_image(tmp_path):
     Image.fromarray(image).save(tmp_path / "strips.tif", compression="tiff_adobe_deflate")
     for name in ("tiled.tif", "strips.tif"):
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / name).convert("RGB")), image)
-        with open_windows(tmp_path / name) as source:  # type: ignore[attr-defined]
+        with open_windows(tmp_path / name) as source:
             assert isinstance(source, TiffWindows) and source.shape == (150, 230)
             np.testing.assert_array_equal(source.read(37, 141, 63, 229), image[37:141, 63:229])
 

@@ -29,7 +29,7 @@ from sam_jax.jobs.engine import Job, JobReport, Loaded, Reader, host_threads, lo
 from sam_jax.jobs.layout import InputItem, is_complete_masks, masks_output_path, write_masks
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import check_params
-from sam_jax.windowed import TiffWindows, open_windows
+from sam_jax.windowed import open_windows
 
 POLYGON_MODES = ("polygons", "geojson")
 
@@ -198,12 +198,8 @@ def generate_tiled_masks_for_images(
     for item in job.todo:
         target = masks_output_path(job.out, item, mode)
         try:
-            source = open_windows(item.path, max_pixels=max_pixels)
-            try:
+            with open_windows(item.path, max_pixels=max_pixels) as source:
                 records = generate_tiled(replica, source, options, tile=tile, overlap=overlap)
-            finally:
-                if isinstance(source, TiffWindows):
-                    source.close()
             if mode in POLYGON_MODES:
                 write_masks(target, polygon_records(records, simplify), mode)
             else:
