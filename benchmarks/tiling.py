@@ -96,7 +96,8 @@ def phase_evaluate(args: argparse.Namespace) -> dict:
     edges_x = {b[0] for b in tiles if b[0] > 0} | {b[2] for b in tiles if b[2] < args.size}
     edges_y = {b[1] for b in tiles if b[1] > 0} | {b[3] for b in tiles if b[3] < args.size}
     cut = [any(x0 < e < x1 for e in edges_x) or any(y0 < e < y1 for e in edges_y) for x0, y0, x1, y1 in boxes.tolist()]
-    tiled = _rles(json.loads((work / "tiled" / "scene.json").read_text()))
+    tiled_records = json.loads((work / "tiled" / "scene.json").read_text())
+    tiled = _rles(tiled_records)
     untiled = _rles(json.loads((work / "untiled" / "crop.json").read_text()))
 
     def encoded(m: np.ndarray, y0: int, x0: int, shape: tuple[int, int]) -> dict:
@@ -108,6 +109,13 @@ def phase_evaluate(args: argparse.Namespace) -> dict:
     iou_tiled = coco.iou(tiled, gt, [0] * len(gt)) if tiled and gt else np.zeros((len(tiled), len(gt)))
     best_tiled = np.asarray(iou_tiled).max(axis=0) if len(tiled) else np.zeros(len(gt))
     covering = (np.asarray(iou_tiled) > 0.5).sum(axis=0) if len(tiled) else np.zeros(len(gt), int)
+    # Two masks of one object from one tile are the generator's own near-duplicates (box NMS
+    # keeps masks below its IoU threshold, untiled too); from different tiles, a merge missed.
+    crops_of = [
+        {tuple(tiled_records[m]["crop_box"]) for m in np.flatnonzero(np.asarray(iou_tiled)[:, k] > 0.5)}
+        for k in range(len(gt))
+    ]
+    across = sum(1 for k in range(len(gt)) if covering[k] >= 2 and len(crops_of[k]) > 1)
     c0, c1 = args.crop_at, args.crop_at + args.crop
     in_crop = [
         k
@@ -126,6 +134,7 @@ def phase_evaluate(args: argparse.Namespace) -> dict:
         "cut_objects_with_exactly_one_mask_over_0.5": int((covering == 1).sum()),
         "cut_objects_with_none": int((covering == 0).sum()),
         "cut_objects_with_two_or_more": int((covering >= 2).sum()),
+        "of_which_from_different_tiles": across,
         "mean_best_iou_tiled_all_cut": float(best_tiled.mean()) if len(idx) else None,
         "cut_objects_inside_crop": len(in_crop),
         "crop_mean_best_iou_tiled": float(pair_tiled.mean()) if in_crop else None,
