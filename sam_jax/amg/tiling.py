@@ -249,8 +249,12 @@ def merge_tiles(
         if masks[i].mask.size:
             by_tile[t].append(i)
     candidates = []
+    grid = np.asarray(boxes, np.int64).reshape(-1, 4)
     for t in range(len(boxes)):
-        for u in range(t + 1, len(boxes)):
+        x0, y0, x1, y1 = grid[t]
+        later = grid[t + 1 :]
+        neighbours = np.flatnonzero((later[:, 0] < x1) & (later[:, 2] > x0) & (later[:, 1] < y1) & (later[:, 3] > y0))
+        for u in (t + 1 + neighbours).tolist():
             strip = _intersection(boxes[t], boxes[u])
             if strip is None:
                 continue
@@ -272,7 +276,7 @@ def merge_tiles(
         members.setdefault(groups.find(i), []).append(i)
     cores = tile_cores(boxes)
     merged = [
-        _joined([flat[i][1] for i in group], [flat[i][0] for i in group], [not cut[i] for i in group], boxes, cores)
+        _joined([flat[i][1] for i in group], [flat[i][0] for i in group], [not cut[i] for i in group], cores)
         for group in members.values()
     ]
     # Pieces still cut by their tile's edge rank below whole masks, whatever their scores.
@@ -319,26 +323,24 @@ def tile_cores(boxes: Sequence[Box]) -> list[Box]:
     return [(xs[b[0]][0], ys[b[1]][0], xs[b[0]][1], ys[b[1]][1]) for b in boxes]
 
 
-def _joined(
-    records: list[dict[str, Any]], tiles: list[int], whole: list[bool], boxes: Sequence[Box], cores: Sequence[Box]
-) -> dict[str, Any]:
+def _joined(records: list[dict[str, Any]], tiles: list[int], whole: list[bool], cores: Sequence[Box]) -> dict[str, Any]:
     """One record from the pieces of one object (a single piece is returned as it is).
 
     Stitched at the middle of the shared strips: inside the core of a tile that gave a piece,
     only that tile's pieces decide (a tile sees best away from its edges, and a piece's
     stray pixels near its edge do not leak in); elsewhere any piece does. A piece that stays
-    clear of its tile's inner edges saw the whole object: nothing outside its tile is kept.
+    clear of its tile's inner edges saw the whole object: nothing outside its box is kept (a
+    piece of another tile may hold a neighbouring object as well).
     """
     if len(records) == 1:
         return records[0]
     parts = [r["segmentation"] for r in records]
     frame = union(parts).box
     x0, y0 = frame[:2]
-    inside = np.zeros((frame[3] - y0, frame[2] - x0), bool)
-    inside[...] = True
-    for t, is_whole in zip(tiles, whole, strict=True):
+    inside = np.ones((frame[3] - y0, frame[2] - x0), bool)
+    for part, is_whole in zip(parts, whole, strict=True):
         if is_whole:
-            seen = _intersection(boxes[t], frame)
+            seen = _intersection(part.box, frame)
             keep = np.zeros_like(inside)
             if seen is not None:
                 keep[seen[1] - y0 : seen[3] - y0, seen[0] - x0 : seen[2] - x0] = True
