@@ -82,13 +82,22 @@ def test_duplicates_inside_the_strip_become_one():
 
 
 def test_a_tile_mask_of_two_objects_does_not_chain_them():
-    a, b = disc(220, 60, 40), disc(220, 150, 40)  # both cut by the border, one above the other
+    a, b = disc(215, 100, 45), disc(340, 100, 40)  # `a` cut by the border, `b` in the second tile only
     pieces = [[*x, *y] for x, y in zip(pieces_of(a), pieces_of(b), strict=True)]
     both = np.zeros(SIZE, bool)
     both[:, 192:] = (a | b)[:, 192:]
     pieces[1].append(record(both, 0.95))  # the second tile also proposes both as one mask
     out = merged(pieces)
     assert any(np.array_equal(m, a) for m in out) and any(np.array_equal(m, b) for m in out)
+
+
+def test_a_piece_that_saw_the_whole_object_bounds_the_joined_mask():
+    a, c = disc(230, 100, 30), disc(150, 100, 30)  # `a` whole in the second tile, cut in the first
+    left = np.zeros(SIZE, bool)
+    left[:, :256] = (a | c)[:, :256]  # the first tile's mask of `a` holds its neighbour `c` too
+    pieces = [[record(left), record(c)], [record(a)]]
+    out = merged(pieces)
+    assert any(np.array_equal(m, a) for m in out) and any(np.array_equal(m, c) for m in out)
 
 
 def test_records_are_in_image_coordinates_and_coco_rle_is_image_sized():
