@@ -44,6 +44,39 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [h, w], "counts": counts}
 
 
+def placed_mask_to_rle(mask: np.ndarray, y0: int, x0: int, size: tuple[int, int]) -> dict[str, Any]:
+    """Uncompressed RLE (as `mask_to_rle`) of an (h, w) mask placed with its pixel (0, 0) at
+    (y0, x0) of an otherwise empty (H, W) = `size` mask, without making the (H, W) mask: the
+    runs are found in the small mask and moved to their column-major place in the large one.
+
+    Raises:
+        ValueError: the placed mask does not lie inside `size`.
+    """
+    big_h, big_w = (int(v) for v in size)
+    h, w = mask.shape
+    if y0 < 0 or x0 < 0 or y0 + h > big_h or x0 + w > big_w:
+        raise ValueError(f"a {w}x{h} mask at ({x0}, {y0}) does not fit in a {big_w}x{big_h} image")
+    # Each column padded with a zero above and below, so no run crosses from one column into the next.
+    cols = np.zeros((w, h + 2), np.int8)
+    cols[:, 1:-1] = np.asarray(mask, bool).T
+    change = np.diff(cols, axis=1)  # +1 where a run starts, -1 one past where it ends
+    c_on, r_on = np.nonzero(change == 1)
+    c_off, r_off = np.nonzero(change == -1)
+    starts = (x0 + c_on).astype(np.int64) * big_h + y0 + r_on
+    ends = (x0 + c_off).astype(np.int64) * big_h + y0 + r_off
+    # A run that ends on the last row continues in the next column when that starts on row 0.
+    joined = starts[1:] == ends[:-1]
+    starts = np.concatenate([starts[:1], starts[1:][~joined]])
+    ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
+    bounds = np.empty(2 * len(starts) + 2, np.int64)
+    bounds[0], bounds[-1] = 0, big_h * big_w
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds)
+    if len(counts) > 1 and counts[-1] == 0:  # ends on a run of ones: no closing run of zeros, as `mask_to_rle`
+        counts = counts[:-1]
+    return {"size": [big_h, big_w], "counts": counts.tolist()}
+
+
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """(H, W) bool mask from an uncompressed RLE."""
     h, w = rle["size"]

@@ -21,7 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundations",
-        ("sam_jax.config", "sam_jax.io", "sam_jax.masks", "sam_jax.vectors", "sam_jax.compilation_cache"),
+        (
+            "sam_jax.config",
+            "sam_jax.io",
+            "sam_jax.windowed",
+            "sam_jax.masks",
+            "sam_jax.vectors",
+            "sam_jax.compilation_cache",
+        ),
     ),
     ("modeling", ("sam_jax.modeling",)),
     ("nnx", ("sam_jax.nnx",)),

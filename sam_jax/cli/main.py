@@ -250,6 +250,14 @@ def _amg_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PIXELS",
         help="polygons and geojson: simplify each ring by this many pixels (Douglas-Peucker; default 0, exact)",
     )
+    t = p.add_argument_group(
+        "large images, tile by tile (output coco_rle unless --output-format polygons or geojson; tiled or "
+        "stripped TIFFs are read a tile at a time, other images decoded whole within --max-pixels)"
+    )
+    t.add_argument(
+        "--tile", type=int, metavar="SIZE", help="segment each image in square tiles of SIZE pixels, masks merged"
+    )
+    t.add_argument("--overlap", type=int, metavar="PIXELS", help="pixels shared by neighbouring tiles (default SIZE/4)")
     g = p.add_argument_group("AMG settings (the reference's names; default: the reference's values)")
     for flag, (kind, text) in _AMG_FLAGS.items():
         g.add_argument(flag, type=kind, help=text)
@@ -371,6 +379,7 @@ def embed(args: argparse.Namespace) -> int:
 def amg(args: argparse.Namespace) -> int:
     from sam_jax import jobs
     from sam_jax.amg import AmgOptions
+    from sam_jax.amg.tiling import check_tiling
     from sam_jax.config import get_config
     from sam_jax.loading import with_registry_preprocessing
 
@@ -378,6 +387,15 @@ def amg(args: argparse.Namespace) -> int:
     output_format = "coco_rle" if args.convert_to_rle else args.output_format or "png"
     if args.simplify and output_format not in ("polygons", "geojson"):
         raise ValueError(f"--simplify applies to --output-format polygons or geojson, not {output_format}")
+    if args.tile is None and args.overlap is not None:
+        raise ValueError("--overlap needs --tile")
+    if args.tile is not None:
+        if output_format == "png" and args.output_format is not None:
+            raise ValueError("--tile writes --output-format coco_rle, polygons or geojson, not png (a PNG per mask)")
+        output_format = "coco_rle" if output_format == "png" else output_format
+    overlap = args.overlap if args.overlap is not None or args.tile is None else args.tile // 4
+    if args.tile is not None:
+        check_tiling(args.tile, overlap, names=("--tile", "--overlap"))
     try:
         options = AmgOptions(
             **{name: getattr(args, name) for name in names if getattr(args, name) is not None},
@@ -403,6 +421,21 @@ def amg(args: argparse.Namespace) -> int:
                 devices = jax.local_devices(backend=platform)
             except RuntimeError:
                 raise ValueError(f"--device {args.device!r}: no such JAX platform here") from None
+        if args.tile is not None:
+            check_tiling(args.tile, overlap, cfg.image_size, names=("--tile", "--overlap"))
+            with progress_bar() as advance:
+                return jobs.generate_tiled_masks_for_images(
+                    params,
+                    items,
+                    args.output,
+                    options,
+                    tile=args.tile,
+                    overlap=overlap,
+                    device=devices[0] if devices else None,
+                    progress=advance,
+                    max_pixels=args.max_pixels,
+                    simplify=args.simplify,
+                )
         with progress_bar() as advance:  # after the checks above, so a refusal prints no bar
             return jobs.generate_masks_for_images(
                 params,

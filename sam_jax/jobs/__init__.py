@@ -15,7 +15,7 @@ untouched. Unreadable images are recorded in `failures*.tsv` and the rest go on.
 - `embed`: `embed_images`; `amg`: `generate_masks_for_images`.
 """
 
-from sam_jax.jobs.amg import generate_masks_for_images
+from sam_jax.jobs.amg import generate_masks_for_images, generate_tiled_masks_for_images
 from sam_jax.jobs.embed import check_batch_memory, embed_images
 from sam_jax.jobs.engine import InputItem, JobReport, discover_inputs, local_mesh, process_share
 from sam_jax.jobs.layout import failures_file, masks_output_path, output_path
@@ -28,6 +28,7 @@ __all__ = [
     "embed_images",
     "failures_file",
     "generate_masks_for_images",
+    "generate_tiled_masks_for_images",
     "local_mesh",
     "masks_output_path",
     "output_path",

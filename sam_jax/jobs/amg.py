@@ -16,9 +16,11 @@ import jax
 
 from sam_jax import vectors
 from sam_jax.amg import AmgOptions, generate
+from sam_jax.amg.tiling import check_tiling, coco_records, generate_tiled, polygon_records
 from sam_jax.io import (
     DECODE_MEMORY_BUDGET,
     DEFAULT_MAX_PIXELS,
+    ImageError,
     MemoryBudget,
     check_max_pixels,
 )
@@ -27,6 +29,7 @@ from sam_jax.jobs.engine import Job, JobReport, Loaded, Reader, host_threads, lo
 from sam_jax.jobs.layout import InputItem, is_complete_masks, masks_output_path, write_masks
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import check_params
+from sam_jax.windowed import open_windows
 
 POLYGON_MODES = ("polygons", "geojson")
 
@@ -132,3 +135,83 @@ def generate_masks_for_images(
                 done.result()
     layout.write_failures(job.failures_path, report.failures)
     return report
+
+
+def generate_tiled_masks_for_images(
+    params: SamParams,
+    inputs: str | os.PathLike[str] | Sequence[InputItem],
+    output_dir: str | os.PathLike[str],
+    options: AmgOptions | None = None,
+    *,
+    tile: int,
+    overlap: int,
+    device: jax.Device | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    simplify: float = 0.0,
+) -> JobReport:
+    """Automatic masks of large images, tile by tile (`sam_jax.amg.tiling.generate_tiled`):
+    per image one file of `options.output_mode`'s (`masks_output_path`): "coco_rle" (also for
+    "binary_mask", whose image-sized PNGs per mask tiling is there to avoid), "polygons" or
+    "geojson" (polygons in the image's coordinates, traced from each cropped mask).
+
+    An image is read a tile at a time where its format allows (`sam_jax.windowed`: tiled or
+    stripped TIFFs), so neither it nor its masks are ever held at full size; other formats are
+    decoded whole within `max_pixels`. Images run one after another on one device (their
+    tiles, one after another); skipping of complete outputs, atomic writes, shares across
+    processes and the failures file are as in `generate_masks_for_images`. A killed job
+    redoes the image it was on.
+
+    Args:
+        params, inputs, output_dir, options, simplify: as for `generate_masks_for_images`.
+        tile, overlap: tile side and pixels shared by neighbours (`check_tiling`).
+        device: the device to run on (default: this process's first).
+        process_index, process_count, progress: as for `embed_images`.
+        max_pixels: the cap on an image decoded whole (not on windowed TIFFs).
+    Returns:
+        A `JobReport`; `report.ok` is False when some image could not be read or processed.
+    """
+    params = check_params(params)
+    options = AmgOptions() if options is None else options
+    if not isinstance(options, AmgOptions):
+        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    check_tiling(tile, overlap, params.config.image_size)
+    cfg = params.config
+    options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
+    max_pixels = check_max_pixels(max_pixels)
+    mode = options.output_mode if options.output_mode in POLYGON_MODES else "coco_rle"
+    simplify = vectors.check_tolerance(simplify, "simplify")
+    if simplify and mode not in POLYGON_MODES:
+        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
+    job = Job.plan(
+        inputs,
+        output_dir,
+        functools.partial(masks_output_path, output_mode=mode),
+        functools.partial(is_complete_masks, output_mode=mode),
+        process_index,
+        process_count,
+        progress,
+    )
+    replica = jax.device_put(params, device or jax.local_devices()[0]) if job.todo else params
+    for item in job.todo:
+        target = masks_output_path(job.out, item, mode)
+        try:
+            with open_windows(item.path, max_pixels=max_pixels) as source:
+                records = generate_tiled(replica, source, options, tile=tile, overlap=overlap)
+            if mode in POLYGON_MODES:
+                write_masks(target, polygon_records(records, simplify), mode)
+            else:
+                write_masks(target, coco_records(records), mode)
+        except (ImageError, ValueError) as e:  # unreadable, or this image cannot be processed
+            job.record_failure(item, one_line(e))
+        except FileExistsError:
+            job.appeared_meanwhile(item, target)
+        else:
+            job.report.written += 1
+            job.report.masks += len(records)
+        if progress:
+            progress(1)
+    layout.write_failures(job.failures_path, job.report.failures)
+    return job.report
