@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from sam_jax.masks import iou, mask_to_box
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import decode, encode
+from sam_jax.predictor import check_params, decode, encode
 
 # Instances covering less than this fraction of their image are "small" (at 128 x 128: under
 # 164 pixels, a disc of at most 14 pixels across), reported on their own.
@@ -51,6 +51,7 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         instances covering less than `SMALL_AREA` of their image: "small_point_miou",
         "small_box_miou", "small_instances" (NaN figures when there are none)}.
     """
+    params = check_params(params)
     point: list[float] = []
     box: list[float] = []
     after: dict[int, list[float]] = {k: [] for k in clicks}

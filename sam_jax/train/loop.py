@@ -15,6 +15,7 @@ from sam_jax.config import SamConfig, ViTConfig
 from sam_jax.modeling.sam import (
     SamParams,
 )
+from sam_jax.predictor import check_params
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.data import BatchStream, EmbeddingCache, prefetch, target_side
 from sam_jax.train.step import make_optimizer, merge, partition, step_uses_box, train_step
@@ -123,6 +124,7 @@ def train(
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     log = log or functools.partial(print, flush=True)
+    params = check_params(params)
     target_side(params.config, cfg)  # refuses a bad loss_upsample before any work
     limits = (("save_every", save_every, 1), ("keep", keep, 1), ("eval_every", eval_every, 0))
     for name, value, low in (*limits, ("embedding_cache_bytes", embedding_cache_bytes, 0)):
