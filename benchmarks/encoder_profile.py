@@ -27,7 +27,14 @@ import numpy as np
 
 import sam_jax
 from sam_jax.modeling.common import MLPBlock, gelu, layer_norm
-from sam_jax.modeling.image_encoder import ENCODER_LN_EPS, Attention, Block, window_partition, window_unpartition
+from sam_jax.modeling.image_encoder import (
+    ENCODER_LN_EPS,
+    Attention,
+    Block,
+    query_rows_per_chunk,
+    window_partition,
+    window_unpartition,
+)
 from sam_jax.modeling.sam import encoder_outputs, init_params
 
 
@@ -88,6 +95,18 @@ def main() -> None:
     lin1, lin2 = dense(tokens, dim, mlp), dense(tokens, mlp, dim)
     gelu_fn, hidden = jax.jit(gelu), jnp.asarray(rng.normal(size=(tokens, mlp)), jnp.float32)
     norm_fn = jax.jit(lambda x: norm.apply({"params": norm_w}, x))
+    # The global attention's two products alone, in the blocks of query rows the encoder uses.
+    rows = query_rows_per_chunk(heads, grid, grid)
+    qkv_heads = [jnp.asarray(rng.normal(size=(heads, tokens, dim // heads)), jnp.float32) for _ in range(3)]
+
+    @jax.jit
+    def products(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        def block(r0: jax.Array) -> jax.Array:
+            qb = jax.lax.dynamic_slice_in_dim(q, r0 * grid, rows * grid, axis=1)
+            return jnp.einsum("nqk,nkd->nqd", jnp.einsum("nqd,nkd->nqk", qb, k), v)
+
+        return jax.lax.map(block, jnp.arange(0, grid, rows))
+
     rate_name = "matmul 4096x768 @ 768x3072 (the rate)"
     parts: dict[str, tuple[Callable[[], Any], float]] = {
         rate_name: (dense(4096, 768, 3072), 2 * 4096 * 768 * 3072),
@@ -107,6 +126,7 @@ def main() -> None:
             lambda: global_attention(x),
             2 * tokens * dim * 4 * dim + attn_flops_global,
         ),
+        "    its QK^T and AV products alone": (lambda: products(*qkv_heads), attn_flops_global),
         "  qkv matmul 4096x768 @ 768x2304": (dense(tokens, dim, 3 * dim), 2 * tokens * dim * 3 * dim),
         "  proj matmul 4096x768 @ 768x768": (dense(tokens, dim, dim), 2 * tokens * dim * dim),
         "  MLP (lin1, GELU, lin2)": (lambda: mlp_fn(x), 2 * tokens * dim * 2 * mlp),
