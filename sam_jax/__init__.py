@@ -56,7 +56,13 @@ _LAZY = {
 }
 
 
+# Submodules imported on first use: `sam_jax.nnx` pulls in flax.nnx.
+_LAZY_MODULES = ("nnx",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"sam_jax.{name}")  # the import binds it as an attribute
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
