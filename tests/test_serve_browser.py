@@ -71,6 +71,20 @@ def wait_until(page, expression: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def canvas_of_bitmap(page) -> np.ndarray:
+    """The image alone as the view draws it (its display-size bitmap), without masks or prompts."""
+    data = page.evaluate(
+        """() => {
+            const c = document.createElement("canvas");
+            c.width = view.width;
+            c.height = view.height;
+            c.getContext("2d").drawImage(state.bitmap, 0, 0, c.width, c.height);
+            return c.toDataURL("image/png");
+        }"""
+    )
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -83,8 +97,33 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
     box = page.locator("#view").bounding_box()
-    w, h = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
+    w, h = page.evaluate("[state.width, state.height]")  # the image's pixels (the view may show fewer)
     return box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h
+
+
+def nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`mask` sampled at width x height pixel centres, as the page draws it (sampleMask)."""
+    h, w = mask.shape
+    rows = np.minimum(h - 1, np.floor((np.arange(height) + 0.5) * h / height).astype(int))
+    cols = np.minimum(w - 1, np.floor((np.arange(width) + 0.5) * w / width).astype(int))
+    return mask[rows][:, cols]
+
+
+def big_photo_timings(page, path: Path, clicks: int = 5) -> tuple[list[dict], dict]:
+    """Opens a large photo and clicks it `clicks` times after one warm-up click (each prompt
+    alone, Clear in between); returns the page's timings of the counted clicks and the last answer."""
+    page.set_input_files("#file", str(path))
+    wait_until(page, "state.width === 4000 && document.getElementById('view').dataset.masks === '0'")
+    answer = None
+    for i in range(clicks + 1):
+        page.click("#clear")
+        wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+        drawn = page.evaluate("state.timings.length")
+        with page.expect_response(lambda r: r.url.endswith("/predict")) as response:
+            page.mouse.click(*image_to_screen(page, 1100 + 300 * i, 1500))
+        wait_until(page, f"state.timings.length === {drawn + 1}")
+        answer = response.value.json()
+    return page.evaluate(f"state.timings.slice(-{clicks})"), answer
 
 
 def test_click_to_segment_in_chromium(url, app, params, tmp_path):
@@ -260,6 +299,24 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
             page.unroute("**/predict")
             problems[:] = [p for p in problems if "net::ERR_FAILED" not in p]  # the refused request, logged
+            assert problems == []
+
+            # A 4000 x 3000 photo: drawn at display resolution, the mask appears within twice
+            # the time the answer takes to arrive (the figures go to docs/serve.md).
+            big = tmp_path / "big.jpg"
+            Image.fromarray(sample).resize((4000, 3000), Image.Resampling.BILINEAR).save(big, quality=90)
+            timings, result = big_photo_timings(page, big)
+            vw, vh = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
+            assert (vw, vh) == (1180, 885)  # the screen's width, not the photo's 4000
+            server = float(np.median([t["server"] for t in timings]))
+            drawn = float(np.median([t["drawn"] for t in timings]))
+            print(f"4000x3000 photo: answer in {server:.0f} ms, mask drawn {drawn:.0f} ms after the click (medians)")
+            assert drawn <= 2 * server + 50, timings
+            best = int(np.argmax(result["scores"]))
+            shown = nearest(decode_rle(result["masks"][best]), vw, vh)
+            assert shown.sum() > 1000
+            changed = np.abs(canvas(page) - canvas_of_bitmap(page)).sum(-1) > 6
+            assert changed[shown].mean() > 0.95 and changed[~shown].mean() < 0.01
             assert problems == []
         finally:
             browser.close()

@@ -28,6 +28,8 @@ const state = {
   drag: null, // {x0, y0, x1, y1, sx, sy, moved, button} while the mouse is down
   overlay: null, // the drawn masks as a canvas, with what they were drawn from
   seq: 0, // the latest prediction request; older answers are dropped
+  scale: 1, // view pixels per image pixel
+  timings: [], // {server, drawn} ms from the click: the answer in, the mask on screen
   maxUploadBytes: Infinity,
 };
 
@@ -108,26 +110,67 @@ function rleCounts(s) {
   return counts;
 }
 
-// An RLE mask (column-major runs, zeros first) as a row-major 0/1 array.
-function rleToMask(rle) {
+// A mask sampled at ow x oh pixels, each taking the mask's value at its centre (the nearest
+// pixel): exactly the mask when ow x oh is its size. The runs are walked once, and only the
+// columns between the first and the last foreground pixel are visited, so the cost follows
+// the size drawn and the object, not the photo. Returns the row-major 0/1 array and the box
+// (x0, y0, x1, y1, inclusive; empty when x1 < x0) of its foreground.
+function sampleMask(rle, ow, oh) {
   const [h, w] = rle.size;
-  const mask = new Uint8Array(h * w);
   const counts = rleCounts(rle.counts);
-  let i = 0;
-  for (let r = 0; r < counts.length; r += 1) {
-    const end = i + counts[r];
-    if (r % 2 === 1) for (let j = i; j < end; j += 1) mask[(j % h) * w + Math.floor(j / h)] = 1;
-    i = end;
+  const n = counts.length;
+  const starts = new Float64Array(n + 1); // run r covers [starts[r], starts[r + 1]), zeros first
+  for (let r = 0; r < n; r += 1) starts[r + 1] = starts[r] + counts[r];
+  const mask = new Uint8Array(ow * oh);
+  const out = { mask, x0: ow, y0: oh, x1: -1, y1: -1 };
+  let first = -1;
+  let last = -1;
+  for (let r = 1; r < n; r += 2) {
+    if (!counts[r]) continue;
+    if (first < 0) first = starts[r];
+    last = starts[r + 1] - 1;
   }
-  return mask;
+  if (first < 0) return out;
+  const rowOf = new Float64Array(oh);
+  for (let oy = 0; oy < oh; oy += 1) rowOf[oy] = Math.min(h - 1, Math.floor(((oy + 0.5) * h) / oh));
+  const ox0 = Math.max(0, Math.floor((Math.floor(first / h) * ow) / w) - 1);
+  const ox1 = Math.min(ow - 1, Math.ceil(((Math.floor(last / h) + 1) * ow) / w));
+  let r = 0;
+  for (let ox = ox0; ox <= ox1; ox += 1) {
+    const base = Math.min(w - 1, Math.floor(((ox + 0.5) * w) / ow)) * h;
+    if (starts[r + 1] <= base) { // jump to the run holding the column's first pixel
+      let lo = r;
+      let hi = n - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (starts[mid] <= base) lo = mid;
+        else hi = mid - 1;
+      }
+      r = lo;
+    }
+    for (let oy = 0; oy < oh; oy += 1) {
+      const q = base + rowOf[oy];
+      while (starts[r + 1] <= q) r += 1;
+      if (r & 1) {
+        mask[oy * ow + ox] = 1;
+        if (ox < out.x0) out.x0 = ox;
+        if (ox > out.x1) out.x1 = ox;
+        if (oy < out.y0) out.y0 = oy;
+        if (oy > out.y1) out.y1 = oy;
+      }
+    }
+  }
+  return out;
 }
 
-// Paints a mask into RGBA pixels: its inside in `fill` at `alpha`, and, when `edge` is given,
-// its inner border `thickness` pixels wide in `edge`, opaque (so the mask stays visible on any colour).
-function paintMask(mask, w, h, rgba, fill, alpha, edge = null, thickness = 0) {
+// Paints a sampled mask into RGBA pixels (w x h): its inside in `fill` at `alpha`, and, when
+// `edge` is given, its inner border `thickness` pixels wide in `edge`, opaque (so the mask
+// stays visible on any colour). Only the mask's box is visited.
+function paintMask(sampled, w, h, rgba, fill, alpha, edge = null, thickness = 0) {
+  const { mask } = sampled;
   const outside = (x, y) => x >= 0 && y >= 0 && x < w && y < h && !mask[y * w + x];
-  for (let y = 0; y < h; y += 1) {
-    for (let x = 0; x < w; x += 1) {
+  for (let y = sampled.y0; y <= sampled.y1; y += 1) {
+    for (let x = sampled.x0; x <= sampled.x1; x += 1) {
       if (!mask[y * w + x]) continue;
       let border = false;
       for (let d = 1; d <= thickness && !border; d += 1) {
@@ -158,20 +201,20 @@ function currentMasks() {
   return [];
 }
 
-// A canvas of the image's size with `masks` painted: translucent with borders for the view,
-// opaque on black without borders for the PNG download.
-function maskCanvas(masks, forDownload) {
+// A canvas of w x h pixels with `masks` painted: translucent with borders for the view (at
+// display resolution), opaque on black without borders for the PNG download (at the image's).
+function maskCanvas(masks, forDownload, w, h) {
   const canvas = document.createElement("canvas");
-  canvas.width = state.width;
-  canvas.height = state.height;
+  canvas.width = w;
+  canvas.height = h;
   const c = canvas.getContext("2d");
-  const pixels = c.createImageData(state.width, state.height);
+  const pixels = c.createImageData(w, h);
   if (forDownload) for (let o = 3; o < pixels.data.length; o += 4) pixels.data[o] = 255;
-  const thickness = Math.max(2, Math.round(Math.max(state.width, state.height) / 250));
+  const thickness = Math.max(2, Math.round(Math.max(w, h) / 250));
   for (const m of masks) {
-    const mask = rleToMask(m.rle);
-    if (forDownload) paintMask(mask, state.width, state.height, pixels.data, m.colour, 255);
-    else paintMask(mask, state.width, state.height, pixels.data, m.colour, 130, m.edge, thickness);
+    const sampled = sampleMask(m.rle, w, h);
+    if (forDownload) paintMask(sampled, w, h, pixels.data, m.colour, 255);
+    else paintMask(sampled, w, h, pixels.data, m.colour, 130, m.edge, thickness);
   }
   c.putImageData(pixels, 0, 0);
   return canvas;
@@ -179,18 +222,23 @@ function maskCanvas(masks, forDownload) {
 
 // ---------------------------------------------------------------- drawing
 
+// The view is drawn at display resolution (`state.scale` of the image's pixels; 1 for images
+// no larger than the screen), so painting a mask costs what the screen shows, not the photo.
 function render() {
   if (!state.bitmap) return;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.clearRect(0, 0, view.width, view.height);
-  ctx.drawImage(state.bitmap, 0, 0, state.width, state.height);
+  ctx.drawImage(state.bitmap, 0, 0, view.width, view.height);
   // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
   const key = [state.result, state.result && state.result.chosen, state.automatic];
   if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
     const masks = currentMasks();
-    state.overlay = { key, canvas: masks.length ? maskCanvas(masks, false) : null, count: masks.length };
+    const canvas = masks.length ? maskCanvas(masks, false, view.width, view.height) : null;
+    state.overlay = { key, canvas, count: masks.length };
   }
   if (state.overlay.canvas) ctx.drawImage(state.overlay.canvas, 0, 0);
   view.dataset.masks = String(state.overlay.count);
+  ctx.setTransform(state.scale, 0, 0, state.scale, 0, 0); // prompts in image pixels
 
   const unit = Math.max(3, Math.round(Math.max(state.width, state.height) / 120));
   const dragging = state.drag && state.drag.moved;
@@ -240,7 +288,8 @@ function status(text, error = false) {
 
 // ---------------------------------------------------------------- prompting
 
-async function predict() {
+// Asks for the mask of the prompt on screen. `t0` is when the user acted (performance.now()).
+async function predict(t0 = performance.now()) {
   const seq = ++state.seq;
   state.automatic = null;
   if (!state.points.length && !state.box) {
@@ -258,15 +307,24 @@ async function predict() {
     // As the reference demo: three candidates for one click, one mask once the prompt is clear.
     multimask: $("show-candidates").checked || single,
   };
-  const t0 = performance.now();
   const file = state.file;
   try {
     const result = await api(`/api/images/${state.imageId}/predict`, { body });
     // Shown only for the prompt and image on screen: a newer prompt or image drops it.
     if (seq !== state.seq || file !== state.file) return;
+    const server = performance.now() - t0;
     const best = result.scores.indexOf(Math.max(...result.scores));
     state.result = { ...result, chosen: best };
-    status(`score ${result.scores[best].toFixed(3)} · ${Math.round(performance.now() - t0)} ms`);
+    showCandidates();
+    render();
+    // The next frame is the first with the mask on screen.
+    requestAnimationFrame(() => {
+      const drawn = performance.now() - t0;
+      state.timings.push({ server, drawn });
+      view.dataset.drawn = String(state.timings.length);
+      if (seq === state.seq) status(`score ${result.scores[best].toFixed(3)} · drawn ${Math.round(drawn)} ms after the click`);
+    });
+    return;
   } catch (e) {
     if (seq !== state.seq || file !== state.file) return;
     state.result = null; // the mask of an earlier prompt would not match the points on screen
@@ -388,7 +446,7 @@ $("download-png").addEventListener("click", () => {
   if (!masks.length) return status("No masks to download yet.", true);
   // One mask: white on black; automatic masks: each in its colour on black.
   const coloured = state.automatic ? masks : masks.map((m) => ({ ...m, colour: [255, 255, 255] }));
-  maskCanvas(coloured, true).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
+  maskCanvas(coloured, true, state.width, state.height).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
 });
 
 $("download-json").addEventListener("click", () => {
@@ -422,14 +480,24 @@ async function open(file) {
       throw new Error(`this browser cannot display ${file.name}; try a PNG or JPEG (the page is unchanged)`);
     }
     const info = await upload(file);
+    // Display resolution: no more pixels than the screen has along the image's longer side.
+    const screenSide = Math.max(window.screen.width, window.screen.height, 1) * (window.devicePixelRatio || 1);
+    const scale = Math.min(1, screenSide / Math.max(info.width, info.height));
+    const dw = Math.max(1, Math.round(info.width * scale));
+    const dh = Math.max(1, Math.round(info.height * scale));
+    if (scale < 1) { // resized once here, so no frame draws the full photo
+      const full = bitmap;
+      bitmap = await createImageBitmap(full, { resizeWidth: dw, resizeHeight: dh, resizeQuality: "medium" });
+      full.close();
+    }
     Object.assign(state, {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
-      imageId: info.image_id, width: info.width, height: info.height,
+      imageId: info.image_id, width: info.width, height: info.height, scale,
       points: [], labels: [], box: null, history: [], result: null, automatic: null, overlay: null,
     });
     state.seq += 1;
-    view.width = info.width;
-    view.height = info.height;
+    view.width = dw;
+    view.height = dh;
     view.hidden = false;
     $("placeholder").hidden = true;
     status(`${info.width} × ${info.height}: click the image`);
