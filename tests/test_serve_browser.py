@@ -227,20 +227,58 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert len(problems) == 1 and "404" in problems[0]  # the browser logs the refused request
             problems.clear()
 
-            # Segment everything: every automatic mask drawn, in colours.
-            with page.expect_response(lambda r: r.url.endswith("/automatic")) as answer:
-                page.click("#everything")
-            records = answer.value.json()
+            # Segment everything, a job on the server: every automatic mask drawn, in colours.
             options = {**sam_jax.EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"], "points_per_side": 32}
-            want_records = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
-            assert records == json.loads(json.dumps(want_records)) and len(records) >= 2
-            wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records)}'")
+            want_records = json.loads(json.dumps(sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")))
+            assert len(want_records) >= 2
+            t0 = time.monotonic()
+            page.click("#everything")
+            wait_until(page, f"document.getElementById('view').dataset.masks === '{len(want_records)}'")
+            print(f"segment everything (sample, tiny-shapes, 32 points a side): {time.monotonic() - t0:.2f} s in the page")
+            records = page.evaluate("state.automatic")
+            assert records == want_records
+            assert page.is_hidden("#cancel-everything") and page.is_hidden("#everything-progress")
             union = np.any([decode_rle(r["segmentation"]) for r in records], axis=0)
             with page.expect_download() as download:
                 page.click("#download-png")
             png = np.asarray(Image.open(download.value.path()).convert("RGB"))
             np.testing.assert_array_equal(png.any(axis=-1), union)
             atomic_write_bytes(shots / "serve-everything.png", page.screenshot())
+
+            # A click on one of its masks picks it as the current object; a later click adds a
+            # point and the layer stays.
+            smallest = min(range(len(records)), key=lambda i: records[i]["area"])
+            inside = np.argwhere(decode_rle(records[smallest]["segmentation"]))
+            cy, cx = inside[len(inside) // 2]
+            page.mouse.click(*image_to_screen(page, cx, cy))
+            wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records) + 1}'")
+            assert page.evaluate("state.result.masks[0]") == records[smallest]["segmentation"]
+            assert "picked" in page.text_content("#status")
+            with page.expect_response(lambda r: r.url.endswith("/predict")):
+                page.mouse.click(*image_to_screen(page, 60, 60), button="right")
+            wait_until(page, "state.result && state.result.picked === undefined")
+            assert page.evaluate("state.automatic.length") == len(records)
+            assert page.evaluate("document.getElementById('view').dataset.masks") == str(len(records) + 1)
+            page.click("#clear")
+            wait_until(page, f"document.getElementById('view').dataset.masks === '{len(records)}'")
+
+            # A long run shows its progress and can be cancelled; the server stops it, and the
+            # layer of the run before stays.
+            page.fill("#points-per-side", "128")  # 256 batches of points
+            page.click("#everything")
+            wait_until(page, "document.getElementById('everything-progress').value > 0")
+            assert page.is_visible("#cancel-everything") and page.is_disabled("#everything")
+            page.click("#cancel-everything")
+            assert page.text_content("#status") == "Segment everything was cancelled."
+            assert page.is_enabled("#everything") and page.is_hidden("#everything-progress")
+            jobs = app.state.server.jobs
+            deadline = time.monotonic() + 30
+            while list(jobs.values())[-1].state != "cancelled":
+                assert time.monotonic() < deadline, list(jobs.values())[-1]
+                time.sleep(0.05)
+            assert list(jobs.values())[-1].done < 256
+            assert page.evaluate("state.automatic.length") == len(records)
+            page.fill("#points-per-side", "32")
 
             # Dropping a file on the page opens it.
             crop = png_bytes(sample[100:400, 50:450])

@@ -24,7 +24,9 @@ const state = {
   box: null, // [x0, y0, x1, y1]
   history: [], // earlier {points, labels, box}, for undo
   result: null, // {masks: [rle], scores: [s], chosen: i}
-  automatic: null, // records of "segment everything"
+  automatic: null, // records of "segment everything": a layer kept until the next image or run
+  picked: null, // {rle, score, index}: a mask of that layer picked as the current object
+  job: null, // {id, file}: the "segment everything" job running
   drag: null, // {x0, y0, x1, y1, sx, sy, moved, button} while the mouse is down
   overlay: null, // the drawn masks as a canvas, with what they were drawn from
   seq: 0, // the latest prediction request; older answers are dropped
@@ -35,9 +37,10 @@ const state = {
 
 // ---------------------------------------------------------------- server
 
-async function api(path, { body, form } = {}, retry = true) {
-  const init = { method: "POST" };
-  if (form) init.body = form;
+async function api(path, { body, form, method = "POST" } = {}, retry = true) {
+  const init = { method };
+  if (method !== "POST") init.body = undefined;
+  else if (form) init.body = form;
   else {
     init.headers = { "Content-Type": "application/json" };
     init.body = JSON.stringify(body || {});
@@ -186,19 +189,46 @@ function paintMask(sampled, w, h, rgba, fill, alpha, edge = null, thickness = 0)
   }
 }
 
-// The current masks with their colours: the chosen candidate, or every automatic mask (largest first).
+// The masks on screen with their colours: the "segment everything" layer (largest first,
+// when shown), then the current object on top, the chosen candidate or the mask picked.
 function currentMasks() {
-  if (state.automatic) {
+  const masks = [];
+  if (state.automatic && $("show-layer").checked) {
     const order = state.automatic.map((r, i) => [r, i]).sort((a, b) => b[0].area - a[0].area);
-    return order.map(([r, i]) => {
+    for (const [r, i] of order) {
       const colour = PALETTE[i % PALETTE.length];
-      return { rle: r.segmentation, colour, edge: colour };
-    });
+      masks.push({ rle: r.segmentation, colour, edge: colour });
+    }
   }
   if (state.result && state.result.masks.length) {
-    return [{ rle: state.result.masks[state.result.chosen], colour: MASK_COLOUR, edge: [255, 255, 255] }];
+    masks.push({ rle: state.result.masks[state.result.chosen], colour: MASK_COLOUR, edge: [255, 255, 255] });
   }
-  return [];
+  return masks;
+}
+
+// Whether the image pixel (x, y) is inside an RLE mask: its runs walked up to that pixel.
+function maskHas(rle, x, y) {
+  const [h] = rle.size;
+  const q = Math.round(x) * h + Math.round(y);
+  const counts = rleCounts(rle.counts);
+  let end = 0;
+  for (let r = 0; r < counts.length; r += 1) {
+    end += counts[r];
+    if (q < end) return (r & 1) === 1;
+  }
+  return false;
+}
+
+// The smallest mask of the layer under the image pixel (x, y), as its index, or -1.
+function layerMaskAt(x, y) {
+  if (!state.automatic || !$("show-layer").checked) return -1;
+  let found = -1;
+  state.automatic.forEach((r, i) => {
+    const [bx, by, bw, bh] = r.bbox;
+    if (x < bx - 1 || y < by - 1 || x > bx + bw || y > by + bh) return;
+    if ((found < 0 || r.area < state.automatic[found].area) && maskHas(r.segmentation, x, y)) found = i;
+  });
+  return found;
 }
 
 // A canvas of w x h pixels with `masks` painted: translucent with borders for the view (at
@@ -230,7 +260,7 @@ function render() {
   ctx.clearRect(0, 0, view.width, view.height);
   ctx.drawImage(state.bitmap, 0, 0, view.width, view.height);
   // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
-  const key = [state.result, state.result && state.result.chosen, state.automatic];
+  const key = [state.result, state.result && state.result.chosen, state.automatic, $("show-layer").checked];
   if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
     const masks = currentMasks();
     const canvas = masks.length ? maskCanvas(masks, false, view.width, view.height) : null;
@@ -264,7 +294,7 @@ function render() {
 function showCandidates() {
   const list = $("candidates");
   list.replaceChildren();
-  list.hidden = !$("show-candidates").checked || !state.result;
+  list.hidden = !$("show-candidates").checked || !state.result || state.result.picked !== undefined;
   if (list.hidden) return;
   state.result.scores.forEach((score, i) => {
     const b = document.createElement("button");
@@ -291,12 +321,13 @@ function status(text, error = false) {
 // Asks for the mask of the prompt on screen. `t0` is when the user acted (performance.now()).
 async function predict(t0 = performance.now()) {
   const seq = ++state.seq;
-  state.automatic = null;
   if (!state.points.length && !state.box) {
-    state.result = null;
+    // No prompt: the current object is the mask picked from the layer, if any.
+    const p = state.picked;
+    state.result = p ? { masks: [p.rle], scores: [p.score], chosen: 0, picked: p.index } : null;
     showCandidates();
     render();
-    status("");
+    status(p ? `mask ${p.index + 1} of ${state.automatic.length} picked · predicted IoU ${p.score.toFixed(3)}` : "");
     return;
   }
   const single = state.points.length === 1 && !state.box;
@@ -335,7 +366,7 @@ async function predict(t0 = performance.now()) {
 }
 
 function pushHistory() {
-  state.history.push({ points: state.points.slice(), labels: state.labels.slice(), box: state.box });
+  state.history.push({ points: state.points.slice(), labels: state.labels.slice(), box: state.box, picked: state.picked });
 }
 
 // Image coordinates of a mouse event, as the model takes them: x = 0 is the centre of the first pixel.
@@ -364,9 +395,15 @@ window.addEventListener("mouseup", (e) => {
   if (!d) return;
   state.drag = null;
   pushHistory();
-  if (d.moved) {
+  const pick = !d.moved && e.target === view && d.button === 0 ? layerMaskAt(d.x0, d.y0) : -1;
+  if (pick >= 0) { // a click on a mask of the layer picks it as the current object
+    const r = state.automatic[pick];
+    Object.assign(state, { points: [], labels: [], box: null, picked: { rle: r.segmentation, score: r.predicted_iou, index: pick } });
+  } else if (d.moved) {
+    state.picked = null;
     state.box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
   } else if (e.target === view) {
+    state.picked = null;
     state.points.push([d.x0, d.y0]);
     state.labels.push(d.button === 0 ? 1 : 0);
   } else {
@@ -387,8 +424,8 @@ function clear() {
   state.points = [];
   state.labels = [];
   state.box = null;
+  state.picked = null;
   state.history = [];
-  state.automatic = null;
   predict();
 }
 
@@ -402,33 +439,84 @@ window.addEventListener("keydown", (e) => {
   }
 });
 
-$("everything").addEventListener("click", async () => {
-  if (!state.imageId) return;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function showJob(running, fraction = 0) {
+  $("everything").disabled = running;
+  $("cancel-everything").hidden = !running;
+  $("everything-progress").hidden = !running;
+  $("everything-progress").value = fraction;
+}
+
+// "Segment everything" as a job on the server: its progress polled and shown, Cancel stops it
+// there, and its masks become a layer that stays until the next run or image.
+async function segmentEverything() {
+  if (!state.imageId || state.job) return;
   const options = {
     pred_iou_thresh: Number($("pred-iou").value),
     stability_score_thresh: Number($("stability").value),
     points_per_side: Number($("points-per-side").value),
   };
-  $("everything").disabled = true;
-  status("Segmenting everything…");
   const t0 = performance.now();
   const file = state.file;
+  const job = { id: null, file };
+  state.job = job;
+  showJob(true, 0);
+  status("Segmenting everything…");
   try {
-    const records = await api(`/api/images/${state.imageId}/automatic`, { body: options });
-    if (file !== state.file) throw new Error("another image was opened; its masks were not kept");
-    state.seq += 1; // drop any prediction still on its way
-    state.points = [];
-    state.labels = [];
-    state.box = null;
-    state.result = null;
-    state.automatic = records;
-    status(`${records.length} masks · ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const started = await api(`/api/images/${state.imageId}/automatic/jobs`, { body: options });
+    job.id = started.job_id;
+    if (state.job !== job) return void cancelOnServer(job); // cancelled while it started
+    for (;;) {
+      const report = await api(`/api/jobs/${job.id}`, { method: "GET" });
+      if (state.job !== job) return undefined; // cancelled, or another image opened
+      if (report.state === "failed") throw new Error(report.error);
+      if (report.state === "cancelled") return void status("Segment everything was cancelled.");
+      if (report.state === "done") {
+        if (file !== state.file) throw new Error("another image was opened; its masks were not kept");
+        state.seq += 1; // drop any prediction still on its way
+        Object.assign(state, { points: [], labels: [], box: null, result: null, picked: null, automatic: report.records });
+        $("show-layer").checked = true;
+        const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+        status(`${report.records.length} masks · ${seconds} s · click one to pick it`);
+        showCandidates();
+        render();
+        return undefined;
+      }
+      $("everything-progress").value = report.progress;
+      status(`Segmenting everything… ${Math.round(report.progress * 100)}%`);
+      await sleep(150);
+    }
   } catch (e) {
-    status(e.message, true);
+    if (state.job === job) status(e.message, true);
+    return undefined;
+  } finally {
+    if (state.job === job) {
+      state.job = null;
+      showJob(false);
+    }
   }
-  $("everything").disabled = false;
-  showCandidates();
-  render();
+}
+
+function cancelOnServer(job) {
+  if (job.id) api(`/api/jobs/${job.id}`, { method: "DELETE" }).catch(() => {});
+}
+
+// Stops the running job: the page forgets it at once, the server stops at its next batch.
+function cancelEverything(why = "Segment everything was cancelled.") {
+  const job = state.job;
+  if (!job) return;
+  state.job = null;
+  showJob(false);
+  cancelOnServer(job);
+  if (why) status(why);
+}
+
+$("everything").addEventListener("click", segmentEverything);
+$("cancel-everything").addEventListener("click", () => cancelEverything());
+$("show-layer").addEventListener("change", () => {
+  if (!$("show-layer").checked && state.picked) state.picked = null; // hidden: nothing picked from it
+  predict();
 });
 
 // ---------------------------------------------------------------- downloads
@@ -441,17 +529,22 @@ function download(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
+// What the downloads hold: the current object when there is one, else the layer's masks.
+function layerOnly() {
+  return !state.result && state.automatic && state.automatic.length > 0;
+}
+
 $("download-png").addEventListener("click", () => {
   const masks = currentMasks();
   if (!masks.length) return status("No masks to download yet.", true);
   // One mask: white on black; automatic masks: each in its colour on black.
-  const coloured = state.automatic ? masks : masks.map((m) => ({ ...m, colour: [255, 255, 255] }));
+  const coloured = layerOnly() ? masks : [{ ...masks[masks.length - 1], colour: [255, 255, 255] }];
   maskCanvas(coloured, true, state.width, state.height).toBlob((blob) => download(blob, `${state.name}-masks.png`), "image/png");
 });
 
 $("download-json").addEventListener("click", () => {
   let records;
-  if (state.automatic) records = state.automatic;
+  if (layerOnly()) records = state.automatic;
   else if (state.result) {
     const i = state.result.chosen;
     records = [{
@@ -493,8 +586,9 @@ async function open(file) {
     Object.assign(state, {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
       imageId: info.image_id, width: info.width, height: info.height, scale,
-      points: [], labels: [], box: null, history: [], result: null, automatic: null, overlay: null,
+      points: [], labels: [], box: null, history: [], result: null, automatic: null, picked: null, overlay: null,
     });
+    cancelEverything(null); // its masks would be another image's
     state.seq += 1;
     view.width = dw;
     view.height = dh;
