@@ -126,6 +126,63 @@ def big_photo_timings(page, path: Path, clicks: int = 5) -> tuple[list[dict], di
     return page.evaluate(f"state.timings.slice(-{clicks})"), answer
 
 
+def keyboard(page, sent: list[dict]) -> None:
+    """Every control reachable with Tab; undo and redo, Escape and Delete outside text fields only."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    reached = []
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+    controls = page.evaluate(
+        "[...document.querySelectorAll('aside button, aside input')].filter((e) => e.id !== 'file' && !e.hidden && !e.closest('[hidden]')).map((e) => e.id)"
+    )
+    assert "open" in controls and set(controls) - {"mode-bg"} <= set(reached), (controls, reached)  # radios: one stop
+    page.focus("#open")
+    with page.expect_file_chooser():
+        page.keyboard.press("Enter")
+
+    points = "state.points.length"
+    page.mouse.click(*image_to_screen(page, 150, 450))
+    page.mouse.click(*image_to_screen(page, 60, 60), button="right")
+    assert page.evaluate("state.labels") == [1, 0]
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Control+z")
+    assert page.evaluate(points) == 1
+    page.keyboard.press("Control+Shift+z")
+    assert page.evaluate(points) == 2
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Control+y")
+    assert page.evaluate("state.labels") == [1, 0]
+    # Inside the IoU field, Ctrl+Z, Delete and Escape edit the field, not the prompt.
+    page.click("#pred-iou")
+    page.keyboard.press("End")
+    page.keyboard.type("5")
+    page.keyboard.press("Control+z")
+    page.keyboard.press("Delete")
+    page.keyboard.press("Escape")
+    assert page.evaluate(points) == 2 and page.input_value("#pred-iou") == "0.7"
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Delete")
+    assert page.evaluate("state.labels") == [1]
+    page.keyboard.press("Escape")
+    assert page.evaluate(points) == 0
+    page.keyboard.press("Control+z")
+    assert page.evaluate("state.labels") == [1]
+    # Escape during a drag drops it: no box, no request.
+    asked = len(sent)
+    page.mouse.move(*image_to_screen(page, 40, 380))
+    page.mouse.down()
+    page.mouse.move(*image_to_screen(page, 200, 500), steps=4)
+    page.keyboard.press("Escape")
+    page.mouse.up()
+    assert page.evaluate("state.box") is None and page.evaluate("state.drag") is None
+    with page.expect_response(lambda r: r.url.endswith("/predict")):
+        page.mouse.click(*image_to_screen(page, 150, 450))
+    assert len(sent) == asked + 1  # only the click's
+    page.click("#clear")
+    wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+
+
 def test_click_to_segment_in_chromium(url, app, params, tmp_path):
     shots = ROOT / SHOTS if SHOTS else tmp_path
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium"
@@ -215,6 +272,8 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             page.click("#clear")
             wait_until(page, "document.getElementById('view').dataset.masks === '0'")
             assert np.abs(canvas(page) - before).max() <= 2
+
+            keyboard(page, sent)
 
             # The server forgot the image: the page uploads it again by itself, and the click works.
             assert problems == []

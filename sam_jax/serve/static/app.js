@@ -10,7 +10,8 @@ const PALETTE = [
   [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40],
 ];
 const MASK_COLOUR = [30, 144, 255];
-const DRAG_PIXELS = 4; // screen pixels a press must move to become a box
+const DRAG_PIXELS = 4; // screen pixels a mouse press must move to become a box
+const TOUCH_DRAG_PIXELS = 10; // a finger wobbles more
 
 const state = {
   file: null, // kept to upload again if the server has evicted the image
@@ -22,7 +23,8 @@ const state = {
   points: [], // [[x, y], ...] in image pixels
   labels: [], // 1 foreground, 0 background
   box: null, // [x0, y0, x1, y1]
-  history: [], // earlier {points, labels, box}, for undo
+  history: [], // earlier {points, labels, box, picked}, for undo
+  future: [], // undone ones, for redo (emptied by any new change)
   result: null, // {masks: [rle], scores: [s], chosen: i}
   automatic: null, // records of "segment everything": a layer kept until the next image or run
   picked: null, // {rle, score, index}: a mask of that layer picked as the current object
@@ -365,8 +367,13 @@ async function predict(t0 = performance.now()) {
   render();
 }
 
+function snapshot() {
+  return { points: state.points.slice(), labels: state.labels.slice(), box: state.box, picked: state.picked };
+}
+
 function pushHistory() {
-  state.history.push({ points: state.points.slice(), labels: state.labels.slice(), box: state.box, picked: state.picked });
+  state.history.push(snapshot());
+  state.future = [];
 }
 
 // Image coordinates of a mouse event, as the model takes them: x = 0 is the centre of the first pixel.
@@ -377,47 +384,71 @@ function imagePoint(event) {
   return [Math.min(state.width - 1, Math.max(0, x)), Math.min(state.height - 1, Math.max(0, y))];
 }
 
+// Pointer events: a mouse, a pen and a finger alike. A press that moves draws a box; one
+// that does not adds a point (or picks a mask of the "segment everything" layer).
 view.addEventListener("contextmenu", (e) => e.preventDefault());
-view.addEventListener("mousedown", (e) => {
-  if (!state.imageId || (e.button !== 0 && e.button !== 2)) return;
+view.addEventListener("pointerdown", (e) => {
+  if (!state.imageId || (e.button !== 0 && e.button !== 2) || !e.isPrimary) return;
   const [x, y] = imagePoint(e);
-  state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button };
+  const slack = e.pointerType === "touch" ? TOUCH_DRAG_PIXELS : DRAG_PIXELS;
+  state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button, slack, id: e.pointerId };
+  view.setPointerCapture(e.pointerId); // the drag follows the pointer off the image
+  e.preventDefault();
 });
-window.addEventListener("mousemove", (e) => {
+view.addEventListener("pointermove", (e) => {
   const d = state.drag;
-  if (!d || d.button !== 0) return;
-  if (Math.hypot(e.clientX - d.sx, e.clientY - d.sy) >= DRAG_PIXELS) d.moved = true;
+  if (!d || d.id !== e.pointerId || d.button !== 0) return;
+  if (Math.hypot(e.clientX - d.sx, e.clientY - d.sy) >= d.slack) d.moved = true;
   [d.x1, d.y1] = imagePoint(e);
   if (d.moved) render();
 });
-window.addEventListener("mouseup", (e) => {
+view.addEventListener("pointercancel", () => cancelDrag());
+view.addEventListener("pointerup", (e) => {
   const d = state.drag;
-  if (!d) return;
+  if (!d || d.id !== e.pointerId) return;
+  const t0 = performance.now();
   state.drag = null;
   pushHistory();
-  const pick = !d.moved && e.target === view && d.button === 0 ? layerMaskAt(d.x0, d.y0) : -1;
+  const label = d.button === 2 ? 0 : Number($("mode-bg").checked ? 0 : 1);
+  const pick = !d.moved && label === 1 ? layerMaskAt(d.x0, d.y0) : -1;
   if (pick >= 0) { // a click on a mask of the layer picks it as the current object
     const r = state.automatic[pick];
     Object.assign(state, { points: [], labels: [], box: null, picked: { rle: r.segmentation, score: r.predicted_iou, index: pick } });
   } else if (d.moved) {
     state.picked = null;
     state.box = [Math.min(d.x0, d.x1), Math.min(d.y0, d.y1), Math.max(d.x0, d.x1), Math.max(d.y0, d.y1)];
-  } else if (e.target === view) {
+  } else {
     state.picked = null;
     state.points.push([d.x0, d.y0]);
-    state.labels.push(d.button === 0 ? 1 : 0);
-  } else {
-    state.history.pop();
-    return;
+    state.labels.push(label);
   }
-  predict();
+  predict(t0);
 });
+
+function cancelDrag() {
+  if (!state.drag) return false;
+  state.drag = null;
+  render();
+  return true;
+}
+
+function restore(snap) {
+  Object.assign(state, snap);
+  predict();
+}
 
 function undo() {
   const last = state.history.pop();
   if (!last) return;
-  Object.assign(state, last);
-  predict();
+  state.future.push(snapshot());
+  restore(last);
+}
+
+function redo() {
+  const next = state.future.pop();
+  if (!next) return;
+  state.history.push(snapshot());
+  restore(next);
 }
 
 function clear() {
@@ -426,17 +457,55 @@ function clear() {
   state.box = null;
   state.picked = null;
   state.history = [];
+  state.future = [];
+  predict();
+}
+
+// Escape: a drag in progress is dropped; otherwise the prompt is cleared (undoable).
+function escape() {
+  if (cancelDrag()) return;
+  if (!state.points.length && !state.box && !state.picked) return;
+  pushHistory();
+  Object.assign(state, { points: [], labels: [], box: null, picked: null });
+  predict();
+}
+
+// Delete: the last point goes, else the box, else the picked mask (undoable).
+function removeLast() {
+  if (!state.points.length && !state.box && !state.picked) return;
+  pushHistory();
+  if (state.points.length) {
+    state.points = state.points.slice(0, -1);
+    state.labels = state.labels.slice(0, -1);
+  } else if (state.box) state.box = null;
+  else state.picked = null;
   predict();
 }
 
 $("undo").addEventListener("click", undo);
+$("redo").addEventListener("click", redo);
 $("clear").addEventListener("click", clear);
-$("show-candidates").addEventListener("change", predict);
+$("show-candidates").addEventListener("change", () => predict());
+$("open").addEventListener("click", () => $("file").click());
+
+// Fields that edit text keep their keys (Ctrl+Z in the IoU field undoes its typing).
+function editsText(el) {
+  if (!el) return false;
+  if (el.isContentEditable || el.tagName === "TEXTAREA" || el.tagName === "SELECT") return true;
+  return el.tagName === "INPUT" && !["checkbox", "radio", "button", "submit", "file"].includes(el.type);
+}
+
 window.addEventListener("keydown", (e) => {
-  if ((e.ctrlKey || e.metaKey) && e.key === "z") {
-    e.preventDefault();
-    undo();
-  }
+  if (editsText(e.target)) return;
+  const mod = e.ctrlKey || e.metaKey;
+  const key = e.key.toLowerCase();
+  let done = true;
+  if (mod && key === "z" && !e.shiftKey) undo();
+  else if (mod && (key === "y" || (key === "z" && e.shiftKey))) redo();
+  else if (e.key === "Escape") escape();
+  else if ((e.key === "Delete" || e.key === "Backspace") && !mod) removeLast();
+  else done = false;
+  if (done) e.preventDefault();
 });
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -586,8 +655,10 @@ async function open(file) {
     Object.assign(state, {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
       imageId: info.image_id, width: info.width, height: info.height, scale,
-      points: [], labels: [], box: null, history: [], result: null, automatic: null, picked: null, overlay: null,
+      points: [], labels: [], box: null, history: [], future: [], result: null, automatic: null, picked: null,
+      overlay: null, drag: null,
     });
+    view.style.setProperty("--aspect", String(info.width / info.height));
     cancelEverything(null); // its masks would be another image's
     state.seq += 1;
     view.width = dw;
