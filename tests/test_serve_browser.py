@@ -134,7 +134,8 @@ def keyboard(page, sent: list[dict]) -> None:
         page.keyboard.press("Tab")
         reached.append(page.evaluate("document.activeElement.id"))
     controls = page.evaluate(
-        "[...document.querySelectorAll('aside button, aside input')].filter((e) => e.id !== 'file' && !e.hidden && !e.closest('[hidden]')).map((e) => e.id)"
+        """[...document.querySelectorAll('aside button, aside input')]
+            .filter((e) => e.id !== 'file' && !e.closest('[hidden]')).map((e) => e.id)"""
     )
     assert "open" in controls and set(controls) - {"mode-bg"} <= set(reached), (controls, reached)  # radios: one stop
     page.focus("#open")
@@ -181,6 +182,47 @@ def keyboard(page, sent: list[dict]) -> None:
     assert len(sent) == asked + 1  # only the click's
     page.click("#clear")
     wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+
+
+def touch_drag(page, cdp, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
+    """A finger pressed at `start`, moved to `end` and lifted (Chromium's touch input, as a phone's)."""
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
+    for i in range(1, steps + 1):
+        x = start[0] + (end[0] - start[0]) * i / steps
+        y = start[1] + (end[1] - start[1]) * i / steps
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def phone(browser, url: str, shots: Path) -> None:
+    """At 390 x 844 with touch: the panels stack, the image takes the screen's width, a tap with
+    the background toggle adds a background point and a finger drag draws a box."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    try:
+        page = context.new_page()
+        sent: list[dict] = []
+        page.on("request", lambda r: r.url.endswith("/predict") and sent.append(json.loads(r.post_data or "null")))
+        page.goto(url)
+        wait_until(page, "document.getElementById('model').textContent !== ''")
+        page.set_input_files("#file", str(SAMPLE))
+        wait_until(page, "!document.getElementById('view').hidden && state.imageId !== null")
+        view, aside = page.locator("#view").bounding_box(), page.locator("aside").bounding_box()
+        assert view["width"] >= 360 and view["y"] + view["height"] <= aside["y"], (view, aside)  # stacked, image first
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sticks out sideways
+        page.tap("#mode-bg")
+        with page.expect_response(lambda r: r.url.endswith("/predict")):
+            page.tap("#view", position={"x": 40, "y": 40})
+        assert sent[-1]["labels"] == [0] and sent[-1]["box"] is None
+        page.tap("#mode-fg")
+        cdp = context.new_cdp_session(page)
+        with page.expect_response(lambda r: r.url.endswith("/predict")):
+            touch_drag(page, cdp, image_to_screen(page, 40, 380), image_to_screen(page, 200, 500))
+        box = sent[-1]["box"]
+        assert box is not None and abs(box[0] - 40) < 3 and abs(box[3] - 500) < 3, sent[-1]
+        wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+        atomic_write_bytes(shots / "serve-phone.png", page.screenshot())
+    finally:
+        context.close()
 
 
 def test_click_to_segment_in_chromium(url, app, params, tmp_path):
@@ -288,12 +330,14 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
 
             # Segment everything, a job on the server: every automatic mask drawn, in colours.
             options = {**sam_jax.EMBEDDED_AUTOMATIC_OPTIONS["tiny-shapes"], "points_per_side": 32}
-            want_records = json.loads(json.dumps(sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")))
+            want_records = json.loads(
+                json.dumps(sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle"))
+            )
             assert len(want_records) >= 2
             t0 = time.monotonic()
             page.click("#everything")
             wait_until(page, f"document.getElementById('view').dataset.masks === '{len(want_records)}'")
-            print(f"segment everything (sample, tiny-shapes, 32 points a side): {time.monotonic() - t0:.2f} s in the page")
+            print(f"segment everything (sample, tiny-shapes, 32 a side): {time.monotonic() - t0:.2f} s in the page")
             records = page.evaluate("state.automatic")
             assert records == want_records
             assert page.is_hidden("#cancel-everything") and page.is_hidden("#everything-progress")
@@ -415,5 +459,6 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             changed = np.abs(canvas(page) - canvas_of_bitmap(page)).sum(-1) > 6
             assert changed[shown].mean() > 0.95 and changed[~shown].mean() < 0.01
             assert problems == []
+            phone(browser, url, shots)
         finally:
             browser.close()

@@ -210,7 +210,9 @@ def generate(
 
         batch_done = tick
         report(0, total)
-    parts = [_process_crop(params, image, box, grids[layer], opts, multimask_output, batch_done) for box, layer in crops]
+    parts = [
+        _process_crop(params, image, box, grids[layer], opts, multimask_output, batch_done) for box, layer in crops
+    ]
     data = _concat(parts)
     if any(not part["rles"] for part in parts):
         # The reference makes an empty crop's boxes `torch.tensor([])`, a float tensor: joined
