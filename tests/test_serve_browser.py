@@ -184,6 +184,40 @@ def keyboard(page, sent: list[dict]) -> None:
     wait_until(page, "document.getElementById('view').dataset.masks === '0'")
 
 
+def hover(page, params, sample: np.ndarray, seconds: float = 1.0) -> None:
+    """The mask under the cursor as it moves (none asked for while a request is in flight); a
+    click keeps a mask, and the preview goes."""
+    page.check("#hover")
+    previews: list[str] = []
+    page.on("request", lambda r: r.url.endswith("/predict?preview") and previews.append(r.url))
+    drawn = page.evaluate("state.hoverDrawn")
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        i += 1
+        page.mouse.move(*image_to_screen(page, 256 + 150 * np.cos(i / 7), 256 + 150 * np.sin(i / 7)))
+        time.sleep(0.01)
+    page.mouse.move(*image_to_screen(page, 150, 450))
+    rate = (page.evaluate("state.hoverDrawn") - drawn) / (time.monotonic() - t0)
+    print(f"hover preview: {rate:.1f} masks/s drawn ({i} moves, {len(previews)} requests)")
+    wait_until(page, "state.hoverAbort === null && state.hoverWanted === null && state.hover !== null")
+    assert page.evaluate("document.getElementById('view').dataset.hover") == "1"
+    assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
+    assert rate >= 5, rate  # 10 or more on a quiet machine (docs/serve.md)
+    assert len(previews) < i  # moves during a request are not each sent
+    masks, scores, _ = sam_jax.predict(params, sample, [[150, 450]], [1])
+    np.testing.assert_array_equal(
+        decode_rle(page.evaluate("state.hover.rle")), np.asarray(masks)[int(np.argmax(scores))]
+    )
+    with page.expect_response(lambda r: r.url.endswith("/predict")):
+        page.mouse.click(*image_to_screen(page, 150, 450))
+    wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+    assert page.evaluate("document.getElementById('view').dataset.hover") == "0"
+    page.uncheck("#hover")
+    page.click("#clear")
+    wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+
+
 def touch_drag(page, cdp, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
     """A finger pressed at `start`, moved to `end` and lifted (Chromium's touch input, as a phone's)."""
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
@@ -247,7 +281,10 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             )
             note = page.text_content("#model-note")
             assert "toy trained on synthetic shapes" in note and "fragmentary" in note, note
-            assert page.input_value("#pred-iou") == "0.7"  # the server's page defaults for the embedded model
+            assert page.input_value("#pred-iou") == "0.7"
+            page.uncheck(
+                "#hover"
+            )  # previews are tested on their own below (they would add requests)  # the server's page defaults for the embedded model
             page.set_input_files("#file", str(SAMPLE))
             wait_until(page, "!document.getElementById('view').hidden && document.getElementById('view').width")
             before = canvas(page)
@@ -316,6 +353,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert np.abs(canvas(page) - before).max() <= 2
 
             keyboard(page, sent)
+            hover(page, params, sample)
 
             # The server forgot the image: the page uploads it again by itself, and the click works.
             assert problems == []

@@ -29,6 +29,10 @@ const state = {
   automatic: null, // records of "segment everything": a layer kept until the next image or run
   picked: null, // {rle, score, index}: a mask of that layer picked as the current object
   job: null, // {id, file}: the "segment everything" job running
+  hover: null, // {rle}: the preview of the mask under the cursor, before any prompt
+  hoverWanted: null, // [x, y]: where the cursor is, asked for next
+  hoverAbort: null, // the AbortController of the preview request in flight (one at a time)
+  hoverDrawn: 0, // previews drawn so far
   drag: null, // {x0, y0, x1, y1, sx, sy, moved, button} while the mouse is down
   overlay: null, // the drawn masks as a canvas, with what they were drawn from
   seq: 0, // the latest prediction request; older answers are dropped
@@ -208,6 +212,11 @@ function currentMasks() {
   return masks;
 }
 
+// The hover preview, drawn lighter than a kept mask and not counted as one.
+function previewMasks() {
+  return state.hover ? [{ rle: state.hover.rle, colour: MASK_COLOUR, edge: MASK_COLOUR, alpha: 80 }] : [];
+}
+
 // Whether the image pixel (x, y) is inside an RLE mask: its runs walked up to that pixel.
 function maskHas(rle, x, y) {
   const [h] = rle.size;
@@ -246,7 +255,7 @@ function maskCanvas(masks, forDownload, w, h) {
   for (const m of masks) {
     const sampled = sampleMask(m.rle, w, h);
     if (forDownload) paintMask(sampled, w, h, pixels.data, m.colour, 255);
-    else paintMask(sampled, w, h, pixels.data, m.colour, 130, m.edge, thickness);
+    else paintMask(sampled, w, h, pixels.data, m.colour, m.alpha || 130, m.edge, thickness);
   }
   c.putImageData(pixels, 0, 0);
   return canvas;
@@ -262,14 +271,16 @@ function render() {
   ctx.clearRect(0, 0, view.width, view.height);
   ctx.drawImage(state.bitmap, 0, 0, view.width, view.height);
   // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
-  const key = [state.result, state.result && state.result.chosen, state.automatic, $("show-layer").checked];
+  const key = [state.result, state.result && state.result.chosen, state.automatic, $("show-layer").checked, state.hover];
   if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
     const masks = currentMasks();
-    const canvas = masks.length ? maskCanvas(masks, false, view.width, view.height) : null;
+    const all = previewMasks().concat(masks);
+    const canvas = all.length ? maskCanvas(all, false, view.width, view.height) : null;
     state.overlay = { key, canvas, count: masks.length };
   }
   if (state.overlay.canvas) ctx.drawImage(state.overlay.canvas, 0, 0);
   view.dataset.masks = String(state.overlay.count);
+  view.dataset.hover = state.hover ? "1" : "0";
   ctx.setTransform(state.scale, 0, 0, state.scale, 0, 0); // prompts in image pixels
 
   const unit = Math.max(3, Math.round(Math.max(state.width, state.height) / 120));
@@ -393,6 +404,7 @@ view.addEventListener("pointerdown", (e) => {
   const slack = e.pointerType === "touch" ? TOUCH_DRAG_PIXELS : DRAG_PIXELS;
   state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button, slack, id: e.pointerId };
   view.setPointerCapture(e.pointerId); // the drag follows the pointer off the image
+  dropHover();
   e.preventDefault();
 });
 view.addEventListener("pointermove", (e) => {
@@ -424,6 +436,70 @@ view.addEventListener("pointerup", (e) => {
   }
   predict(t0);
 });
+
+// ---------------------------------------------------------------- hover preview
+
+// A preview is shown only before any prompt, and not over the "segment everything" layer
+// (there a click picks a mask).
+function hoverActive() {
+  return $("hover").checked && state.imageId && !state.drag && !state.points.length && !state.box
+    && !state.picked && !(state.automatic && $("show-layer").checked);
+}
+
+function dropHover() {
+  state.hoverWanted = null;
+  if (state.hoverAbort) state.hoverAbort.abort();
+  state.hoverAbort = null;
+  if (state.hover) {
+    state.hover = null;
+    render();
+  }
+}
+
+// The cursor moved: its point is asked for as soon as no preview request is in flight, so the
+// previews follow as fast as the server answers, and only the latest point is ever sent.
+function wantHover(point) {
+  if (!point || !hoverActive()) return dropHover();
+  state.hoverWanted = point;
+  if (!state.hoverAbort) sendHover();
+  return undefined;
+}
+
+async function sendHover() {
+  const point = state.hoverWanted;
+  state.hoverWanted = null;
+  const controller = new AbortController();
+  state.hoverAbort = controller;
+  const { file, imageId } = state;
+  try {
+    // "?preview" marks it in logs and tests; the server reads no query.
+    const response = await fetch(`/api/images/${imageId}/predict?preview`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ points: [point], labels: [1], multimask: true }),
+      signal: controller.signal,
+    });
+    const data = response.ok ? await response.json() : null;
+    // Dropped when aborted, when the image changed, or when a prompt was made meanwhile.
+    if (data && state.hoverAbort === controller && file === state.file && hoverActive()) {
+      const best = data.scores.indexOf(Math.max(...data.scores));
+      state.hover = { rle: data.masks[best] };
+      state.hoverDrawn += 1;
+      render();
+    }
+  } catch {
+    // aborted, or the server gone: a preview is best effort (a click says what went wrong)
+  }
+  if (state.hoverAbort !== controller) return;
+  state.hoverAbort = null;
+  if (state.hoverWanted) sendHover();
+}
+
+view.addEventListener("pointermove", (e) => {
+  if (e.pointerType === "mouse" && !e.buttons && !state.drag) wantHover(imagePoint(e));
+});
+view.addEventListener("pointerleave", () => dropHover());
+$("hover").addEventListener("change", () => dropHover());
 
 function cancelDrag() {
   if (!state.drag) return false;
@@ -660,6 +736,7 @@ async function open(file) {
     });
     view.style.setProperty("--aspect", String(info.width / info.height));
     cancelEverything(null); // its masks would be another image's
+    dropHover();
     state.seq += 1;
     view.width = dw;
     view.height = dh;
