@@ -281,10 +281,8 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             )
             note = page.text_content("#model-note")
             assert "toy trained on synthetic shapes" in note and "fragmentary" in note, note
-            assert page.input_value("#pred-iou") == "0.7"
-            page.uncheck(
-                "#hover"
-            )  # previews are tested on their own below (they would add requests)  # the server's page defaults for the embedded model
+            assert page.input_value("#pred-iou") == "0.7"  # the server's page defaults for the embedded model
+            page.uncheck("#hover")  # previews are tested on their own below (they would add requests)
             page.set_input_files("#file", str(SAMPLE))
             wait_until(page, "!document.getElementById('view').hidden && document.getElementById('view').width")
             before = canvas(page)
