@@ -218,6 +218,62 @@ def hover(page, params, sample: np.ndarray, seconds: float = 1.0) -> None:
     wait_until(page, "document.getElementById('view').dataset.masks === '0'")
 
 
+def several_objects(page, sample: np.ndarray, sent: list[dict]) -> None:
+    """Objects one after another (a box for a new object never merges with another's click),
+    each editable again; exports: all as COCO RLE JSON and a label PNG, each as a cut-out."""
+    answers = []
+    with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+        page.mouse.click(*image_to_screen(page, 150, 450))
+    wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+    answers.append(answer.value.json())
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("n")  # a new object; the first kept in the list
+    assert page.locator("#objects li").count() == 1
+    page.mouse.move(*image_to_screen(page, 300, 80))
+    page.mouse.down()
+    page.mouse.move(*image_to_screen(page, 480, 260), steps=4)
+    with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+        page.mouse.up()
+    assert sent[-1]["points"] == [] and sent[-1]["box"] is not None, sent[-1]
+    wait_until(page, "document.getElementById('view').dataset.masks === '2'")
+    answers.append(answer.value.json())
+    page.click("#new-object")
+    assert page.locator("#objects li").count() == 2
+    want = [decode_rle(a["masks"][int(np.argmax(a["scores"]))]) for a in answers]
+
+    with page.expect_download() as download:
+        page.click("#download-objects-json")
+    records = json.loads(Path(download.value.path()).read_text())
+    assert [r["id"] for r in records] == [1, 2] and records[1]["box"] is not None
+    for r, m in zip(records, want, strict=True):
+        np.testing.assert_array_equal(decode_rle(r["segmentation"]), m)
+    with page.expect_download() as download:
+        page.click("#download-labels")
+    labels = np.asarray(Image.open(download.value.path()).convert("L"))
+    np.testing.assert_array_equal(labels, np.where(want[1], 2, np.where(want[0], 1, 0)))
+    with page.expect_download() as download:
+        page.locator("#objects li").nth(1).get_by_text("Cut-out").click()
+    cut = np.asarray(Image.open(download.value.path()).convert("RGBA")).astype(int)
+    ys, xs = np.nonzero(want[1])
+    inside = want[1][ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert cut.shape[:2] == inside.shape
+    np.testing.assert_array_equal(cut[..., 3] > 0, inside)
+    crop = sample[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert np.abs(cut[..., :3][inside] - crop[inside]).max() <= 2
+
+    # The first object again: its click is back, and a new point refines it alone.
+    page.locator("#objects .pick").nth(0).click()
+    assert page.evaluate("state.editing") == 0 and len(page.evaluate("state.points")) == 1
+    with page.expect_response(lambda r: r.url.endswith("/predict")):
+        page.mouse.click(*image_to_screen(page, 60, 60), button="right")
+    assert sent[-1]["labels"] == [1, 0] and sent[-1]["box"] is None
+    page.click("#new-object")
+    assert page.evaluate("state.objects[0].labels") == [1, 0] and page.locator("#objects li").count() == 2
+    page.locator("#objects li").nth(1).get_by_label("remove object 2").click()
+    page.locator("#objects li").nth(0).get_by_label("remove object 1").click()
+    wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+
+
 def touch_drag(page, cdp, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
     """A finger pressed at `start`, moved to `end` and lifted (Chromium's touch input, as a phone's)."""
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
@@ -352,6 +408,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
 
             keyboard(page, sent)
             hover(page, params, sample)
+            several_objects(page, sample, sent)
 
             # The server forgot the image: the page uploads it again by itself, and the click works.
             assert problems == []

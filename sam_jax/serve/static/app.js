@@ -29,6 +29,8 @@ const state = {
   automatic: null, // records of "segment everything": a layer kept until the next image or run
   picked: null, // {rle, score, index}: a mask of that layer picked as the current object
   job: null, // {id, file}: the "segment everything" job running
+  objects: [], // kept objects: {points, labels, box, picked, result, colour}
+  editing: -1, // the index in `objects` of the object on screen being edited; -1: a new one
   hover: null, // {rle}: the preview of the mask under the cursor, before any prompt
   hoverWanted: null, // [x, y]: where the cursor is, asked for next
   hoverAbort: null, // the AbortController of the preview request in flight (one at a time)
@@ -199,6 +201,9 @@ function paintMask(sampled, w, h, rgba, fill, alpha, edge = null, thickness = 0)
 // when shown), then the current object on top, the chosen candidate or the mask picked.
 function currentMasks() {
   const masks = [];
+  state.objects.forEach((o, i) => {
+    if (i !== state.editing && o.result) masks.push({ rle: o.result.masks[o.result.chosen], colour: o.colour, edge: o.colour });
+  });
   if (state.automatic && $("show-layer").checked) {
     const order = state.automatic.map((r, i) => [r, i]).sort((a, b) => b[0].area - a[0].area);
     for (const [r, i] of order) {
@@ -271,7 +276,8 @@ function render() {
   ctx.clearRect(0, 0, view.width, view.height);
   ctx.drawImage(state.bitmap, 0, 0, view.width, view.height);
   // The mask layer is rebuilt only when the masks change, not on every frame of a drag.
-  const key = [state.result, state.result && state.result.chosen, state.automatic, $("show-layer").checked, state.hover];
+  const key = [state.result, state.result && state.result.chosen, state.automatic, $("show-layer").checked, state.hover,
+    state.objects.length, state.editing];
   if (!state.overlay || state.overlay.key.some((k, i) => k !== key[i])) {
     const masks = currentMasks();
     const all = previewMasks().concat(masks);
@@ -580,6 +586,7 @@ window.addEventListener("keydown", (e) => {
   else if (mod && (key === "y" || (key === "z" && e.shiftKey))) redo();
   else if (e.key === "Escape") escape();
   else if ((e.key === "Delete" || e.key === "Backspace") && !mod) removeLast();
+  else if (key === "n" && !mod && !e.altKey) newObject();
   else done = false;
   if (done) e.preventDefault();
 });
@@ -664,6 +671,152 @@ $("show-layer").addEventListener("change", () => {
   predict();
 });
 
+// ---------------------------------------------------------------- objects
+
+// The object on screen, as kept in the list (its prompt and mask).
+function liveObject(colour) {
+  return { ...snapshot(), result: state.result, colour };
+}
+
+// Keeps the object on screen in the list (when it has a mask) and returns whether it did.
+function keepLive() {
+  if (!state.result || !state.result.masks.length) return false;
+  if (state.editing >= 0) state.objects[state.editing] = liveObject(state.objects[state.editing].colour);
+  else state.objects.push(liveObject(PALETTE[state.objects.length % PALETTE.length]));
+  return true;
+}
+
+// Loads object i (or a new, empty one for -1) as the one on screen; its prompt starts afresh,
+// so a box drawn for a new object never merges with another object's clicks.
+function edit(i) {
+  state.seq += 1; // an answer for the object left behind is not this one's
+  const o = i >= 0 ? state.objects[i] : { points: [], labels: [], box: null, picked: null, result: null };
+  Object.assign(state, {
+    editing: i, points: o.points.slice(), labels: o.labels.slice(), box: o.box, picked: o.picked,
+    result: o.result, history: [], future: [],
+  });
+  showObjects();
+  showCandidates();
+  render();
+}
+
+function newObject() {
+  if (keepLive() || state.editing >= 0) edit(-1);
+}
+
+function removeObject(i) {
+  state.objects.splice(i, 1);
+  if (state.editing === i) edit(-1);
+  else {
+    if (state.editing > i) state.editing -= 1;
+    showObjects();
+    render();
+  }
+}
+
+function showObjects() {
+  const list = $("objects");
+  list.replaceChildren();
+  state.objects.forEach((o, i) => {
+    const li = document.createElement("li");
+    li.className = i === state.editing ? "editing" : "";
+    const pick = document.createElement("button");
+    pick.type = "button";
+    pick.className = "pick";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${o.colour.join(",")})`;
+    const score = o.result ? o.result.scores[o.result.chosen].toFixed(3) : "-";
+    pick.append(swatch, `Object ${i + 1} · score ${score}`);
+    pick.title = "edit this object";
+    pick.addEventListener("click", () => {
+      keepLive();
+      edit(i);
+    });
+    const cut = document.createElement("button");
+    cut.type = "button";
+    cut.textContent = "Cut-out";
+    cut.title = "download this object cut out of the image (PNG with transparency)";
+    cut.addEventListener("click", () => downloadCutout(o, i));
+    const del = document.createElement("button");
+    del.type = "button";
+    del.textContent = "×";
+    del.title = "remove this object";
+    del.setAttribute("aria-label", `remove object ${i + 1}`);
+    del.addEventListener("click", () => removeObject(i));
+    li.append(pick, cut, del);
+    list.append(li);
+  });
+}
+
+// Every object's record, the one on screen included (kept first, so it is listed too).
+function allObjects() {
+  keepLive();
+  showObjects();
+  return state.objects.filter((o) => o.result);
+}
+
+function objectRecord(o, i) {
+  const k = o.result.chosen;
+  return {
+    id: i + 1, segmentation: o.result.masks[k], predicted_iou: o.result.scores[k],
+    point_coords: o.points, point_labels: o.labels, box: o.box, colour: o.colour,
+  };
+}
+
+// The image at its full size, decoded again from the file (the view may hold fewer pixels).
+async function fullImage() {
+  const bitmap = await createImageBitmap(state.file, { imageOrientation: "from-image" });
+  const canvas = document.createElement("canvas");
+  canvas.width = state.width;
+  canvas.height = state.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, state.width, state.height);
+  bitmap.close();
+  return canvas;
+}
+
+// The object cut out of the image: its box's pixels, transparent outside the mask.
+async function downloadCutout(o, i) {
+  if (!o.result) return status("This object has no mask yet.", true);
+  const { width: w, height: h } = state;
+  const m = sampleMask(o.result.masks[o.result.chosen], w, h);
+  if (m.x1 < m.x0) return status("This object's mask is empty.", true);
+  const image = (await fullImage()).getContext("2d").getImageData(m.x0, m.y0, m.x1 - m.x0 + 1, m.y1 - m.y0 + 1);
+  const cw = image.width;
+  for (let y = 0; y < image.height; y += 1) {
+    for (let x = 0; x < cw; x += 1) {
+      if (!m.mask[(y + m.y0) * w + x + m.x0]) image.data[(y * cw + x) * 4 + 3] = 0;
+    }
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = cw;
+  canvas.height = image.height;
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  canvas.toBlob((blob) => download(blob, `${state.name}-object-${i + 1}.png`), "image/png");
+  return undefined;
+}
+
+$("new-object").addEventListener("click", newObject);
+
+$("download-objects-json").addEventListener("click", () => {
+  const objects = allObjects();
+  if (!objects.length) return status("No objects to download yet.", true);
+  const records = objects.map(objectRecord);
+  download(new Blob([JSON.stringify(records)], { type: "application/json" }), `${state.name}-objects.json`);
+  return undefined;
+});
+
+// One PNG, each pixel the number of the object there (1, 2, ...; 0: none; a later object
+// over an earlier one), as grey levels.
+$("download-labels").addEventListener("click", () => {
+  const objects = allObjects();
+  if (!objects.length) return status("No objects to download yet.", true);
+  if (objects.length > 255) return status("A label PNG holds at most 255 objects.", true);
+  const masks = objects.map((o, i) => ({ rle: o.result.masks[o.result.chosen], colour: [i + 1, i + 1, i + 1] }));
+  maskCanvas(masks, true, state.width, state.height).toBlob((blob) => download(blob, `${state.name}-labels.png`), "image/png");
+  return undefined;
+});
+
 // ---------------------------------------------------------------- downloads
 
 function download(blob, name) {
@@ -732,8 +885,9 @@ async function open(file) {
       file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
       imageId: info.image_id, width: info.width, height: info.height, scale,
       points: [], labels: [], box: null, history: [], future: [], result: null, automatic: null, picked: null,
-      overlay: null, drag: null,
+      overlay: null, drag: null, objects: [], editing: -1,
     });
+    showObjects();
     view.style.setProperty("--aspect", String(info.width / info.height));
     cancelEverything(null); // its masks would be another image's
     dropHover();
