@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def big_photo_timings(page, path: Path, clicks: int = 5) -> tuple[list[dict], di
     """Opens a large photo and clicks it `clicks` times after one warm-up click (each prompt
     alone, Clear in between); returns the page's timings of the counted clicks and the last answer."""
     page.set_input_files("#file", str(path))
-    wait_until(page, "state.width === 4000 && document.getElementById('view').dataset.masks === '0'")
+    wait_until(page, "state.width === 4000 && state.imageId !== null && state.opening === null")
     answer = None
     for i in range(clicks + 1):
         page.click("#clear")
@@ -272,6 +273,43 @@ def several_objects(page, sample: np.ndarray, sent: list[dict]) -> None:
     page.locator("#objects li").nth(1).get_by_label("remove object 2").click()
     page.locator("#objects li").nth(0).get_by_label("remove object 1").click()
     wait_until(page, "document.getElementById('view').dataset.masks === '0'")
+
+
+def opening_while_busy(page, app, sample: np.ndarray, sent: list[dict], tmp_path: Path) -> None:
+    """While an image encodes (the device held here): progress and Cancel shown, clicks drawn
+    and sent once it is done; Cancel goes back to the page as it was."""
+    device = app.state.server.device
+    first, second = tmp_path / "flipped.png", tmp_path / "flopped.png"
+    first.write_bytes(png_bytes(np.ascontiguousarray(sample[::-1])))
+    second.write_bytes(png_bytes(np.ascontiguousarray(sample[:, ::-1])))
+    release = threading.Event()
+    device.submit(release.wait, 60)
+    try:
+        page.set_input_files("#file", str(first))
+        wait_until(page, "document.getElementById('status').textContent.startsWith('Encoding')")
+        assert page.is_visible("#cancel-open") and page.is_visible("#open-progress")
+        asked = len(sent)
+        page.mouse.click(*image_to_screen(page, 150, 450))
+        page.mouse.click(*image_to_screen(page, 60, 60), button="right")
+        assert page.evaluate("state.points.length") == 2 and page.evaluate("state.imageId") is None
+    finally:
+        release.set()
+    wait_until(page, "document.getElementById('view').dataset.masks === '1'")
+    assert len(sent) == asked + 1 and sent[-1]["labels"] == [1, 0]
+    assert page.is_hidden("#cancel-open") and page.is_hidden("#open-progress")
+
+    release = threading.Event()
+    device.submit(release.wait, 60)
+    try:
+        page.set_input_files("#file", str(second))
+        wait_until(page, "document.getElementById('status').textContent.startsWith('Encoding')")
+        page.click("#cancel-open")
+        assert page.text_content("#status") == "Opening cancelled; the page is as it was."
+        assert page.evaluate("state.points.length") == 2 and page.evaluate("state.imageId") is not None
+        assert page.evaluate("document.getElementById('view').dataset.masks") == "1"
+    finally:
+        release.set()
+    assert np.abs(canvas_of_bitmap(page) - sample[::-1]).max() <= 2
 
 
 def touch_drag(page, cdp, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
@@ -552,6 +590,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             changed = np.abs(canvas(page) - canvas_of_bitmap(page)).sum(-1) > 6
             assert changed[shown].mean() > 0.95 and changed[~shown].mean() < 0.01
             assert problems == []
+            opening_while_busy(page, app, sample, sent, tmp_path)
             phone(browser, url, shots)
         finally:
             browser.close()

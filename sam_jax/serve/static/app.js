@@ -31,6 +31,7 @@ const state = {
   job: null, // {id, file}: the "segment everything" job running
   objects: [], // kept objects: {points, labels, box, picked, result, colour}
   editing: -1, // the index in `objects` of the object on screen being edited; -1: a new one
+  opening: null, // {file, xhr, before, timer}: the image being uploaded and encoded
   hover: null, // {rle}: the preview of the mask under the cursor, before any prompt
   hoverWanted: null, // [x, y]: where the cursor is, asked for next
   hoverAbort: null, // the AbortController of the preview request in flight (one at a time)
@@ -349,6 +350,12 @@ async function predict(t0 = performance.now()) {
     status(p ? `mask ${p.index + 1} of ${state.automatic.length} picked · predicted IoU ${p.score.toFixed(3)}` : "");
     return;
   }
+  if (!state.imageId) { // still encoding: drawn now, sent when it is done
+    state.result = null;
+    showCandidates();
+    render();
+    return;
+  }
   const single = state.points.length === 1 && !state.box;
   const body = {
     points: state.points,
@@ -405,7 +412,7 @@ function imagePoint(event) {
 // that does not adds a point (or picks a mask of the "segment everything" layer).
 view.addEventListener("contextmenu", (e) => e.preventDefault());
 view.addEventListener("pointerdown", (e) => {
-  if (!state.imageId || (e.button !== 0 && e.button !== 2) || !e.isPrimary) return;
+  if (!state.bitmap || view.hidden || (e.button !== 0 && e.button !== 2) || !e.isPrimary) return;
   const [x, y] = imagePoint(e);
   const slack = e.pointerType === "touch" ? TOUCH_DRAG_PIXELS : DRAG_PIXELS;
   state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button, slack, id: e.pointerId };
@@ -858,51 +865,163 @@ $("download-json").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- opening images
 
-// Opens a file: the page changes only once the browser has decoded it and the server has
-// encoded it; if either fails, the image, prompt and masks on screen stay as they were.
+// Uploads with XMLHttpRequest, whose upload reports progress (fetch's does not); `opening.xhr`
+// lets Cancel abort it.
+function uploadWithProgress(file, opening, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    opening.xhr = xhr;
+    xhr.open("POST", "/api/images");
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.upload.onload = () => onProgress(1);
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300 && data) resolve(data);
+      else reject(new Error((data && data.error) || `${xhr.status} ${xhr.statusText}`));
+    };
+    xhr.onerror = () => reject(new Error("the server did not answer (is `sam-jax serve` still running?)"));
+    xhr.onabort = () => reject(new Error("cancelled"));
+    const form = new FormData();
+    form.append("file", file, "upload");
+    xhr.send(form);
+  });
+}
+
+const PAGE_FIELDS = ["file", "bitmap", "name", "imageId", "width", "height", "scale", "points", "labels", "box",
+  "history", "future", "result", "automatic", "picked", "objects", "editing"];
+
+// What the page shows, to go back to when an opening fails or is cancelled.
+function pageState() {
+  const saved = { view: [view.width, view.height, view.hidden, view.style.getPropertyValue("--aspect")] };
+  for (const k of PAGE_FIELDS) saved[k] = state[k];
+  return saved;
+}
+
+function showPage(saved) {
+  for (const k of PAGE_FIELDS) state[k] = saved[k];
+  [view.width, view.height, view.hidden] = saved.view;
+  view.style.setProperty("--aspect", saved.view[3]);
+  $("placeholder").hidden = !view.hidden;
+  Object.assign(state, { overlay: null, drag: null });
+  state.seq += 1;
+  showObjects();
+  showCandidates();
+  render();
+}
+
+function showOpening(opening, fraction) {
+  $("cancel-open").hidden = !opening;
+  $("open-progress").hidden = !opening;
+  if (fraction === null) $("open-progress").removeAttribute("value"); // encoding: no fraction to show
+  else $("open-progress").value = fraction;
+}
+
+// Opens a file. The browser decodes it first: if it cannot, nothing changes. Then the image is
+// shown while it uploads (with its progress) and the server encodes it; clicks meanwhile are
+// drawn and sent once it is encoded. If the server refuses it, or Cancel is pressed, the page
+// goes back to the image, prompt and masks it showed before.
 async function open(file) {
-  status("Uploading and encoding…");
+  let bitmap;
   try {
     checkSize(file);
-    let bitmap;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
     } catch {
       throw new Error(`this browser cannot display ${file.name}; try a PNG or JPEG (the page is unchanged)`);
     }
-    const info = await upload(file);
-    // Display resolution: no more pixels than the screen has along the image's longer side.
-    const screenSide = Math.max(window.screen.width, window.screen.height, 1) * (window.devicePixelRatio || 1);
-    const scale = Math.min(1, screenSide / Math.max(info.width, info.height));
-    const dw = Math.max(1, Math.round(info.width * scale));
-    const dh = Math.max(1, Math.round(info.height * scale));
-    if (scale < 1) { // resized once here, so no frame draws the full photo
-      const full = bitmap;
-      bitmap = await createImageBitmap(full, { resizeWidth: dw, resizeHeight: dh, resizeQuality: "medium" });
-      full.close();
-    }
-    Object.assign(state, {
-      file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image",
-      imageId: info.image_id, width: info.width, height: info.height, scale,
-      points: [], labels: [], box: null, history: [], future: [], result: null, automatic: null, picked: null,
-      overlay: null, drag: null, objects: [], editing: -1,
-    });
-    showObjects();
-    view.style.setProperty("--aspect", String(info.width / info.height));
-    cancelEverything(null); // its masks would be another image's
-    dropHover();
-    state.seq += 1;
-    view.width = dw;
-    view.height = dh;
-    view.hidden = false;
-    $("placeholder").hidden = true;
-    status(`${info.width} × ${info.height}: click the image`);
-    showCandidates();
-    render();
   } catch (e) {
     status(e.message, true);
+    return;
+  }
+  cancelOpening(null); // an earlier opening still under way is dropped for this one
+  const before = pageState();
+  const { width, height } = bitmap;
+  // Display resolution: no more pixels than the screen has along the image's longer side.
+  const screenSide = Math.max(window.screen.width, window.screen.height, 1) * (window.devicePixelRatio || 1);
+  const scale = Math.min(1, screenSide / Math.max(width, height));
+  const dw = Math.max(1, Math.round(width * scale));
+  const dh = Math.max(1, Math.round(height * scale));
+  if (scale < 1) { // resized once here, so no frame draws the full photo
+    const full = bitmap;
+    bitmap = await createImageBitmap(full, { resizeWidth: dw, resizeHeight: dh, resizeQuality: "medium" });
+    full.close();
+  }
+  cancelEverything(null); // its masks would be another image's
+  dropHover();
+  Object.assign(state, {
+    file, bitmap, name: file.name.replace(/\.[^.]*$/, "") || "image", imageId: null, width, height, scale,
+    points: [], labels: [], box: null, history: [], future: [], result: null, automatic: null, picked: null,
+    overlay: null, drag: null, objects: [], editing: -1,
+  });
+  state.seq += 1;
+  view.style.setProperty("--aspect", String(width / height));
+  view.width = dw;
+  view.height = dh;
+  view.hidden = false;
+  $("placeholder").hidden = true;
+  showObjects();
+  showCandidates();
+  render();
+
+  const opening = { file, xhr: null, before, timer: null };
+  state.opening = opening;
+  showOpening(opening, 0);
+  status("Uploading… 0%");
+  const t0 = performance.now();
+  const encoding = () => status(`Encoding… ${Math.round((performance.now() - t0) / 1000)} s (clicks are kept and sent when it is done)`);
+  try {
+    const info = await uploadWithProgress(file, opening, (fraction) => {
+      if (state.opening !== opening) return;
+      if (fraction < 1) {
+        showOpening(opening, fraction);
+        status(`Uploading… ${Math.round(fraction * 100)}%`);
+      } else if (!opening.timer) {
+        showOpening(opening, null);
+        encoding();
+        opening.timer = setInterval(encoding, 1000);
+      }
+    });
+    if (state.opening !== opening) return;
+    if (info.width !== width || info.height !== height) {
+      throw new Error(`the server read ${info.width} × ${info.height} pixels, the browser ${width} × ${height}`);
+    }
+    state.imageId = info.image_id;
+    status(`${width} × ${height}: click the image`);
+    if (state.points.length || state.box) predict(); // the clicks made while it was encoded
+  } catch (e) {
+    if (state.opening !== opening) return;
+    showPage(before);
+    status(`${e.message} (the page is as it was)`, true);
+  } finally {
+    clearInterval(opening.timer);
+    if (state.opening === opening) {
+      state.opening = null;
+      showOpening(null, 0);
+    }
   }
 }
+
+// Cancel during an upload or an encode: the request is aborted (the server may still finish
+// the encoding, for a later opening of the same file) and the page goes back to what it showed.
+function cancelOpening(why = "Opening cancelled; the page is as it was.") {
+  const opening = state.opening;
+  if (!opening) return;
+  state.opening = null;
+  clearInterval(opening.timer);
+  showOpening(null, 0);
+  if (opening.xhr) opening.xhr.abort();
+  if (why) {
+    showPage(opening.before);
+    status(why);
+  }
+}
+
+$("cancel-open").addEventListener("click", () => cancelOpening());
 
 $("file").addEventListener("change", (e) => {
   if (e.target.files.length) open(e.target.files[0]);
