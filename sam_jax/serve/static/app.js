@@ -344,7 +344,7 @@ async function predict(t0 = performance.now()) {
   if (!state.points.length && !state.box) {
     // No prompt: the current object is the mask picked from the layer, if any.
     const p = state.picked;
-    state.result = p ? { masks: [p.rle], scores: [p.score], chosen: 0, picked: p.index } : null;
+    state.result = p ? { masks: [p.rle], scores: [p.score], chosen: 0, picked: p.index, prompt: snapshot() } : null;
     showCandidates();
     render();
     status(p ? `mask ${p.index + 1} of ${state.automatic.length} picked · predicted IoU ${p.score.toFixed(3)}` : "");
@@ -365,13 +365,14 @@ async function predict(t0 = performance.now()) {
     multimask: $("show-candidates").checked || single,
   };
   const file = state.file;
+  const asked = snapshot(); // kept with the mask, so an object kept meanwhile pairs them right
   try {
     const result = await api(`/api/images/${state.imageId}/predict`, { body });
     // Shown only for the prompt and image on screen: a newer prompt or image drops it.
     if (seq !== state.seq || file !== state.file) return;
     const server = performance.now() - t0;
     const best = result.scores.indexOf(Math.max(...result.scores));
-    state.result = { ...result, chosen: best };
+    state.result = { ...result, chosen: best, prompt: asked };
     showCandidates();
     render();
     // The next frame is the first with the mask on screen.
@@ -418,7 +419,8 @@ view.addEventListener("pointerdown", (e) => {
   state.drag = { x0: x, y0: y, x1: x, y1: y, sx: e.clientX, sy: e.clientY, moved: false, button: e.button, slack, id: e.pointerId };
   view.setPointerCapture(e.pointerId); // the drag follows the pointer off the image
   dropHover();
-  e.preventDefault();
+  e.preventDefault(); // no text selection or focus change by the press itself; so, by hand:
+  if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
 });
 view.addEventListener("pointermove", (e) => {
   const d = state.drag;
@@ -680,9 +682,10 @@ $("show-layer").addEventListener("change", () => {
 
 // ---------------------------------------------------------------- objects
 
-// The object on screen, as kept in the list (its prompt and mask).
+// The object on screen, as kept in the list: its mask and the prompt that mask answered
+// (a newer prompt still waiting for its answer is not kept with an older mask).
 function liveObject(colour) {
-  return { ...snapshot(), result: state.result, colour };
+  return { ...(state.result.prompt || snapshot()), result: state.result, colour };
 }
 
 // Keeps the object on screen in the list (when it has a mask) and returns whether it did.
