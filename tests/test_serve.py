@@ -219,7 +219,7 @@ def test_automatic_job_progress_result_and_cancel(client, params, sample, sample
     assert_error(client.post(f"/api/images/{sample_id}/automatic/jobs", json={"colour": 1}), 400, "unknown option")
     assert_error(client.post(f"/api/images/{'f' * 32}/automatic/jobs", json={}), 404, "unknown image_id")
     # An image too small for the options: the job fails, naming why.
-    small = upload(client, png_bytes(sample[:8, :8])).json()["image_id"]
+    small = upload(client, png_bytes(sample[:2, :2])).json()["image_id"]
     too_deep = {"crop_n_layers": 3, "points_per_side": 4}
     job_id = client.post(f"/api/images/{small}/automatic/jobs", json=too_deep).json()["job_id"]
     report = wait_for_job(client, job_id)

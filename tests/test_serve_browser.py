@@ -268,6 +268,7 @@ def several_objects(page, sample: np.ndarray, sent: list[dict]) -> None:
     with page.expect_response(lambda r: r.url.endswith("/predict")):
         page.mouse.click(*image_to_screen(page, 60, 60), button="right")
     assert sent[-1]["labels"] == [1, 0] and sent[-1]["box"] is None
+    wait_until(page, "state.result && state.result.prompt.labels.length === 2")
     page.click("#new-object")
     assert page.evaluate("state.objects[0].labels") == [1, 0] and page.locator("#objects li").count() == 2
     page.locator("#objects li").nth(1).get_by_label("remove object 2").click()
