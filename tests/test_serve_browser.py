@@ -97,6 +97,7 @@ def decode_rle(rle: dict) -> np.ndarray:
 
 
 def image_to_screen(page, x: float, y: float) -> tuple[float, float]:
+    page.locator("#view").scroll_into_view_if_needed()
     box = page.locator("#view").bounding_box()
     w, h = page.evaluate("[state.width, state.height]")  # the image's pixels (the view may show fewer)
     return box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h
