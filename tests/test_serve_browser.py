@@ -420,6 +420,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             wait_until(page, "document.querySelectorAll('#candidates button').length === 3")
             labels = page.locator("#candidates button").all_inner_texts()
             assert [float(t.rsplit(" ", 1)[1]) for t in labels] == pytest.approx(np.asarray(scores), abs=1e-3)
+            page.evaluate("window.scrollTo(0, 0)")
             atomic_write_bytes(shots / "serve-click.png", page.screenshot())
             page.locator("#candidates button").nth(2).click()  # the status names the mask drawn
             assert page.text_content("#status") == f"mask 3 · score {labels[2].rsplit(' ', 1)[1]}"
@@ -479,6 +480,7 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
                 page.click("#download-png")
             png = np.asarray(Image.open(download.value.path()).convert("RGB"))
             np.testing.assert_array_equal(png.any(axis=-1), union)
+            page.evaluate("window.scrollTo(0, 0)")
             atomic_write_bytes(shots / "serve-everything.png", page.screenshot())
 
             # A click on one of its masks picks it as the current object; a later click adds a
@@ -579,6 +581,11 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
             # the time the answer takes to arrive (the figures go to docs/serve.md).
             big = tmp_path / "big.jpg"
             Image.fromarray(sample).resize((4000, 3000), Image.Resampling.BILINEAR).save(big, quality=90)
+            small = page.evaluate("state.timings")  # the sample's clicks so far (512 x 512)
+            print(
+                f"512x512 sample: answer in {np.median([t['server'] for t in small]):.0f} ms, mask drawn "
+                f"{np.median([t['drawn'] for t in small]):.0f} ms after the click (medians of {len(small)})"
+            )
             timings, result = big_photo_timings(page, big)
             vw, vh = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
             assert (vw, vh) == (1180, 885)  # the screen's width, not the photo's 4000

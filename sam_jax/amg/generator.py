@@ -196,8 +196,7 @@ def generate(
         )
     crop_boxes, layer_idxs = utils.generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
     grids = opts.layer_point_grids()
-    crops = zip(crop_boxes, layer_idxs, strict=True)
-    crops = list(crops)
+    crops = list(zip(crop_boxes, layer_idxs, strict=True))
     batch_done: Callable[[], None] | None = None
     if progress is not None:
         report = progress
