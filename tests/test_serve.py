@@ -203,7 +203,6 @@ def test_automatic_job_progress_result_and_cancel(client, params, sample, sample
     assert all(0 <= s["progress"] <= 1 for s in seen)
     want = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
     assert report["records"] == json.loads(json.dumps(want))
-    assert client.post(f"/api/images/{sample_id}/automatic", json=options).json() == report["records"]
 
     # Cancelled: it stops between two batches, and says so.
     many = {**options, "points_per_side": 64}  # 256 batches
