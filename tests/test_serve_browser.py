@@ -530,7 +530,9 @@ def test_click_to_segment_in_chromium(url, app, params, tmp_path):
                 }""",
                 base64.b64encode(crop).decode(),
             )
+            # Shown at once; done once encoded (its status would otherwise replace the next ones').
             wait_until(page, "document.getElementById('view').width === 400")
+            wait_until(page, "state.imageId !== null && state.opening === null")
             assert page.evaluate("document.getElementById('view').height") == 300
             assert page.evaluate("document.getElementById('view').dataset.masks") == "0"
             assert np.abs(canvas(page) - sample[100:400, 50:450]).max() <= 2
