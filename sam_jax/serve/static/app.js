@@ -976,13 +976,17 @@ async function open(file) {
   showOpening(opening, 0);
   status("Uploading… 0%");
   const t0 = performance.now();
-  const encoding = () => status(`Encoding… ${Math.round((performance.now() - t0) / 1000)} s (clicks are kept and sent when it is done)`);
+  const encoding = () => {
+    if ($("status").className !== "error") {
+      status(`Encoding… ${Math.round((performance.now() - t0) / 1000)} s (clicks are kept and sent when it is done)`);
+    }
+  };
   try {
     const info = await uploadWithProgress(file, opening, (fraction) => {
       if (state.opening !== opening) return;
       if (fraction < 1) {
         showOpening(opening, fraction);
-        status(`Uploading… ${Math.round(fraction * 100)}%`);
+        if ($("status").className !== "error") status(`Uploading… ${Math.round(fraction * 100)}%`);
       } else if (!opening.timer) {
         showOpening(opening, null);
         encoding();
@@ -994,7 +998,8 @@ async function open(file) {
       throw new Error(`the server read ${info.width} × ${info.height} pixels, the browser ${width} × ${height}`);
     }
     state.imageId = info.image_id;
-    status(`${width} × ${height}: click the image`);
+    // A file refused meanwhile (too large, unreadable) keeps its message on the status line.
+    if ($("status").className !== "error") status(`${width} × ${height}: click the image`);
     if (state.points.length || state.box) predict(); // the clicks made while it was encoded
   } catch (e) {
     if (state.opening !== opening) return;
