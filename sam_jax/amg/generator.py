@@ -20,6 +20,8 @@ Usage:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,8 +43,10 @@ def _process_crop(
     points01: np.ndarray,
     opts: AmgOptions,
     multimask_output: bool = True,
+    batch_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Masks of one crop that survive the thresholds, the edge filter and box NMS.
+    `batch_done` is called after each batch of points (its results on the host).
 
     Returns a dict of per-mask arrays in image coordinates: `rles` (list), `boxes` (N, 4) XYXY,
     `iou_preds`, `stability_score`, `points` (N, 2), `crop_boxes` (N, 4).
@@ -64,7 +68,9 @@ def _process_crop(
     fields = ("part", "row", "iou_preds", "stability_score", "boxes", "points")
     kept: dict[str, list[np.ndarray]] = {k: [] for k in fields}
     mask_parts: list[jax.Array] = []  # per batch, its candidates' masks, left on the device
-    for start in range(0, len(points), batch):
+    for i, start in enumerate(range(0, len(points), batch)):
+        if batch_done is not None and i:  # the batch before this one is done (its loop may `continue`)
+            batch_done()
         chunk = points[start : start + batch]
         padded = np.zeros((batch, 1, 2), np.float32)
         padded[: len(chunk), 0] = transforms.apply_coords(chunk, crop_size, size, params.config.coordinate_scale)
@@ -104,6 +110,8 @@ def _process_crop(
         kept["stability_score"].append(stability_np[sel])
         kept["boxes"].append(boxes_np[sel])
         kept["points"].append(point_rows[rows[sel]])
+    if batch_done is not None and len(points):
+        batch_done()
     if not mask_parts:
         return _empty_crop_data()
     data: dict[str, Any] = {k: np.concatenate(v) for k, v in kept.items()}
@@ -165,12 +173,18 @@ def _remove_small_regions(data: dict[str, Any], min_area: int, nms_thresh: float
 
 
 def generate(
-    params: SamParams, image: np.ndarray, opts: AmgOptions, multimask_output: bool = True
+    params: SamParams,
+    image: np.ndarray,
+    opts: AmgOptions,
+    multimask_output: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """`generate_masks` with checked arguments: an (H, W, 3) uint8 image and `AmgOptions`
     (for callers that check once and run many images, as the batch job does).
     `multimask_output=False` takes each point's single-mask output (`segment_anything_hq`'s
-    generator has the switch; SAM's always takes the multimask outputs)."""
+    generator has the switch; SAM's always takes the multimask outputs).
+    `progress(done, total)` is called with the batches of points decoded so far over all
+    crops; an exception it raises stops the work there (how a server cancels it)."""
     orig_size = image.shape[:2]
     cfg = params.config
     opts.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
@@ -182,8 +196,22 @@ def generate(
         )
     crop_boxes, layer_idxs = utils.generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
     grids = opts.layer_point_grids()
-    crops = zip(crop_boxes, layer_idxs, strict=True)
-    parts = [_process_crop(params, image, box, grids[layer], opts, multimask_output) for box, layer in crops]
+    crops = list(zip(crop_boxes, layer_idxs, strict=True))
+    batch_done: Callable[[], None] | None = None
+    if progress is not None:
+        report = progress
+        total = sum(math.ceil(len(grids[layer]) / opts.points_per_batch) for _, layer in crops)
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            report(done[0], total)
+
+        batch_done = tick
+        report(0, total)
+    parts = [
+        _process_crop(params, image, box, grids[layer], opts, multimask_output, batch_done) for box, layer in crops
+    ]
     data = _concat(parts)
     if any(not part["rles"] for part in parts):
         # The reference makes an empty crop's boxes `torch.tensor([])`, a float tensor: joined
@@ -223,12 +251,16 @@ def _record(data: dict[str, Any], i: int, output_mode: str) -> dict[str, Any]:
     }
 
 
-def generate_masks(params: SamParams, image: Any, **options: Any) -> list[dict[str, Any]]:
+def generate_masks(
+    params: SamParams, image: Any, *, progress: Callable[[int, int], None] | None = None, **options: Any
+) -> list[dict[str, Any]]:
     """Segments everything in an image (reference `SamAutomaticMaskGenerator.generate`).
 
     Args:
         params: model weights and config.
         image: (H, W, 3) uint8 RGB.
+        progress: called as `progress(done, total)` with the batches of points decoded so
+            far (first with done 0); an exception it raises stops the work and propagates.
         **options: the fields of `AmgOptions` (the reference's names and defaults).
     Returns:
         A list of records, one per mask, each a dict with:
@@ -242,4 +274,4 @@ def generate_masks(params: SamParams, image: Any, **options: Any) -> list[dict[s
             crop_box: [x, y, w, h] of the crop it was found in.
         An empty list when no mask survives the filters.
     """
-    return generate(check_params(params), check_image(image), options_from(kwargs=options))
+    return generate(check_params(params), check_image(image), options_from(kwargs=options), progress=progress)

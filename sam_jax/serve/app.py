@@ -5,6 +5,9 @@
     POST /api/images                        multipart field `file` -> {"image_id", "width", "height"}
     POST /api/images/{image_id}/predict     {"points", "labels", "box", "multimask"} -> {"masks", "scores"}
     POST /api/images/{image_id}/automatic   AmgOptions fields -> generate_masks records (COCO RLE)
+    POST /api/images/{image_id}/automatic/jobs   the same, as a job -> 202 {"job_id", "state", "progress", ...}
+    GET  /api/jobs/{job_id}                 {"state", "progress", ...; "records" once done}
+    DELETE /api/jobs/{job_id}               cancels it (between two batches of points)
 
 Errors are `{"error": "..."}` with a 4xx status (5xx only for the server's own faults).
 Image ids are content hashes made here; nothing the client sends becomes a path. Every
@@ -23,6 +26,8 @@ import json
 import logging
 import math
 import re
+import secrets
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -65,6 +70,10 @@ _JSON_ACCEPTED = f"JSON bodies of at most {MAX_JSON_BYTES} bytes"
 PREDICT_FIELDS = ("points", "labels", "box", "multimask")
 AMG_FIELDS = tuple(f.name for f in dataclasses.fields(AmgOptions))
 _IMAGE_ID = re.compile(r"[0-9a-f]{32}")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+# Automatic jobs kept for their clients to read: the oldest finished ones are forgotten beyond
+# this, and no more than this many may be unfinished at once (each holds a decoded image).
+MAX_JOBS = 16
 _STATIC = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
@@ -107,6 +116,54 @@ class CachedImage:
     @property
     def nbytes(self) -> int:
         return int(self.embedding.image_embedding.nbytes) + len(self.data)
+
+
+class JobCancelled(Exception):
+    """Raised on the device thread, between two batches of points, when a job was cancelled."""
+
+
+@dataclasses.dataclass
+class AutomaticJob:
+    """One "segment everything" run started with POST .../automatic/jobs.
+
+    Attributes:
+        cancel: set by DELETE /api/jobs/{id}; the device thread stops at the next batch.
+        state: "queued", "running", "done", "cancelled" or "failed".
+        done, total: batches of points decoded, and in all (over every crop).
+        records: the result, once done; error: what failed, once failed.
+    """
+
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    state: str = "queued"
+    done: int = 0
+    total: int = 0
+    records: list[dict[str, Any]] | None = None
+    error: str | None = None
+    task: asyncio.Future[None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "cancelled", "failed")
+
+    def progress(self, done: int, total: int) -> None:
+        """`generate_masks`'s progress hook, on the device thread: records it, or stops the work."""
+        if self.cancel.is_set():
+            raise JobCancelled()
+        self.state, self.done, self.total = "running", done, total
+
+    def report(self) -> dict[str, Any]:
+        """What GET /api/jobs/{id} answers."""
+        out: dict[str, Any] = {
+            "state": self.state,
+            "progress": self.done / self.total if self.total else (1.0 if self.state == "done" else 0.0),
+            "batches_done": self.done,
+            "batches_total": self.total,
+        }
+        if self.records is not None:
+            out["records"] = self.records
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
 def create_app(
@@ -175,6 +232,8 @@ def create_app(
         Route("/api/images", server.upload, methods=["POST"]),
         Route("/api/images/{image_id}/predict", server.predict, methods=["POST"]),
         Route("/api/images/{image_id}/automatic", server.automatic, methods=["POST"]),
+        Route("/api/images/{image_id}/automatic/jobs", server.start_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", server.job, methods=["GET", "DELETE"]),
     ]
     handlers = {ApiError: _api_error, ClientGone: _client_gone, HTTPException: _http_error, Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
@@ -221,12 +280,15 @@ class Server:
         self.device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-jax-device")
         self.host = ThreadPoolExecutor(max_workers=host_threads, thread_name_prefix="sam-jax-host")
         self.pending: dict[str, asyncio.Future[CachedImage]] = {}
+        self.jobs: dict[str, AutomaticJob] = {}  # in the order started
         self.body_timeout = BODY_IDLE_TIMEOUT
         package = resources.files("sam_jax.serve") / "static"
         self.index_html = (package / "index.html").read_bytes()
         self.static_files = {name: (package / name).read_bytes() for name in _STATIC}
 
     def close(self) -> None:
+        for job in self.jobs.values():
+            job.cancel.set()
         self.device.shutdown(wait=False, cancel_futures=True)
         self.host.shutdown(wait=False, cancel_futures=True)
 
@@ -292,6 +354,49 @@ class Server:
             raise ApiError(e.status, str(e)) from None
         records = await self._run(self.device, functools.partial(generate_masks, self.params, image, **options))
         return JSONResponse(records)
+
+    async def start_job(self, request: Request) -> Response:
+        entry = self._entry(request)
+        body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED, self.body_timeout), required=False)
+        options = _automatic_options(body)
+        finished = [key for key, job in self.jobs.items() if job.finished]
+        for key in finished[: max(0, len(self.jobs) - MAX_JOBS + 1)]:
+            del self.jobs[key]
+        if len(self.jobs) >= MAX_JOBS:
+            raise ApiError(429, f"{MAX_JOBS} automatic jobs are unfinished; wait for one or cancel it (DELETE)")
+        job_id = secrets.token_hex(16)
+        job = AutomaticJob()
+        self.jobs[job_id] = job
+        job.task = asyncio.ensure_future(self._run_job(job, entry, options))
+        return JSONResponse({"job_id": job_id, **job.report()}, status_code=202)
+
+    async def job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        job = self.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise ApiError(404, "unknown job_id (finished jobs are forgotten after a while; start it again)")
+        if request.method == "DELETE" and not job.finished:
+            job.cancel.set()
+            if job.state == "queued" and job.task is not None and job.task.cancel():
+                job.state = "cancelled"  # never reached the device
+        return JSONResponse({"job_id": job_id, **job.report()})
+
+    async def _run_job(self, job: AutomaticJob, entry: CachedImage, options: dict[str, Any]) -> None:
+        """Runs a job to its end; every outcome is recorded in `job`, none raised."""
+        try:
+            image = await self._run(self.host, functools.partial(decode_upload, max_pixels=self.max_pixels), entry.data)
+            if job.cancel.is_set():  # cancelled while decoding: the device is not asked
+                raise JobCancelled()
+            run = functools.partial(generate_masks, self.params, image, progress=job.progress, **options)
+            job.records = await self._run(self.device, run)
+            job.state = "done"
+        except (JobCancelled, asyncio.CancelledError):
+            job.state = "cancelled"
+        except (UploadRejected, ValueError) as e:  # the limits changed, or options the image cannot take
+            job.state, job.error = "failed", str(e)
+        except Exception:
+            log.exception("automatic job failed")
+            job.state, job.error = "failed", "internal server error"
 
     # --- helpers
 

