@@ -32,6 +32,7 @@ from sam_jax.modeling.sam import (
     SamParams,
     check_hq_token_only,
     image_encoder_module,
+    mask_decoder_arguments,
     mask_decoder_module,
 )
 
@@ -124,12 +125,8 @@ class MaskDecoder(_Component):
         """-> (low-res logits (B, M, 4E, 4E), iou (B, M)); see `mask_decoder_forward`."""
         args = (image_embedding, image_pe, sparse, dense, multimask_output)
         config = self.to_nnx__module.config
-        check_hq_token_only(config, hq_token_only)
-        if not config.hq:
-            return self._apply(*args)
-        if early_features is None:
-            raise ValueError("a SAM-HQ decoder needs the encoder's early features")
-        return self._apply(*args, early_features, hq_token_only)
+        check_hq_token_only(config, hq_token_only)  # its type for SAM-HQ's decoder too
+        return self._apply(*mask_decoder_arguments(config, args, early_features, hq_token_only))
 
 
 class Sam(nnx.Module):

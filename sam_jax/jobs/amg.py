@@ -34,6 +34,43 @@ from sam_jax.windowed import open_windows
 POLYGON_MODES = ("polygons", "geojson")
 
 
+def checked_options(params: SamParams, options: AmgOptions | None) -> tuple[SamParams, AmgOptions]:
+    """The job's model and options (the reference's defaults when None), checked."""
+    params = check_params(params)
+    options = AmgOptions() if options is None else options
+    if not isinstance(options, AmgOptions):
+        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    return params, options
+
+
+def checked_simplify(simplify: float, mode: str) -> float:
+    """`simplify` as a tolerance in pixels, refused for an output mode that writes no polygons."""
+    simplify = vectors.check_tolerance(simplify, "simplify")
+    if simplify and mode not in POLYGON_MODES:
+        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
+    return simplify
+
+
+def plan_masks_job(
+    inputs: str | os.PathLike[str] | Sequence[InputItem],
+    output_dir: str | os.PathLike[str],
+    mode: str,
+    process_index: int | None,
+    process_count: int | None,
+    progress: Callable[[int], None] | None,
+) -> Job:
+    """`Job.plan` for one masks file (or folder) of `mode` per image."""
+    return Job.plan(
+        inputs,
+        output_dir,
+        functools.partial(masks_output_path, output_mode=mode),
+        functools.partial(is_complete_masks, output_mode=mode),
+        process_index,
+        process_count,
+        progress,
+    )
+
+
 def generate_masks_for_images(
     params: SamParams,
     inputs: str | os.PathLike[str] | Sequence[InputItem],
@@ -68,28 +105,15 @@ def generate_masks_for_images(
     Returns:
         A `JobReport`; `report.ok` is False when some image could not be read or processed.
     """
-    params = check_params(params)
-    options = AmgOptions() if options is None else options
-    if not isinstance(options, AmgOptions):
-        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    params, options = checked_options(params, options)
     cfg = params.config
     options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
     mode = options.output_mode
-    simplify = vectors.check_tolerance(simplify, "simplify")
-    if simplify and mode not in POLYGON_MODES:
-        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
+    simplify = checked_simplify(simplify, mode)
     # The polygon modes trace each mask once, as they are written, with the simplification.
     generating = dataclasses.replace(options, output_mode="uncompressed_rle") if mode in POLYGON_MODES else options
     reader = Reader(check_max_pixels(max_pixels), MemoryBudget(DECODE_MEMORY_BUDGET))
-    job = Job.plan(
-        inputs,
-        output_dir,
-        functools.partial(masks_output_path, output_mode=mode),
-        functools.partial(is_complete_masks, output_mode=mode),
-        process_index,
-        process_count,
-        progress,
-    )
+    job = plan_masks_job(inputs, output_dir, mode, process_index, process_count, progress)
     out, report, todo = job.out, job.report, job.todo
     devices = list(jax.local_devices() if devices is None else devices)
     lock = threading.Lock()
@@ -173,27 +197,14 @@ def generate_tiled_masks_for_images(
     Returns:
         A `JobReport`; `report.ok` is False when some image could not be read or processed.
     """
-    params = check_params(params)
-    options = AmgOptions() if options is None else options
-    if not isinstance(options, AmgOptions):
-        raise TypeError(f"options must be an AmgOptions, got {type(options).__name__}")
+    params, options = checked_options(params, options)
     check_tiling(tile, overlap, params.config.image_size)
     cfg = params.config
     options.check_memory(cfg.embedding_size, cfg.prompt_embed_dim, cfg.low_res_mask_size)
     max_pixels = check_max_pixels(max_pixels)
     mode = options.output_mode if options.output_mode in POLYGON_MODES else "coco_rle"
-    simplify = vectors.check_tolerance(simplify, "simplify")
-    if simplify and mode not in POLYGON_MODES:
-        raise ValueError(f"simplify applies to output_mode 'polygons' or 'geojson', not {mode!r}")
-    job = Job.plan(
-        inputs,
-        output_dir,
-        functools.partial(masks_output_path, output_mode=mode),
-        functools.partial(is_complete_masks, output_mode=mode),
-        process_index,
-        process_count,
-        progress,
-    )
+    simplify = checked_simplify(simplify, mode)
+    job = plan_masks_job(inputs, output_dir, mode, process_index, process_count, progress)
     replica = jax.device_put(params, device or jax.local_devices()[0]) if job.todo else params
     for item in job.todo:
         target = masks_output_path(job.out, item, mode)

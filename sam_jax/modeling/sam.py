@@ -269,12 +269,20 @@ def mask_decoder_forward(
     features and `hq_token_only`): returns (low-res logits (B, M, 4E, 4E), iou (B, M))."""
     module, weights = mask_decoder_module(params.config), params.weights["mask_decoder"]
     args = (image_embedding, image_pe, sparse, dense, multimask_output)
-    if params.config.hq:
+    return apply(module, weights, *mask_decoder_arguments(params.config, args, early_features, hq_token_only))
+
+
+def mask_decoder_arguments(
+    config: SamConfig, args: tuple[Any, ...], early_features: jax.Array | None, hq_token_only: bool
+) -> tuple[Any, ...]:
+    """The positional arguments of the config's decoder after SAM's five (`args`): SAM-HQ's
+    also take the early features and `hq_token_only`; SAM's refuse `hq_token_only=True`."""
+    if config.hq:
         if early_features is None:
             raise ValueError("a SAM-HQ decoder needs the encoder's early features")
-        return apply(module, weights, *args, early_features, hq_token_only)
-    check_hq_token_only(params.config, hq_token_only)
-    return apply(module, weights, *args)
+        return (*args, early_features, hq_token_only)
+    check_hq_token_only(config, hq_token_only)
+    return args
 
 
 def check_hq_token_only(config: SamConfig, hq_token_only: Any) -> bool:
