@@ -43,12 +43,14 @@ from sam_jax.modeling.prompt_encoder import (
 from sam_jax.modeling.sam import (
     SamParams,
     check_hq_token_only,
+    decoder_first_layer,
     encoder_outputs,
     mask_decoder_hq_features,
     normalize_and_pad,
     predict_low_res_slots,
     select_masks,
 )
+from sam_jax.modeling.transformer import FirstLayerImage
 from sam_jax.prompt_layout import fast_slots, layout_prompts, slot_bucket
 
 POINT_LABELS = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
@@ -253,16 +255,57 @@ def _decode_low_res(
     mask_input: jax.Array | None,
     has_mask: jax.Array | None,
     hq_features: jax.Array | None = None,
+    first_layer: FirstLayerImage | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None
-    (and a SAM-HQ model's `hq_features`) -> every output's (B, T, L, L) logits and (B, T)
-    IoU predictions (`predict_low_res_slots`)."""
+    """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,), or both None
+    with the image's `first_layer` (and a SAM-HQ model's `hq_features`) -> every output's
+    (B, T, L, L) logits and (B, T) IoU predictions (`predict_low_res_slots`)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
     fewer = fast_slots(params.config.num_output_tokens)
     return predict_low_res_slots(
-        params, image_embedding, points, labels, mask_input, has_mask, fewer, hq_features=hq_features
+        params,
+        image_embedding,
+        points,
+        labels,
+        mask_input,
+        has_mask,
+        fewer,
+        hq_features=hq_features,
+        first_layer=first_layer,
     )
+
+
+@jax.jit
+def _compute_first_layer(params: SamParams, image_embedding: jax.Array) -> FirstLayerImage:
+    return decoder_first_layer(params, image_embedding)
+
+
+def first_layer(params: SamParams, embedding: ImageEmbedding) -> FirstLayerImage:
+    """The decoder's image side for prompts without a mask (`decoder_first_layer`: the same
+    for every such prompt on this image), made at the image's first such decode, or by the
+    preparation `encode` starts, and kept on the embedding for the weights it was made with."""
+    weights = (params.weights["prompt_encoder"], params.weights["mask_decoder"]["transformer"]["layers_0"])
+    leaves = jax.tree.leaves(weights)
+    kept = getattr(embedding, "_first_layer", None)
+    if kept is None or len(kept[0]) != len(leaves) or any(a is not b for a, b in zip(kept[0], leaves, strict=True)):
+        kept = (leaves, _compute_first_layer(params, embedding.image_embedding))
+        object.__setattr__(embedding, "_first_layer", kept)
+    return kept[1]
+
+
+def kept_nbytes(params: SamParams, embedding: ImageEmbedding) -> int:
+    """The bytes an embedding holds once decoded: its arrays, and what decoding keeps on it
+    (`first_layer`, ~3.5x a SAM embedding; a SAM-HQ model's image features)."""
+    arrays = [embedding.image_embedding, embedding.early_features]
+    shapes = jax.eval_shape(_compute_first_layer, params, embedding.image_embedding)
+    if params.config.hq and embedding.early_features is not None:
+        shapes = (
+            shapes,
+            jax.eval_shape(_compute_hq_features, params, embedding.image_embedding, embedding.early_features),
+        )
+    leaves = [a for a in arrays if a is not None] + jax.tree.leaves(shapes)
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in leaves)
 
 
 @jax.jit
@@ -356,7 +399,7 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None, p
     h, w = images.shape[1:3]
     embedding = ImageEmbedding(emb, (int(h), int(w)), (int(input_size[0]), int(input_size[1])), early)
     if prepare and not batch:
-        object.__setattr__(embedding, "_preparing", prepare_session(params, embedding, background=True))
+        object.__setattr__(embedding, "_preparing", _prepare_image(params, embedding))
     return embedding
 
 
@@ -487,19 +530,12 @@ def _decode_in_input_frame(
     bx = None if bx is None else bx.astype(np.float32)
     b = next(a.shape[0] for a in (pts, bx, msk) if a is not None)
     coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_output_tokens)
-    has_mask = None
-    if msk is not None:
-        has_mask = np.ones(b, np.float32)
-    elif b == 1:
-        # One prompt (interactive use): a zero mask with a zero flag, so that a call with
-        # fed-back logits runs the same program. Batches without masks keep the shared
-        # `no_mask` embedding, which lets the decoder's first layer be shared by the prompts.
-        msk, has_mask = (
-            np.zeros((1, 1, cfg.low_res_mask_size, cfg.low_res_mask_size), np.float32),
-            np.zeros(1, np.float32),
-        )
+    # Prompts without a mask share the image side of the decoder's first layer, made once
+    # per image; prompts with one run the program that embeds it.
+    has_mask = None if msk is None else np.ones(b, np.float32)
+    first = first_layer(params, embedding) if msk is None else None
     hq = hq_features(params, embedding)
-    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, hq)
+    low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, hq, first)
     return _postprocess(
         low_res,
         scores,
@@ -559,6 +595,7 @@ def predict(
 # ----------------------------------------------------------------------------- preparation
 
 _PREPARATIONS: dict[Any, concurrent.futures.Future[None]] = {}  # by program signature
+_IMAGE_PREPARATIONS: list[concurrent.futures.Future[None]] = []  # unfinished, of `_prepare_image`
 _PREPARATIONS_LOCK = threading.Lock()
 _PREPARER: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -623,11 +660,29 @@ def prepare_session(
     return future
 
 
+def _prepare_image(params: SamParams, embedding: ImageEmbedding) -> concurrent.futures.Future[None]:
+    """`prepare_session` in the background, then this image's `first_layer` (on the same
+    worker: it needs the embedding, and its program)."""
+    global _PREPARER
+    programs = prepare_session(params, embedding, background=True)
+
+    def first_layer_once_ready() -> None:
+        programs.result()
+        jax.block_until_ready(first_layer(params, embedding))
+
+    with _PREPARATIONS_LOCK:
+        if _PREPARER is None:  # the programs were prepared in the foreground
+            _PREPARER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam-jax-prepare")
+        future = _PREPARER.submit(first_layer_once_ready)
+        _IMAGE_PREPARATIONS[:] = [f for f in _IMAGE_PREPARATIONS if not f.done()] + [future]
+    return future
+
+
 def wait_for_preparations() -> None:
     """Waits for every preparation started so far (before timing decodes or counting
     compilations: a background preparation uses the CPU and compiles)."""
     with _PREPARATIONS_LOCK:
-        pending = list(_PREPARATIONS.values())
+        pending = list(_PREPARATIONS.values()) + _IMAGE_PREPARATIONS
     concurrent.futures.wait(pending)
 
 
@@ -638,7 +693,8 @@ def preparation(embedding: ImageEmbedding) -> concurrent.futures.Future[None] | 
 
 def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
     """`prepare_session`'s programs, lowered from shapes and compiled (`jit(...).lower(...)
-    .compile()` fills the same cache that a call looks in)."""
+    .compile()` fills the same cache that a call looks in); then this embedding's
+    `first_layer`."""
 
     def spec(x: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(x.shape, x.dtype)
@@ -657,32 +713,25 @@ def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
     if early is not None:
         _all_finite.lower(early).compile()
         hq = spec(_compute_hq_features.lower(params, emb, early).compile().out_info)
+    first = jax.tree.map(spec, _compute_first_layer.lower(params, emb).compile().out_info)
     slots, low = slot_bucket(1, cfg.num_output_tokens), cfg.low_res_mask_size
-    prompt = (
-        jax.ShapeDtypeStruct((1, slots, 2), np.float32),
-        jax.ShapeDtypeStruct((1, slots), np.int32),
-        jax.ShapeDtypeStruct((1, 1, low, low), np.float32),
-        jax.ShapeDtypeStruct((1,), np.float32),
-    )
-    low_res, scores = (spec(x) for x in _decode_low_res.lower(params, emb, *prompt, hq).compile().out_info)
-    # One run of each branch on zeros: a program's first run of a branch costs several of
-    # its later runs (buffers allocated and touched for the first time).
+    points = (jax.ShapeDtypeStruct((1, slots, 2), np.float32), jax.ShapeDtypeStruct((1, slots), np.int32))
+    mask = (jax.ShapeDtypeStruct((1, 1, low, low), np.float32), jax.ShapeDtypeStruct((1,), np.float32))
+    _decode_low_res.lower(params, emb, *points, None, None, hq, first).compile()
+    with_mask = _decode_low_res.lower(params, emb, *points, *mask, hq, None).compile()
+    low_res, scores = (spec(x) for x in with_mask.out_info)
+    # One run of each branch of each on zeros: a program's first run of a branch costs
+    # several of its later runs (buffers allocated and touched for the first time).
     zeros = np.zeros(emb.shape, emb.dtype)
     hq_zeros = None if hq is None else np.zeros(hq.shape, hq.dtype)
+    first_zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), first)
     for used in (1, slots):
         labels = np.full((1, slots), LABEL_EMPTY_SLOT, np.int32)
         labels[:, :used] = LABEL_FOREGROUND
-        jax.block_until_ready(
-            _decode_low_res(
-                params,
-                zeros,
-                np.zeros((1, slots, 2), np.float32),
-                labels,
-                np.zeros((1, 1, low, low), np.float32),
-                np.ones(1, np.float32),
-                hq_zeros,
-            )
-        )
+        coords = np.zeros((1, slots, 2), np.float32)
+        mask_zeros = (np.zeros((1, 1, low, low), np.float32), np.ones(1, np.float32))
+        jax.block_until_ready(_decode_low_res(params, zeros, coords, labels, *mask_zeros, hq_zeros, None))
+        jax.block_until_ready(_decode_low_res(params, zeros, coords, labels, None, None, hq_zeros, first_zeros))
     for multimask_output in (True, False):
         for hq_token_only in (False, True) if cfg.hq else (False,):
             _postprocess.lower(

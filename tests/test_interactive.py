@@ -144,9 +144,10 @@ def count_compiles(which: str = COMPILED):
 
 
 def test_one_decode_program_per_session(small, session):
-    """A cold decoder serves a whole session with one compiled program: 1 to 8 clicks, a box
-    alone, box and clicks, fed-back logits, multimask on and off. Post-processing compiles
-    once per image size and output option (here 2: multimask on and off)."""
+    """A cold decoder serves a whole session with two compiled programs, one for prompts
+    without a mask and one with: 1 to 8 clicks, a box alone, box and clicks, fed-back
+    logits, multimask on and off. Post-processing compiles once per image size and output
+    option (here 2: multimask on and off)."""
     _, emb = session
     predictor.wait_for_preparations()  # encode's, which compiles what this test counts
     jax.clear_caches()
@@ -163,8 +164,8 @@ def test_one_decode_program_per_session(small, session):
         sam_jax.decode(small.params, emb, clicks, labels, box=BOX, multimask_output=False)
         jax.block_until_ready(masks)
     decoders = {k: v for k, v in counts.items() if "_decode_low_res" in k}
-    assert sum(decoders.values()) == 1, dict(counts)
-    assert predictor.decode_cache_size() == 1
+    assert sum(decoders.values()) == 2, dict(counts)
+    assert predictor.decode_cache_size() == 2
     others = {k: v for k, v in counts.items() if "_decode_low_res" not in k}
     assert others and all("_postprocess" in k for k in others) and sum(others.values()) == 2, dict(counts)
 
@@ -178,8 +179,9 @@ def test_a_prepared_session_compiles_nothing(small):
     with count_compiles(LOWERED) as prepared:
         emb = sam_jax.encode(small.params, image)
         preparing = predictor.preparation(emb)
-        assert preparing is not None and preparing is predictor.prepare_session(small.params, emb)
+        assert preparing is not None
         preparing.result()
+        assert predictor.prepare_session(small.params, emb).done()  # the programs, shared by images of a size
     assert sum(v for k, v in prepared.items() if "_postprocess" in k) == 2, dict(prepared)
     ported = sam_jax.SamPredictor(sam_jax.compat.Sam(small.params))
     ported.set_image(image)

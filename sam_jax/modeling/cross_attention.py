@@ -12,7 +12,7 @@ to summation order (docs/performance.md has the measurements).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -129,9 +129,11 @@ def image_to_tokens(
     qb: str,
     kb: str,
     key_mask: jax.Array | None = None,
+    projected_q: jax.Array | None = None,
 ) -> jax.Array:
     """Unprojected image queries (B?, Q, C) attend to projected tokens (B?, T, I) -> (B, Q, C),
-    output projection included; tokens where `key_mask` (B, T) is False get zero weight."""
+    output projection included; tokens where `key_mask` (B, T) is False get zero weight.
+    `projected_q` (Q, I): the image's queries already projected (then `q` is not read)."""
     t = k.shape[-2]
     k, v = pad_tokens(k), pad_tokens(v)  # zero rows, masked out of the softmax below
     padded = k.shape[-2]
@@ -140,7 +142,9 @@ def image_to_tokens(
         valid = valid & jnp.pad(key_mask, ((0, 0), (0, padded - t)))
     k_blocks, v_blocks = head_block_diagonal(k, heads), head_block_diagonal(v, heads)
     (wq, bq), (wo, bo) = w["q_proj"], w["out_proj"]
-    if qb:  # per-prompt image: fold q_proj into the keys and out_proj into the values
+    if projected_q is not None:  # the image's queries projected beforehand (`ImageProjections`)
+        logits = jnp.einsum(f"qi,{kb}xi->bqx", projected_q, k_blocks)
+    elif qb:  # per-prompt image: fold q_proj into the keys and out_proj into the values
         logits = jnp.einsum(f"bqc,{kb}cx->bqx", q, jnp.einsum(f"ci,{kb}xi->{kb}cx", wq, k_blocks))
         logits = logits + jnp.einsum(f"i,{kb}xi->{kb}x", bq, k_blocks)[..., None, :]
     else:  # shared image: projected once
@@ -152,14 +156,78 @@ def image_to_tokens(
     return jnp.einsum(f"bqx,{kb}xo->bqo", attn, jnp.einsum(f"{kb}xi,io->{kb}xo", v_blocks, wo)) + bo
 
 
+class ImageProjections(NamedTuple):
+    """One image's side of an attention, projected ahead of the prompts (`project_image`).
+
+    `k` (heads, D, N) and `v` (heads, N, D) where the image is the keys, `q` (N, I) where it
+    is the queries; the other fields None. Heads are split out (and the keys transposed)
+    once, so each prompt's per-head products read them as they lie.
+    """
+
+    q: jax.Array | None = None
+    k: jax.Array | None = None
+    v: jax.Array | None = None
+
+
+def project_image(
+    w: dict[str, Any],
+    heads: int,
+    *,
+    keys: jax.Array | None = None,
+    values: jax.Array | None = None,
+    queries: jax.Array | None = None,
+) -> ImageProjections:
+    """An attention's image-side projections (weights `w` as `attend`'s) of (N, C) image
+    tokens: `keys` and `values` where prompt tokens attend to the image, or `queries` where
+    the image attends to them."""
+    if queries is not None:
+        return ImageProjections(q=dense(queries, w["q_proj"]))
+    assert keys is not None and values is not None
+    k, v = dense(keys, w["k_proj"]), dense(values, w["v_proj"])
+    n, inner = k.shape
+    return ImageProjections(
+        k=k.reshape(n, heads, inner // heads).transpose(1, 2, 0),
+        v=v.reshape(n, heads, inner // heads).transpose(1, 0, 2),
+    )
+
+
+def tokens_to_projected_image(q: jax.Array, image: ImageProjections, heads: int, scale: jax.Array) -> jax.Array:
+    """Projected token queries (B, T, I) attend to an image's projected keys and values
+    (`ImageProjections`) -> (B, T, I), before the output projection: per-head products over
+    the D features, a few MFLOP where projecting the image costs hundreds."""
+    assert image.k is not None and image.v is not None
+    b, t, inner = q.shape
+    qh = q.reshape(b, t, heads, inner // heads)
+    attn = jax.nn.softmax(jnp.einsum("bthd,hdn->bhtn", qh, image.k) / scale, axis=-1)
+    return jnp.einsum("bhtn,hnd->bthd", attn, image.v).reshape(b, t, inner)
+
+
 def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, w: dict[str, Any], heads: int, key_mask: jax.Array | None
+    q: jax.Array | None,
+    k: jax.Array | None,
+    v: jax.Array | None,
+    w: dict[str, Any],
+    heads: int,
+    key_mask: jax.Array | None,
+    image: ImageProjections | None = None,
 ) -> jax.Array:
     """Multi-head attention with the projections `w` ({q,k,v,out}_proj: (kernel, bias)):
     q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C); either side may have batch 1 (shared by
-    every prompt: projected once). `key_mask` (B, Nk) bool marks the keys that take part."""
+    every prompt: projected once). `key_mask` (B, Nk) bool marks the keys that take part.
+
+    `image`: the image side's projections made beforehand (`project_image`), for the image
+    as keys and values (`k`, `v` not read) or as queries (`q` not read)."""
     inner = w["q_proj"][0].shape[1]
-    scale = jnp.sqrt(jnp.float32(inner // heads)).astype(q.dtype)
+    dtype = (q if q is not None else k).dtype  # type: ignore[union-attr]
+    scale = jnp.sqrt(jnp.float32(inner // heads)).astype(dtype)
+    if image is not None and image.k is not None:
+        assert q is not None
+        return dense(tokens_to_projected_image(dense(q, w["q_proj"]), image, heads, scale), w["out_proj"])
+    if image is not None:
+        assert k is not None and v is not None
+        k, v = dense(k, w["k_proj"]), dense(v, w["v_proj"])
+        return image_to_tokens(None, k, v, w, heads, scale, "", "b", key_mask, image.q)  # type: ignore[arg-type]
+    assert q is not None and k is not None and v is not None
     batch = max(q.shape[0], k.shape[0])
     qb, kb = ("b" if q.shape[0] == batch else ""), ("b" if k.shape[0] == batch else "")
     q, k, v = (x if spec else x[0] for x, spec in ((q, qb), (k, kb), (v, kb)))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from sam_jax.config import SamConfig
 from sam_jax.modeling.common import Dense, gelu, layer_norm, relu
-from sam_jax.modeling.transformer import TwoWayTransformer
+from sam_jax.modeling.transformer import FirstLayerImage, TwoWayTransformer
 
 LAYER_NORM_2D_EPS = 1e-6
 
@@ -126,9 +126,13 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: jax.Array,
         dense_prompt_embeddings: jax.Array,
         prompt_mask: jax.Array | None = None,
+        first_layer: FirstLayerImage | None = None,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The first stage (arguments as `__call__`); `prompt_mask` (B, N) bool marks the
         sparse prompt tokens that take part (False: an empty slot, attended by nothing).
+        `first_layer`: for prompts without a mask, the transformer's image side made
+        beforehand (`sam_jax.modeling.sam.decoder_first_layer`); `image_pe` and
+        `dense_prompt_embeddings` are then not read, `image_embedding` only for its shape.
 
         Returns:
             mask_tokens_out: (B, num_output_tokens - 1, C), every token but the IoU token;
@@ -139,11 +143,12 @@ class MaskDecoder(nn.Module):
         output_tokens = self.output_tokens()
         output_tokens = jnp.broadcast_to(output_tokens, (b, *output_tokens.shape))
         tokens = jnp.concatenate([output_tokens, sparse_prompt_embeddings], axis=1)
-        src = image_embedding + dense_prompt_embeddings  # (1, ...) when both are shared by the B prompts
+        # (1, ...) when both are shared by the B prompts
+        src = image_embedding if first_layer is not None else image_embedding + dense_prompt_embeddings
         token_mask = None
         if prompt_mask is not None:  # the output tokens always take part
             token_mask = jnp.concatenate([jnp.ones((b, output_tokens.shape[1]), bool), prompt_mask], axis=1)
-        hs, src = self.transformer(src, image_pe, tokens, token_mask, output_tokens.shape[1])
+        hs, src = self.transformer(src, image_pe, tokens, token_mask, output_tokens.shape[1], first_layer)
         mask_tokens_out = hs[:, 1 : output_tokens.shape[1], :]
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         return mask_tokens_out, src.reshape(b, *image_embedding.shape[1:3], src.shape[-1]), iou_pred

@@ -24,6 +24,7 @@ from sam_jax.modeling.mask_decoder import MaskDecoder, select_outputs
 from sam_jax.modeling.mask_decoder_hq import MaskDecoderHQ, select_hq_outputs
 from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
 from sam_jax.modeling.tiny_vit import TinyViT
+from sam_jax.modeling.transformer import FirstLayerImage, first_layer_image
 
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 # Compute dtypes of the image encoder; weights are float32 in either case.
@@ -339,6 +340,20 @@ def mask_decoder_hq_features(params: SamParams, image_embedding: jax.Array, earl
     return apply(module, params.weights["mask_decoder"], image_embedding, early_features, method="hq_features")
 
 
+@float32_matmuls
+def decoder_first_layer(params: SamParams, image_embedding: jax.Array) -> FirstLayerImage:
+    """One image's (E, E, C) embedding -> the decoder's image side for prompts without a
+    mask (`FirstLayerImage`, ~15 MB for SAM): the same for every such prompt, so made once
+    per image and passed to `predict_low_res_slots`, it takes the first block's image-token
+    projections out of every click (a third of the transformer's work for one click)."""
+    cfg = params.config
+    dense, pe = apply(PromptEncoder(cfg), params.weights["prompt_encoder"], None, None, method="encode_dense")
+    tokens = cfg.embedding_size**2
+    keys = (image_embedding[None] + dense).reshape(1, tokens, -1)
+    weights = params.weights["mask_decoder"]["transformer"]
+    return first_layer_image(weights, keys, pe.reshape(1, tokens, -1), cfg.decoder_num_heads)
+
+
 def predict_low_res_slots(
     params: SamParams,
     image_embedding: jax.Array,
@@ -349,6 +364,7 @@ def predict_low_res_slots(
     fewer_slots: tuple[int, ...] = (),
     early_features: jax.Array | None = None,
     hq_features: jax.Array | None = None,
+    first_layer: FirstLayerImage | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Prompts in a static layout (one program serves many prompt kinds) -> every mask
     token's low-res logits and IoU prediction; the caller picks the outputs it needs.
@@ -368,20 +384,28 @@ def predict_low_res_slots(
         early_features: (E, E, D) the image's early features, for a SAM-HQ model; or
             hq_features: what `mask_decoder_hq_features` made of them, (1, E, E, ...), when
             the caller keeps that per image (it costs as much as a few prompts' decode).
+        first_layer: `decoder_first_layer` of this image, for prompts without a mask
+            (mask_input and has_mask None), when the caller keeps it per image.
     Returns:
         low_res_logits (B, num_mask_tokens, 4E, 4E), iou_predictions (B, num_mask_tokens):
         token 0 is the single-mask output, 1.. the multimask ones; a SAM-HQ model's HQ
         mask comes last in the logits (`select_masks` picks the outputs).
     """
     prompt_encoder, prompt_weights = PromptEncoder(params.config), params.weights["prompt_encoder"]
-    dense, dense_pe = apply(prompt_encoder, prompt_weights, mask_input, has_mask, method="encode_dense")
+    if first_layer is None:
+        dense, dense_pe = apply(prompt_encoder, prompt_weights, mask_input, has_mask, method="encode_dense")
+    elif mask_input is not None:
+        raise ValueError("first_layer serves prompts without a mask; mask_input must be None with it")
+    else:
+        dense, dense_pe = None, None  # in first_layer
     decoder, weights = mask_decoder_module(params.config), params.weights["mask_decoder"]
 
     def run(slots: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         pts, lab = points[:, :slots], labels[:, :slots]
         sparse = apply(prompt_encoder, prompt_weights, pts, lab, method="embed_slots")
         used = lab != LABEL_EMPTY_SLOT
-        return apply(decoder, weights, image_embedding[None], dense_pe, sparse, dense, used, method="decode_tokens")
+        args = (image_embedding[None], dense_pe, sparse, dense, used, first_layer)
+        return apply(decoder, weights, *args, method="decode_tokens")
 
     sizes = [k for k in fewer_slots if 0 < k < points.shape[1]] + [points.shape[1]]
     if len(sizes) > 1:

@@ -6,12 +6,14 @@ tokens. Positional encodings are re-added to queries and keys at every attention
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sam_jax.modeling.common import MLPBlock, layer_norm, relu
-from sam_jax.modeling.cross_attention import Projection, attend
+from sam_jax.modeling.cross_attention import ImageProjections, Projection, attend, project_image
 
 DECODER_LN_EPS = 1e-5  # torch's nn.LayerNorm default, used by the reference decoder
 
@@ -27,17 +29,25 @@ class Attention(nn.Module):
     downsample_rate: int = 1
 
     @nn.compact
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        q: jax.Array | None,
+        k: jax.Array | None,
+        v: jax.Array | None,
+        key_mask: jax.Array | None = None,
+        image: ImageProjections | None = None,
+    ) -> jax.Array:
         """q (B, Nq, C), k and v (B, Nk, C) -> (B, Nq, C); either side may have batch 1.
 
         `key_mask` (B, Nk) bool, True where a key takes part: keys marked False get zero
         weight (empty prompt slots of a static prompt layout), as if they were absent.
+        `image`: the image side already projected (`projections`), its inputs given as None.
         """
-        dim = q.shape[-1]
+        dim = (q if q is not None else k).shape[-1]  # type: ignore[union-attr]
         inner = dim // self.downsample_rate
         w = {name: Projection(inner, name=name)(dim) for name in ("q_proj", "k_proj", "v_proj")}
         w["out_proj"] = Projection(dim, name="out_proj")(inner)
-        return attend(q, k, v, w, self.num_heads, key_mask)
+        return attend(q, k, v, w, self.num_heads, key_mask, image)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -57,8 +67,10 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: jax.Array,
         key_pe: jax.Array,
         token_mask: jax.Array | None = None,
+        image: FirstLayerImage | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """`token_mask` (B, N) bool: tokens marked False are left out wherever they would be keys."""
+        """`token_mask` (B, N) bool: tokens marked False are left out wherever they would be keys.
+        `image`: `keys` and `key_pe`'s projections made beforehand (`first_layer_image`)."""
         rate = self.attention_downsample_rate
         self_attn = Attention(self.num_heads, name="self_attn")
         if self.skip_first_layer_pe:
@@ -70,17 +82,53 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self_attn(q, q, queries, token_mask)
         queries = layer_norm(self.layer_norm_eps, "norm1")(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = queries + Attention(self.num_heads, rate, name="cross_attn_token_to_image")(q, k, keys)
+        to_image = Attention(self.num_heads, rate, name="cross_attn_token_to_image")
+        if image is None:
+            queries = queries + to_image(queries + query_pe, keys + key_pe, keys)
+        else:
+            queries = queries + to_image(queries + query_pe, None, None, image=image.token_to_image)
         queries = layer_norm(self.layer_norm_eps, "norm2")(queries)
 
         queries = queries + MLPBlock(self.mlp_dim, act=relu, name="mlp")(queries)
         queries = layer_norm(self.layer_norm_eps, "norm3")(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        keys = keys + Attention(self.num_heads, rate, name="cross_attn_image_to_token")(k, q, queries, token_mask)
+        q = queries + query_pe
+        to_tokens = Attention(self.num_heads, rate, name="cross_attn_image_to_token")
+        if image is None:
+            keys = keys + to_tokens(keys + key_pe, q, queries, token_mask)
+        else:
+            keys = keys + to_tokens(None, q, queries, token_mask, image=image.image_to_token)
         keys = layer_norm(self.layer_norm_eps, "norm4")(keys)
         return queries, keys
+
+
+class FirstLayerImage(NamedTuple):
+    """The first block's image side for prompts without a mask, whose image tokens are the
+    same for every prompt (`first_layer_image`): made once per image, it takes the 4096
+    image tokens' projections and positional sums out of each click's program, which then
+    runs the first block's cross-attention as per-head products against them."""
+
+    keys: jax.Array  # (1, N, C) the image tokens: embedding plus the no-mask embedding
+    key_pe: jax.Array  # (1, N, C) their positional encoding
+    token_to_image: ImageProjections  # keys from keys + key_pe, values from keys
+    image_to_token: ImageProjections  # queries from keys + key_pe
+
+
+def first_layer_image(weights: Any, keys: jax.Array, key_pe: jax.Array, num_heads: int) -> FirstLayerImage:
+    """`FirstLayerImage` of (1, N, C) image tokens and their positional encoding, with a
+    `TwoWayTransformer`'s weights (its params tree); the projections are the blocks' own."""
+    layer = weights["layers_0"]
+
+    def attention_weights(name: str) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return {p: (layer[name][p]["kernel"], layer[name][p]["bias"]) for p in ("q_proj", "k_proj", "v_proj")}
+
+    with_pe = (keys + key_pe)[0]
+    return FirstLayerImage(
+        keys,
+        key_pe,
+        project_image(attention_weights("cross_attn_token_to_image"), num_heads, keys=with_pe, values=keys[0]),
+        project_image(attention_weights("cross_attn_image_to_token"), num_heads, queries=with_pe),
+    )
 
 
 class TwoWayTransformer(nn.Module):
@@ -99,6 +147,7 @@ class TwoWayTransformer(nn.Module):
         point_embedding: jax.Array,
         token_mask: jax.Array | None = None,
         num_outputs: int | None = None,
+        first_layer: FirstLayerImage | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Runs the two-way transformer.
 
@@ -114,13 +163,18 @@ class TwoWayTransformer(nn.Module):
             num_outputs: only the first `num_outputs` tokens are read afterwards (the
                 decoder's IoU and mask tokens): the final attention runs for them alone
                 (each query row is independent), which halves its cost for 16 tokens.
+            first_layer: the image side made beforehand (`first_layer_image`) from this
+                `image_embedding` and `image_pe`, which are then not read.
         Returns:
             queries: (B, num_outputs or N, C) processed tokens.
             keys: (B, H * W, C) processed image tokens.
         """
-        bi, h, w, c = image_embedding.shape
-        keys = image_embedding.reshape(bi, h * w, c)
-        key_pe = jnp.broadcast_to(image_pe, (1, h, w, c)).reshape(1, h * w, c)
+        if first_layer is None:
+            bi, h, w, c = image_embedding.shape
+            keys = image_embedding.reshape(bi, h * w, c)
+            key_pe = jnp.broadcast_to(image_pe, (1, h, w, c)).reshape(1, h * w, c)
+        else:
+            keys, key_pe = first_layer.keys, first_layer.key_pe
         queries = point_embedding
         for i in range(self.depth):
             queries, keys = TwoWayAttentionBlock(
@@ -130,7 +184,7 @@ class TwoWayTransformer(nn.Module):
                 skip_first_layer_pe=i == 0,
                 layer_norm_eps=self.layer_norm_eps,
                 name=f"layers_{i}",
-            )(queries, keys, point_embedding, key_pe, token_mask)
+            )(queries, keys, point_embedding, key_pe, token_mask, first_layer if i == 0 else None)
         if num_outputs is not None:
             queries, point_embedding = queries[:, :num_outputs], point_embedding[:, :num_outputs]
         q, k = queries + point_embedding, keys + key_pe
