@@ -46,7 +46,7 @@ from sam_jax.amg import AmgOptions, generate_masks
 from sam_jax.config import trained_for
 from sam_jax.masks import masks_to_coco_rle
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import ImageEmbedding, check_params, check_prompts, decode, encode
+from sam_jax.predictor import ImageEmbedding, check_params, check_prompts, decode, encode, kept_nbytes
 from sam_jax.serve.cache import EmbeddingCache
 from sam_jax.serve.images import UploadRejected, decode_upload
 
@@ -106,16 +106,18 @@ class CachedImage:
         embedding: the encoder output (on the device).
         data: the uploaded file as received, decoded again for automatic masks (smaller than pixels).
         width, height: of the decoded image, EXIF orientation applied.
+        embedding_bytes: what the embedding holds once decoded (`predictor.kept_nbytes`).
     """
 
     embedding: ImageEmbedding
     data: bytes
     width: int
     height: int
+    embedding_bytes: int
 
     @property
     def nbytes(self) -> int:
-        return int(self.embedding.image_embedding.nbytes) + len(self.data)
+        return self.embedding_bytes + len(self.data)
 
 
 class JobCancelled(Exception):
@@ -427,7 +429,8 @@ class Server:
         except UploadRejected as e:
             raise ApiError(e.status, str(e)) from None
         embedding = await self._run(self.device, self.encode_image, image)
-        entry = CachedImage(embedding, data, int(image.shape[1]), int(image.shape[0]))
+        kept = kept_nbytes(self.params, embedding)
+        entry = CachedImage(embedding, data, int(image.shape[1]), int(image.shape[0]), kept)
         self.cache.put(key, entry, entry.nbytes)
         return entry
 
