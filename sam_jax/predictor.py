@@ -7,10 +7,11 @@ Inputs are checked on the host before anything is traced, so a bad argument rais
 `ValueError`/`TypeError` naming it. Compiled programs are keyed so that:
 - the encoder sees fixed (B, S, S, 3) uint8 inputs: images of any size share one program;
 - the decoder sees prompts in a static layout (`prompt_layout`: up to 8 clicks and a box
-  in the smallest, a mask prompt always present with a flag for one prompt, every mask
-  token's output computed): one program per batch size and layout bucket, so a whole
+  in the smallest, every mask token's output computed): one program per batch size,
+  layout bucket and prompt kind (with a mask, or without one: these read the image side
+  of the decoder's first layer made once per image, `first_layer`), so a whole
   interactive session (clicks, box, box and clicks, fed-back logits, multimask on and
-  off) runs on one compiled decoder;
+  off) runs on two compiled decoders;
 - mask post-processing (cheap), which also picks the single or multimask outputs, is
   keyed by the image size and the output options.
 """
@@ -607,7 +608,8 @@ def prepare_session(
     on this embedding's image, so that no click compiles (docs/interactive.md):
 
     - the decoder of one prompt in the smallest static layout (up to 8 clicks and a box,
-      10 clicks without one; with or without fed-back logits: one program);
+      10 clicks without one): without a mask, from the image's `first_layer`, and with
+      fed-back logits; and the program that makes `first_layer`;
     - the post-processing to the image's size, multimask on and off (a SAM-HQ model's with
       `hq_token_only` either way), masks as booleans;
     - the embedding's finiteness check, and a SAM-HQ model's image features.
