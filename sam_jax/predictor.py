@@ -23,7 +23,7 @@ import functools
 import operator
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.struct
@@ -400,7 +400,7 @@ def encode(params: SamParams, image: Any, *, compute_dtype: str | None = None, p
     h, w = images.shape[1:3]
     embedding = ImageEmbedding(emb, (int(h), int(w)), (int(input_size[0]), int(input_size[1])), early)
     if prepare and not batch:
-        object.__setattr__(embedding, "_preparing", _prepare_image(params, embedding))
+        _prepare_image(params, embedding)
     return embedding
 
 
@@ -531,6 +531,8 @@ def _decode_in_input_frame(
     bx = None if bx is None else bx.astype(np.float32)
     b = next(a.shape[0] for a in (pts, bx, msk) if a is not None)
     coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_output_tokens)
+    if msk is not None and (preparing := preparation(embedding, mask=True)) is not None:
+        concurrent.futures.wait([preparing])  # as in `_check_finite_embedding`
     # Prompts without a mask share the image side of the decoder's first layer, made once
     # per image; prompts with one run the program that embeds it.
     has_mask = None if msk is None else np.ones(b, np.float32)
@@ -595,10 +597,12 @@ def predict(
 
 # ----------------------------------------------------------------------------- preparation
 
-_PREPARATIONS: dict[Any, concurrent.futures.Future[None]] = {}  # by program signature
+# By program signature: (the programs of prompts without a mask, every program).
+_PREPARATIONS: dict[Any, tuple[concurrent.futures.Future[None], concurrent.futures.Future[None]]] = {}
 _IMAGE_PREPARATIONS: list[concurrent.futures.Future[None]] = []  # unfinished, of `_prepare_image`
 _PREPARATIONS_LOCK = threading.Lock()
 _PREPARER: concurrent.futures.ThreadPoolExecutor | None = None
+_IMAGE_PREPARER: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def prepare_session(
@@ -631,6 +635,15 @@ def prepare_session(
     """
     params = check_params(params)
     _check_embedding(params, embedding)
+    return _session_futures(params, embedding, background)[1]
+
+
+def _session_futures(
+    params: SamParams, embedding: ImageEmbedding, background: bool
+) -> tuple[concurrent.futures.Future[None], concurrent.futures.Future[None]]:
+    """`prepare_session`'s two stages, each a future: the programs of prompts without a mask
+    (a session's first clicks), then the decoder of prompts with one, compiled after them
+    (where nothing is cached, the first click waits for half as much compiling)."""
     leaves, tree = jax.tree.flatten(params)
     arrays = (embedding.image_embedding, embedding.early_features)
     key = (
@@ -642,66 +655,73 @@ def prepare_session(
     )
     global _PREPARER
     with _PREPARATIONS_LOCK:
-        future = _PREPARATIONS.get(key)
-        if future is not None and not (future.done() and future.exception() is not None):
-            return future
+        futures = _PREPARATIONS.get(key)
+        if futures is not None and not any(f.done() and f.exception() is not None for f in futures):
+            return futures
         if background:
             if _PREPARER is None:
                 _PREPARER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam-jax-prepare")
-            future = _PREPARER.submit(_compile_session, params, embedding)
+            clicks = _PREPARER.submit(_compile_session, params, embedding, False)
+            futures = (clicks, _PREPARER.submit(_after, clicks, _compile_session, params, embedding, True))
         else:
-            future = concurrent.futures.Future()
-        _PREPARATIONS[key] = future
+            futures = (concurrent.futures.Future(), concurrent.futures.Future())
+        _PREPARATIONS[key] = futures
     if not background:
-        try:
-            _compile_session(params, embedding)
-            future.set_result(None)
-        except BaseException as e:
-            future.set_exception(e)
-            raise
-    return future
+        for future, with_mask in zip(futures, (False, True), strict=True):
+            try:
+                _compile_session(params, embedding, with_mask)
+                future.set_result(None)
+            except BaseException as e:
+                future.set_exception(e)
+                raise
+    return futures
 
 
-def _prepare_image(params: SamParams, embedding: ImageEmbedding) -> concurrent.futures.Future[None]:
-    """`prepare_session` in the background, then this image's `first_layer` (on the same
-    worker: it needs the embedding, and its program)."""
-    global _PREPARER
-    programs = prepare_session(params, embedding, background=True)
+def _after(first: concurrent.futures.Future[None], run: Callable[..., None], *args: Any) -> None:
+    """`run(*args)` once `first` is done; raises what `first` raised."""
+    first.result()
+    run(*args)
 
-    def first_layer_once_ready() -> None:
-        programs.result()
-        jax.block_until_ready(first_layer(params, embedding))
 
+def _prepare_image(params: SamParams, embedding: ImageEmbedding) -> None:
+    """`prepare_session` in the background, and this image's `first_layer` once its program
+    is ready (on a worker of its own: beside the second stage's compilation); kept on the
+    embedding as the futures that `decode` waits for."""
+    global _IMAGE_PREPARER
+    clicks, everything = _session_futures(params, embedding, background=True)
     with _PREPARATIONS_LOCK:
-        if _PREPARER is None:  # the programs were prepared in the foreground
-            _PREPARER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam-jax-prepare")
-        future = _PREPARER.submit(first_layer_once_ready)
+        if _IMAGE_PREPARER is None:
+            _IMAGE_PREPARER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sam-jax-image")
+        future = _IMAGE_PREPARER.submit(_after, clicks, lambda: jax.block_until_ready(first_layer(params, embedding)))
         _IMAGE_PREPARATIONS[:] = [f for f in _IMAGE_PREPARATIONS if not f.done()] + [future]
-    return future
+    object.__setattr__(embedding, "_preparing", future)
+    object.__setattr__(embedding, "_preparing_masks", everything)
 
 
 def wait_for_preparations() -> None:
     """Waits for every preparation started so far (before timing decodes or counting
     compilations: a background preparation uses the CPU and compiles)."""
     with _PREPARATIONS_LOCK:
-        pending = list(_PREPARATIONS.values()) + _IMAGE_PREPARATIONS
+        pending = [f for futures in _PREPARATIONS.values() for f in futures] + _IMAGE_PREPARATIONS
     concurrent.futures.wait(pending)
 
 
-def preparation(embedding: ImageEmbedding) -> concurrent.futures.Future[None] | None:
-    """The preparation `encode` started for this embedding (`prepare_session`), or None."""
-    return getattr(embedding, "_preparing", None)
+def preparation(embedding: ImageEmbedding, mask: bool = False) -> concurrent.futures.Future[None] | None:
+    """The preparation `encode` started for this embedding, or None: done when prompts
+    without a mask are ready (the programs and `first_layer`), or with `mask`, when every
+    program of `prepare_session` is."""
+    return getattr(embedding, "_preparing_masks" if mask else "_preparing", None)
 
 
-def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
+def _compile_session(params: SamParams, embedding: ImageEmbedding, with_mask: bool) -> None:
     """`prepare_session`'s programs, lowered from shapes and compiled (`jit(...).lower(...)
-    .compile()` fills the same cache that a call looks in); then this embedding's
-    `first_layer`."""
+    .compile()` fills the same cache that a call looks in): those of prompts without a
+    mask, or (`with_mask`) the decoder of prompts with one."""
 
     def spec(x: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
-    if compilation_cache.cache_folder() is None:
+    if compilation_cache.cache_folder() is None and not with_mask:
         # Without the persistent cache every program compiles, which beside the encoder
         # would hold a core it needs: wait for it. With the cache (the default) programs are
         # mostly loaded, cheap enough to overlap the encoder so that the first click finds
@@ -710,30 +730,29 @@ def _compile_session(params: SamParams, embedding: ImageEmbedding) -> None:
     cfg = params.config
     emb = spec(embedding.image_embedding)
     early = None if embedding.early_features is None else spec(embedding.early_features)
-    _all_finite.lower(emb).compile()
     hq = None
     if early is not None:
-        _all_finite.lower(early).compile()
         hq = spec(_compute_hq_features.lower(params, emb, early).compile().out_info)
-    first = jax.tree.map(spec, _compute_first_layer.lower(params, emb).compile().out_info)
     slots, low = slot_bucket(1, cfg.num_output_tokens), cfg.low_res_mask_size
     points = (jax.ShapeDtypeStruct((1, slots, 2), np.float32), jax.ShapeDtypeStruct((1, slots), np.int32))
-    mask = (jax.ShapeDtypeStruct((1, 1, low, low), np.float32), jax.ShapeDtypeStruct((1,), np.float32))
-    _decode_low_res.lower(params, emb, *points, None, None, hq, first).compile()
-    with_mask = _decode_low_res.lower(params, emb, *points, *mask, hq, None).compile()
-    low_res, scores = (spec(x) for x in with_mask.out_info)
-    # One run of each branch of each on zeros: a program's first run of a branch costs
-    # several of its later runs (buffers allocated and touched for the first time).
-    zeros = np.zeros(emb.shape, emb.dtype)
-    hq_zeros = None if hq is None else np.zeros(hq.shape, hq.dtype)
-    first_zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), first)
+    if with_mask:
+        mask = (jax.ShapeDtypeStruct((1, 1, low, low), np.float32), jax.ShapeDtypeStruct((1,), np.float32))
+        prompt: tuple[Any, ...] = (*mask, hq, None)
+    else:
+        _all_finite.lower(emb).compile()
+        if early is not None:
+            _all_finite.lower(early).compile()
+        prompt = (None, None, hq, jax.tree.map(spec, _compute_first_layer.lower(params, emb).compile().out_info))
+    low_res, scores = (spec(x) for x in _decode_low_res.lower(params, emb, *points, *prompt).compile().out_info)
+    # One run of each branch on zeros: a program's first run of a branch costs several of
+    # its later runs (buffers allocated and touched for the first time).
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (emb, prompt))
     for used in (1, slots):
         labels = np.full((1, slots), LABEL_EMPTY_SLOT, np.int32)
         labels[:, :used] = LABEL_FOREGROUND
-        coords = np.zeros((1, slots, 2), np.float32)
-        mask_zeros = (np.zeros((1, 1, low, low), np.float32), np.ones(1, np.float32))
-        jax.block_until_ready(_decode_low_res(params, zeros, coords, labels, *mask_zeros, hq_zeros, None))
-        jax.block_until_ready(_decode_low_res(params, zeros, coords, labels, None, None, hq_zeros, first_zeros))
+        jax.block_until_ready(_decode_low_res(params, zeros[0], np.zeros((1, slots, 2), np.float32), labels, *zeros[1]))
+    if with_mask:
+        return
     for multimask_output in (True, False):
         for hq_token_only in (False, True) if cfg.hq else (False,):
             _postprocess.lower(

@@ -180,8 +180,8 @@ def test_a_prepared_session_compiles_nothing(small):
         emb = sam_jax.encode(small.params, image)
         preparing = predictor.preparation(emb)
         assert preparing is not None
-        preparing.result()
-        assert predictor.prepare_session(small.params, emb).done()  # the programs, shared by images of a size
+        preparing.result()  # the programs of prompts without a mask, and this image's first_layer
+        predictor.prepare_session(small.params, emb).result()  # and the decoder of prompts with one
     assert sum(v for k, v in prepared.items() if "_postprocess" in k) == 2, dict(prepared)
     ported = sam_jax.SamPredictor(sam_jax.compat.Sam(small.params))
     ported.set_image(image)
