@@ -70,6 +70,9 @@ def subprocess_env(devices: int = 1) -> dict[str, str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    predictor = sys.modules.get("sam_jax.predictor")
+    if predictor is not None:  # sessions still preparing in the background write to the cache
+        predictor.wait_for_preparations()
     if not hasattr(session.config, "workerinput"):  # the controller (or a run without workers)
         shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 

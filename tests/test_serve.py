@@ -438,7 +438,10 @@ def test_cache_evicts_least_recently_used():
 def test_app_cache_budget_evicts_and_reupload_recovers(params, crop):
     first, second = png_bytes(crop), png_bytes(crop[::-1])
     grid = params.config.embedding_size
-    embedding_bytes = grid * grid * params.config.prompt_embed_dim * 4  # one (grid, grid, C) float32 embedding
+    # One (grid, grid, C) float32 embedding, and what decoding keeps on it: the first layer's
+    # image tokens and positional encoding (C each) and three attention projections (C / 2 each).
+    embedding_bytes = grid * grid * params.config.prompt_embed_dim * 4 * (1 + 2 + 3 / 2)
+    embedding_bytes = int(embedding_bytes)
     budget = 2 * embedding_bytes + len(first) + len(second) - 1  # one short of both
     with TestClient(create_app(params, cache_bytes=budget)) as client:
         a = upload(client, first).json()["image_id"]
