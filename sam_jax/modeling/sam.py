@@ -343,7 +343,7 @@ def mask_decoder_hq_features(params: SamParams, image_embedding: jax.Array, earl
 @float32_matmuls
 def decoder_first_layer(params: SamParams, image_embedding: jax.Array) -> FirstLayerImage:
     """One image's (E, E, C) embedding -> the decoder's image side for prompts without a
-    mask (`FirstLayerImage`, ~15 MB for SAM): the same for every such prompt, so made once
+    mask (`FirstLayerImage`, 14 MiB for SAM): the same for every such prompt, so made once
     per image and passed to `predict_low_res_slots`, it takes the first block's image-token
     projections out of every click (a third of the transformer's work for one click)."""
     cfg = params.config

@@ -41,7 +41,7 @@ class Attention(nn.Module):
 
         `key_mask` (B, Nk) bool, True where a key takes part: keys marked False get zero
         weight (empty prompt slots of a static prompt layout), as if they were absent.
-        `image`: the image side already projected (`projections`), its inputs given as None.
+        `image`: the image side already projected (`project_image`), its inputs given as None.
         """
         dim = (q if q is not None else k).shape[-1]  # type: ignore[union-attr]
         inner = dim // self.downsample_rate
