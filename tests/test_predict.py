@@ -182,7 +182,7 @@ def test_vit_b_end_to_end(tmp_path):
     pred = SamPredictor(ref)  # the same encoder's output, given to the reference's predictor
     pred.features, pred.original_size, pred.input_size = hq_pred.features, image.shape[:2], hq_pred.input_size
     pred.is_image_set = True
-    hq_emb = sam_jax.encode(hq_params, image)
+    hq_emb = sam_jax.encode(hq_params, image, prepare=False)  # parity only: no session to prepare
     emb = sam_jax.ImageEmbedding(hq_emb.image_embedding, hq_emb.original_size, hq_emb.input_size)
     figures = {
         "embedding_rel_err": rel_err(emb.image_embedding, pred.features[0].permute(1, 2, 0).numpy()),
