@@ -193,7 +193,8 @@ def test_the_papers_recipe_trains_only_what_hq_adds():
 
 def test_small_hq_model_through_the_commands(hq_small, tmp_path):
     """`sam-jax convert` of an official-format SAM-HQ file, then `amg` and the page's
-    predict endpoint on the converted model: each once, in-process."""
+    predict endpoint on the converted model (`hq_token_only` both ways): each once, in-process."""
+    from pycocotools import mask as mask_utils
     from starlette.testclient import TestClient
 
     from sam_jax import cli
@@ -217,7 +218,17 @@ def test_small_hq_model_through_the_commands(hq_small, tmp_path):
     with TestClient(create_app(params, model_name="small-hq")) as client:
         uploaded = client.post("/api/images", files={"file": ("a.png", png.getvalue(), "application/octet-stream")})
         image_id = uploaded.json()["image_id"]
-        answer = client.post(f"/api/images/{image_id}/predict", json={"points": [[100, 60]], "labels": [1]})
-    assert answer.status_code == 200, answer.text
-    _, scores, _ = sam_jax.decode(params, sam_jax.encode(params, image), [[100, 60]])
-    np.testing.assert_allclose(answer.json()["scores"], np.asarray(scores), atol=1e-5)
+        answers = {
+            hq_only: client.post(
+                f"/api/images/{image_id}/predict", json={"points": [[100, 60]], "labels": [1], "hq_token_only": hq_only}
+            )
+            for hq_only in (False, True)
+        }
+    embedding = sam_jax.encode(params, image)
+    for hq_only, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        masks, scores, _ = sam_jax.decode(params, embedding, [[100, 60]], hq_token_only=hq_only)
+        np.testing.assert_allclose(answer.json()["scores"], np.asarray(scores), atol=1e-5)
+        got = [mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()}) for r in answer.json()["masks"]]
+        assert (np.stack(got).astype(bool) != np.asarray(masks)).mean() < 1e-3, hq_only
+    assert answers[False].json()["masks"] != answers[True].json()["masks"], "hq_token_only changed nothing"

@@ -267,6 +267,8 @@ def test_automatic_jobs_are_bounded(client, sample_id, monkeypatch):
         ({"labels": [1]}, ["labels", "without points"]),
         ({"box": [1, 2, 3]}, ["box", "[x0, y0, x1, y1]"]),
         ({"points": [[1, 2]], "multimask": "yes"}, ["multimask", "true or false"]),
+        ({"points": [[1, 2]], "hq_token_only": 1}, ["hq_token_only", "true or false"]),
+        ({"points": [[1, 2]], "hq_token_only": True}, ["hq_token_only", "SAM-HQ model"]),
         ({}, ["no prompt"]),
         ({"points": [], "box": None}, ["no prompt"]),
     ],

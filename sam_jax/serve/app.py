@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sam_jax.amg import AmgOptions, generate_masks
-from sam_jax.config import trained_for
+from sam_jax.config import SamConfig, trained_for
 from sam_jax.masks import masks_to_coco_rle
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import ImageEmbedding, check_params, check_prompts, decode, encode, kept_nbytes
@@ -67,7 +67,7 @@ BODY_IDLE_TIMEOUT = 30.0
 BODY_TIMEOUT_FACTOR = 10
 
 _JSON_ACCEPTED = f"JSON bodies of at most {MAX_JSON_BYTES} bytes"
-PREDICT_FIELDS = ("points", "labels", "box", "multimask")
+PREDICT_FIELDS = ("points", "labels", "box", "multimask", "hq_token_only")
 AMG_FIELDS = tuple(f.name for f in dataclasses.fields(AmgOptions))
 _IMAGE_ID = re.compile(r"[0-9a-f]{32}")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -340,8 +340,8 @@ class Server:
     async def predict(self, request: Request) -> Response:
         entry = self._entry(request)
         body = _parse_json(await _read_body(request, MAX_JSON_BYTES, _JSON_ACCEPTED, self.body_timeout), required=True)
-        points, labels, box, multimask = _prompt(body, self.max_points, self.params.config.low_res_mask_size)
-        prompt = (entry.embedding, points, labels, box, multimask)
+        points, labels, box, multimask, hq_token_only = _prompt(body, self.max_points, self.params.config)
+        prompt = (entry.embedding, points, labels, box, multimask, hq_token_only)
         masks, scores = await self._run(self.device, self.decode_prompt, *prompt)
         rles = await self._run(self.host, masks_to_coco_rle, masks)
         return JSONResponse({"masks": rles, "scores": [float(s) for s in scores]})
@@ -453,6 +453,7 @@ class Server:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Runs on the device thread: `sam_jax.decode` of one prompt.
 
@@ -460,10 +461,13 @@ class Server:
             embedding: of the image.
             points: (N, 2) pixel (x, y), labels: (N,), box: (4,) XYXY; absent ones None.
             multimask: three candidates, else one.
+            hq_token_only: a SAM-HQ model's HQ mask alone (`sam_jax.decode`).
         Returns:
             masks (C, H, W) bool and scores (C,) float32, on the host.
         """
-        masks, scores, _ = decode(self.params, embedding, points, labels, box=box, multimask_output=multimask)
+        masks, scores, _ = decode(
+            self.params, embedding, points, labels, box=box, multimask_output=multimask, hq_token_only=hq_token_only
+        )
         return np.asarray(masks), np.asarray(scores)
 
 
@@ -562,9 +566,10 @@ def _is_number(v: Any) -> bool:
 
 
 def _prompt(
-    body: Any, max_points: int, mask_size: int
-) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, bool]:
-    """Validates a predict body; returns (points (N, 2), labels (N,), box (4,), multimask)."""
+    body: Any, max_points: int, config: SamConfig
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, bool, bool]:
+    """Validates a predict body; returns (points (N, 2), labels (N,), box (4,), multimask,
+    hq_token_only)."""
     if not isinstance(body, dict):
         raise ApiError(400, 'the body must be a JSON object {"points", "labels", "box", "multimask"}')
     unknown = sorted(set(body) - set(PREDICT_FIELDS))
@@ -574,6 +579,11 @@ def _prompt(
     multimask = body.get("multimask", True)
     if not isinstance(multimask, bool):
         raise ApiError(400, f"multimask must be true or false, got {multimask!r}")
+    hq_token_only = body.get("hq_token_only", False)
+    if not isinstance(hq_token_only, bool):
+        raise ApiError(400, f"hq_token_only must be true or false, got {hq_token_only!r}")
+    if hq_token_only and not config.hq:
+        raise ApiError(400, "hq_token_only needs a SAM-HQ model; this server's model has SAM's decoder")
     if points is not None:
         if not isinstance(points, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p) for p in points
@@ -592,7 +602,7 @@ def _prompt(
     if points is None and box is None:
         raise ApiError(400, "no prompt: give points (with labels) or a box")
     try:
-        _, pts, lab, bx, _ = check_prompts(points, labels, box, None, mask_size)
+        _, pts, lab, bx, _ = check_prompts(points, labels, box, None, config.low_res_mask_size)
     except (ValueError, TypeError) as e:
         raise ApiError(400, str(e)) from None
     return (
@@ -600,6 +610,7 @@ def _prompt(
         None if lab is None else lab[0],
         None if bx is None else bx[0],
         multimask,
+        hq_token_only,
     )
 
 
