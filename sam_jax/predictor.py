@@ -287,11 +287,19 @@ def first_layer(params: SamParams, embedding: ImageEmbedding) -> FirstLayerImage
     for every such prompt on this image), made at the image's first such decode, or by the
     preparation `encode` starts, and kept on the embedding for the weights it was made with."""
     weights = (params.weights["prompt_encoder"], params.weights["mask_decoder"]["transformer"]["layers_0"])
+    make = functools.partial(_compute_first_layer, params, embedding.image_embedding)
+    return _kept_on(embedding, "_first_layer", weights, make)
+
+
+def _kept_on(embedding: ImageEmbedding, attribute: str, weights: Any, make: Callable[[], Any]) -> Any:
+    """`make()`, computed once per embedding and kept on it as `attribute` while `weights`
+    (a pytree of the arrays it depends on) hold the same arrays: compared by identity, so
+    a `SamParams` rebuilt around them (as for a `sam_jax.nnx.Sam` at every call) keeps it."""
     leaves = jax.tree.leaves(weights)
-    kept = getattr(embedding, "_first_layer", None)
+    kept = getattr(embedding, attribute, None)
     if kept is None or len(kept[0]) != len(leaves) or any(a is not b for a, b in zip(kept[0], leaves, strict=True)):
-        kept = (leaves, _compute_first_layer(params, embedding.image_embedding))
-        object.__setattr__(embedding, "_first_layer", kept)
+        kept = (leaves, make())
+        object.__setattr__(embedding, attribute, kept)
     return kept[1]
 
 
@@ -320,12 +328,8 @@ def hq_features(params: SamParams, embedding: ImageEmbedding) -> jax.Array | Non
     decoding a few prompts."""
     if not params.config.hq or embedding.early_features is None:
         return None
-    kept = getattr(embedding, "_hq_features", None)
-    if kept is None or kept[0] is not params.weights["mask_decoder"]:
-        features = _compute_hq_features(params, embedding.image_embedding, embedding.early_features)
-        kept = (params.weights["mask_decoder"], features)
-        object.__setattr__(embedding, "_hq_features", kept)
-    return kept[1]
+    make = functools.partial(_compute_hq_features, params, embedding.image_embedding, embedding.early_features)
+    return _kept_on(embedding, "_hq_features", params.weights["mask_decoder"], make)
 
 
 @functools.partial(
