@@ -671,12 +671,13 @@ def _session_futures(
             futures = (concurrent.futures.Future(), concurrent.futures.Future())
         _PREPARATIONS[key] = futures
     if not background:
-        for future, with_mask in zip(futures, (False, True), strict=True):
+        for stage, with_mask in enumerate((False, True)):
             try:
                 _compile_session(params, embedding, with_mask)
-                future.set_result(None)
+                futures[stage].set_result(None)
             except BaseException as e:
-                future.set_exception(e)
+                for future in futures[stage:]:  # a later stage is not run: it fails alike, not pending
+                    future.set_exception(e)
                 raise
     return futures
 
