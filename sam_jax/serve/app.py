@@ -3,7 +3,8 @@
     GET  /                                  the click-to-segment page
     GET  /healthz                           {"status": "ok", "model": ..., "trained_for": ..., ...}
     POST /api/images                        multipart field `file` -> {"image_id", "width", "height"}
-    POST /api/images/{image_id}/predict     {"points", "labels", "box", "multimask"} -> {"masks", "scores"}
+    POST /api/images/{image_id}/predict     {"points", "labels", "box", "multimask", "hq_token_only"}
+                                            -> {"masks", "scores"}
     POST /api/images/{image_id}/automatic   AmgOptions fields -> generate_masks records (COCO RLE)
     POST /api/images/{image_id}/automatic/jobs   the same, as a job -> 202 {"job_id", "state", "progress", ...}
     GET  /api/jobs/{job_id}                 {"state", "progress", ...; "records" once done}
@@ -45,7 +46,7 @@ from starlette.routing import Route
 from sam_jax.amg import AmgOptions, generate_masks
 from sam_jax.config import SamConfig, trained_for
 from sam_jax.masks import masks_to_coco_rle
-from sam_jax.modeling.sam import SamParams
+from sam_jax.modeling.sam import SamParams, check_hq_token_only
 from sam_jax.predictor import ImageEmbedding, check_params, check_prompts, decode, encode, kept_nbytes
 from sam_jax.serve.cache import EmbeddingCache
 from sam_jax.serve.images import UploadRejected, decode_upload
@@ -571,7 +572,7 @@ def _prompt(
     """Validates a predict body; returns (points (N, 2), labels (N,), box (4,), multimask,
     hq_token_only)."""
     if not isinstance(body, dict):
-        raise ApiError(400, 'the body must be a JSON object {"points", "labels", "box", "multimask"}')
+        raise ApiError(400, f"the body must be a JSON object with fields {', '.join(PREDICT_FIELDS)}")
     unknown = sorted(set(body) - set(PREDICT_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; accepted: {', '.join(PREDICT_FIELDS)}")
@@ -580,10 +581,12 @@ def _prompt(
     if not isinstance(multimask, bool):
         raise ApiError(400, f"multimask must be true or false, got {multimask!r}")
     hq_token_only = body.get("hq_token_only", False)
-    if not isinstance(hq_token_only, bool):
+    if not isinstance(hq_token_only, bool):  # said in JSON's words, as multimask's
         raise ApiError(400, f"hq_token_only must be true or false, got {hq_token_only!r}")
-    if hq_token_only and not config.hq:
-        raise ApiError(400, "hq_token_only needs a SAM-HQ model; this server's model has SAM's decoder")
+    try:
+        check_hq_token_only(config, hq_token_only)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
     if points is not None:
         if not isinstance(points, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p) for p in points
