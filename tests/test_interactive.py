@@ -143,7 +143,7 @@ def count_compiles(which: str = COMPILED):
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_one_decode_program_per_session(small, session):
+def test_two_decode_programs_per_session(small, session):
     """A cold decoder serves a whole session with two compiled programs, one for prompts
     without a mask and one with: 1 to 8 clicks, a box alone, box and clicks, fed-back
     logits, multimask on and off. Post-processing compiles once per image size and output
