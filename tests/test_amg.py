@@ -161,8 +161,11 @@ CASES = {
 
 
 # Cases whose cost is in their options (the 32 x 32 grid, 21 crops an image) run on one
-# scene: the non-square one (resize and padding), whose sub-crops keep masks.
-ONE_SCENE = ("tiny-defaults", "tiny-two-crop-layers")
+# scene (an index into `scenes`): for the crops, the non-square one (resize and padding),
+# whose sub-crops keep masks; for the default thresholds, one where tiny-shapes passes them
+# (predicted IoU 0.905 against 0.88, stability 0.959 against 0.95), so that there is
+# something to compare.
+ONE_SCENE = {"tiny-defaults": 1, "tiny-two-crop-layers": 2}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -187,7 +190,7 @@ def check_case(case: str, tiny_shapes_pair: Any, small: Any, scenes: list[np.nda
     params, ref_model = tiny_shapes_pair if which == "tiny" else (small.params, small.ref)
     images = scenes if which == "tiny" else [make_image(200, 300, 0), make_image(256, 192, 1)]
     if case in ONE_SCENE:
-        images = images[2:]
+        images = [images[ONE_SCENE[case]]]
     reference = ReferenceGenerator(ref_model, **options)
     ours = sam_jax.SamAutomaticMaskGenerator(params, **options)
     counts, from_sub_crops, reshaped = [], 0, 0
@@ -201,8 +204,7 @@ def check_case(case: str, tiny_shapes_pair: Any, small: Any, scenes: list[np.nda
         if options.get("min_mask_region_area"):
             plain = sam_jax.generate_masks(params, image, **{**options, "min_mask_region_area": 0})
             reshaped += sum(r["area"] not in {p["area"] for p in plain} for r in our_records)
-    if case != "tiny-defaults":  # ViT-H thresholds may keep few or none; the others carry the weight
-        assert min(counts) >= 1 and sum(counts) >= min(3, len(images)), counts
+    assert min(counts) >= 1 and sum(counts) >= min(3, len(images)), counts
     # The case exercises what it names: masks found in sub-crops (random blobs touch the crop
     # edges, so the edge filter drops them all), masks changed by the clean-up.
     if which == "tiny":
