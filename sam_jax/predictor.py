@@ -8,7 +8,7 @@ Inputs are checked on the host before anything is traced, so a bad argument rais
 - the encoder sees fixed (B, S, S, 3) uint8 inputs: images of any size share one program;
 - the decoder sees prompts in a static layout (`prompt_layout`: up to 8 clicks and a box
   in the smallest, every mask token's output computed): one program per batch size,
-  layout bucket and prompt kind (with a mask, or without one: these read the image side
+  layout bucket and prompt kind (with a mask, or without one; both read the image side
   of the decoder's first layer made once per image, `first_layer`), so a whole
   interactive session (clicks, box, box and clicks, fed-back logits, multimask on and
   off) runs on two compiled decoders;
@@ -258,9 +258,10 @@ def _decode_low_res(
     hq_features: jax.Array | None = None,
     first_layer: FirstLayerImage | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,), or both None
-    with the image's `first_layer` (and a SAM-HQ model's `hq_features`) -> every output's
-    (B, T, L, L) logits and (B, T) IoU predictions (`predict_low_res_slots`)."""
+    """Slots from `layout_prompts`, mask_input (B, 1, L, L) with has_mask (B,) or both None,
+    the image's `first_layer` (None for a batch with masks) and a SAM-HQ model's
+    `hq_features` -> every output's (B, T, L, L) logits and (B, T) IoU predictions
+    (`predict_low_res_slots`)."""
     if mask_input is not None:
         mask_input = jnp.moveaxis(mask_input, 1, -1)  # (B, 1, L, L) -> NHWC
     fewer = fast_slots(params.config.num_output_tokens)
@@ -284,8 +285,9 @@ def _compute_first_layer(params: SamParams, image_embedding: jax.Array) -> First
 
 def first_layer(params: SamParams, embedding: ImageEmbedding) -> FirstLayerImage:
     """The decoder's image side for prompts without a mask (`decoder_first_layer`: the same
-    for every such prompt on this image), made at the image's first such decode, or by the
-    preparation `encode` starts, and kept on the embedding for the weights it was made with."""
+    for every such prompt on this image; a prompt with a mask reads it moved by the mask),
+    made at the image's first decode, or by the preparation `encode` starts, and kept on the
+    embedding for the weights it was made with."""
     weights = (params.weights["prompt_encoder"], params.weights["mask_decoder"]["transformer"]["layers_0"])
     make = functools.partial(_compute_first_layer, params, embedding.image_embedding)
     return _kept_on(embedding, "_first_layer", weights, make)
@@ -537,10 +539,10 @@ def _decode_in_input_frame(
     coords, slots = layout_prompts(pts, lab, bx, b, cfg.num_output_tokens)
     if msk is not None and (preparing := preparation(embedding, mask=True)) is not None:
         concurrent.futures.wait([preparing])  # as in `_check_finite_embedding`
-    # Prompts without a mask share the image side of the decoder's first layer, made once
-    # per image; prompts with one run the program that embeds it.
+    # Prompts share the image side of the decoder's first layer, made once per image; one
+    # prompt with a mask reads it moved by the mask, a batch of them projects its own.
     has_mask = None if msk is None else np.ones(b, np.float32)
-    first = first_layer(params, embedding) if msk is None else None
+    first = first_layer(params, embedding) if msk is None or b == 1 else None
     hq = hq_features(params, embedding)
     low_res, scores = _decode_low_res(params, embedding.image_embedding, coords, slots, msk, has_mask, hq, first)
     return _postprocess(
@@ -616,8 +618,8 @@ def prepare_session(
     on this embedding's image, so that no click compiles (docs/interactive.md):
 
     - the decoder of one prompt in the smallest static layout (up to 8 clicks and a box,
-      10 clicks without one): without a mask, from the image's `first_layer`, and with
-      fed-back logits; and the program that makes `first_layer`;
+      10 clicks without one), without a mask and with fed-back logits, both from the
+      image's `first_layer`; and the program that makes `first_layer`;
     - the post-processing to the image's size, multimask on and off (a SAM-HQ model's with
       `hq_token_only` either way), masks as booleans;
     - the embedding's finiteness check, and a SAM-HQ model's image features.
@@ -742,7 +744,7 @@ def _compile_session(params: SamParams, embedding: ImageEmbedding, with_mask: bo
     points = (jax.ShapeDtypeStruct((1, slots, 2), np.float32), jax.ShapeDtypeStruct((1, slots), np.int32))
     if with_mask:
         mask = (jax.ShapeDtypeStruct((1, 1, low, low), np.float32), jax.ShapeDtypeStruct((1,), np.float32))
-        prompt: tuple[Any, ...] = (*mask, hq, None)
+        prompt: tuple[Any, ...] = (*mask, hq, jax.eval_shape(_compute_first_layer, params, emb))
     else:
         _all_finite.lower(emb).compile()
         if early is not None:

@@ -8,6 +8,7 @@ embedding added to the image embedding, or the learned `no_mask` embedding other
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -27,6 +28,15 @@ LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
 # An empty slot of a static prompt layout: no token at all (masked out of the decoder).
 LABEL_EMPTY_SLOT = -2
+
+
+class LowRankChange(NamedTuple):
+    """A change of image tokens of low rank: `features @ basis + offset` (broadcast over the
+    grid), (B, E, E, r) by (r, C) plus (B, C)."""
+
+    features: jax.Array
+    basis: jax.Array
+    offset: jax.Array
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -133,12 +143,39 @@ class PromptEncoder(nn.Module):
         return flag * self._embed_masks(masks) + (1 - flag) * self.no_mask_embed.embedding[0]
 
     def _embed_masks(self, masks: jax.Array) -> jax.Array:
+        return self.mask_downscaling[-1](self._mask_features(masks))
+
+    def _mask_features(self, masks: jax.Array) -> jax.Array:
+        """(B, 4E, 4E, 1) -> (B, E, E, mask_in_chans): the mask embedding before its last,
+        1x1 convolution."""
         x = masks
-        for i, layer in enumerate(self.mask_downscaling):
+        for i, layer in enumerate(self.mask_downscaling[:-1]):
             x = layer(x)
             if i in (1, 3):  # GELU after each LayerNorm2d
                 x = gelu(x)
         return x
+
+    def flagged_mask_change(self, masks: jax.Array, has_mask: jax.Array) -> tuple[jax.Array, LowRankChange]:
+        """`embed_flagged_mask`, and how it differs from `no_mask` in low-rank form.
+
+        The last layer is a 1x1 convolution from `mask_in_chans` (16) channels, so the mask
+        embedding minus `no_mask` is a (B, E, E, 16) by (16, C) product plus a (B, C) offset:
+        what the decoder's projections of it cost is then a product over 16 channels, not C.
+
+        Returns:
+            dense (B, E, E, C) as `embed_flagged_mask`; its change from `no_mask`.
+        """
+        features = self._mask_features(masks)
+        last = self.mask_downscaling[-1]
+        flag = has_mask[:, None]
+        dense = flag[:, :, None, None] * last(features) + (1 - flag[:, :, None, None]) * self.no_mask_embed.embedding[0]
+        kernel, bias = last.variables["params"]["kernel"], last.variables["params"]["bias"]
+        change = LowRankChange(
+            features=flag[:, :, None, None] * features,
+            basis=kernel.reshape(kernel.shape[-2:]),
+            offset=flag * (bias - self.no_mask_embed.embedding[0]),
+        )
+        return dense, change
 
     def __call__(
         self,

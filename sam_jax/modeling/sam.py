@@ -24,7 +24,7 @@ from sam_jax.modeling.mask_decoder import MaskDecoder, select_outputs
 from sam_jax.modeling.mask_decoder_hq import MaskDecoderHQ, select_hq_outputs
 from sam_jax.modeling.prompt_encoder import LABEL_EMPTY_SLOT, PromptEncoder
 from sam_jax.modeling.tiny_vit import TinyViT
-from sam_jax.modeling.transformer import FirstLayerImage, first_layer_image
+from sam_jax.modeling.transformer import FirstLayerImage, first_layer_image, moved_first_layer
 
 COMPONENTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 # Compute dtypes of the image encoder; weights are float32 in either case.
@@ -354,6 +354,27 @@ def decoder_first_layer(params: SamParams, image_embedding: jax.Array) -> FirstL
     return first_layer_image(weights, keys, pe.reshape(1, tokens, -1), cfg.decoder_num_heads)
 
 
+@float32_matmuls
+def decoder_first_layer_with_mask(
+    params: SamParams,
+    first_layer: FirstLayerImage,
+    image_embedding: jax.Array,
+    mask_input: jax.Array,
+    has_mask: jax.Array,
+) -> FirstLayerImage:
+    """`decoder_first_layer` of one image, moved to one prompt with a mask: (1, 4E, 4E, 1)
+    logits with has_mask (1,). The image tokens are the embedding plus the mask's dense
+    embedding, as without `first_layer`; their projections move by the mask embedding's
+    change from `no_mask`, which is of rank `mask_in_chans` (`moved_first_layer`)."""
+    prompt_encoder, prompt_weights = PromptEncoder(params.config), params.weights["prompt_encoder"]
+    dense, change = apply(prompt_encoder, prompt_weights, mask_input, has_mask, method="flagged_mask_change")
+    _, e, _, c = dense.shape
+    keys = (image_embedding[None] + dense).reshape(1, e * e, c)
+    features = change.features.reshape(e * e, -1)
+    weights = params.weights["mask_decoder"]["transformer"]
+    return moved_first_layer(weights, first_layer, keys, features, change.basis, change.offset[0])
+
+
 def predict_low_res_slots(
     params: SamParams,
     image_embedding: jax.Array,
@@ -384,18 +405,23 @@ def predict_low_res_slots(
         early_features: (E, E, D) the image's early features, for a SAM-HQ model; or
             hq_features: what `mask_decoder_hq_features` made of them, (1, E, E, ...), when
             the caller keeps that per image (it costs as much as a few prompts' decode).
-        first_layer: `decoder_first_layer` of this image, for prompts without a mask
-            (mask_input and has_mask None), when the caller keeps it per image.
+        first_layer: `decoder_first_layer` of this image, when the caller keeps it per
+            image: prompts without a mask read it as it is, one prompt with a mask reads it
+            moved by the mask (`decoder_first_layer_with_mask`); a batch of prompts with
+            masks does not use it.
     Returns:
         low_res_logits (B, num_mask_tokens, 4E, 4E), iou_predictions (B, num_mask_tokens):
         token 0 is the single-mask output, 1.. the multimask ones; a SAM-HQ model's HQ
         mask comes last in the logits (`select_masks` picks the outputs).
     """
     prompt_encoder, prompt_weights = PromptEncoder(params.config), params.weights["prompt_encoder"]
+    if first_layer is not None and mask_input is not None and has_mask is not None:
+        if mask_input.shape[0] == 1:  # moved by the mask's embedding (`moved_first_layer`)
+            first_layer = decoder_first_layer_with_mask(params, first_layer, image_embedding, mask_input, has_mask)
+        else:  # one image side per prompt: each projects its own
+            first_layer = None
     if first_layer is None:
         dense, dense_pe = apply(prompt_encoder, prompt_weights, mask_input, has_mask, method="encode_dense")
-    elif mask_input is not None:
-        raise ValueError("first_layer serves prompts without a mask; mask_input must be None with it")
     else:
         dense, dense_pe = None, None  # in first_layer
     decoder, weights = mask_decoder_module(params.config), params.weights["mask_decoder"]

@@ -131,6 +131,41 @@ def first_layer_image(weights: Any, keys: jax.Array, key_pe: jax.Array, num_head
     )
 
 
+def moved_first_layer(
+    weights: Any, first: FirstLayerImage, keys: jax.Array, features: jax.Array, basis: jax.Array, offset: jax.Array
+) -> FirstLayerImage:
+    """`first`, made for image tokens K, moved to one prompt's image tokens `keys` =
+    K + `features` @ `basis` + `offset` (a mask prompt's embedding against `no_mask`'s).
+
+    The projections are linear, so each moves by `features` @ (`basis` W) + `offset` W: for
+    a SAM mask, (N, 16) by (16, I) products, where projecting `keys` anew costs (N, C) by
+    (C, I) for C = 256 (a third of a fed-back click's decoder). Results equal the
+    projections of `keys` up to summation order.
+
+    Args:
+        weights: the `TwoWayTransformer`'s params tree.
+        keys: (1, N, C) the prompt's image tokens; features (N, r), basis (r, C), offset (C,).
+    """
+    layer = weights["layers_0"]
+    to_image, to_token = first.token_to_image, first.image_to_token
+    assert to_image.k is not None and to_image.v is not None and to_token.q is not None
+    heads, d, n = to_image.k.shape
+
+    def change(name: str, proj: str) -> jax.Array:  # (N, I): what the projection moves by
+        kernel = layer[name][proj]["kernel"]
+        return features @ (basis @ kernel) + offset @ kernel
+
+    k, v = change("cross_attn_token_to_image", "k_proj"), change("cross_attn_token_to_image", "v_proj")
+    return FirstLayerImage(
+        keys,
+        first.key_pe,
+        ImageProjections(
+            k=to_image.k + k.T.reshape(heads, d, n), v=to_image.v + v.reshape(n, heads, d).transpose(1, 0, 2)
+        ),
+        ImageProjections(q=to_token.q + change("cross_attn_image_to_token", "q_proj")),
+    )
+
+
 class TwoWayTransformer(nn.Module):
     depth: int
     num_heads: int
