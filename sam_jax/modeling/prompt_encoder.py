@@ -139,8 +139,7 @@ class PromptEncoder(nn.Module):
         """`has_mask * mask embedding + (1 - has_mask) * no_mask` (reference `SamOnnxModel`):
         a mask prompt that is always given, with a (B,) float flag saying whether it counts.
         Exact for flags 0 and 1: the other term is multiplied by an exact zero."""
-        flag = has_mask[:, None, None, None]
-        return flag * self._embed_masks(masks) + (1 - flag) * self.no_mask_embed.embedding[0]
+        return self.flagged_mask_change(masks, has_mask)[0]
 
     def _embed_masks(self, masks: jax.Array) -> jax.Array:
         return self.mask_downscaling[-1](self._mask_features(masks))
@@ -165,16 +164,11 @@ class PromptEncoder(nn.Module):
         Returns:
             dense (B, E, E, C) as `embed_flagged_mask`; its change from `no_mask`.
         """
-        features = self._mask_features(masks)
-        last = self.mask_downscaling[-1]
-        flag = has_mask[:, None]
-        dense = flag[:, :, None, None] * last(features) + (1 - flag[:, :, None, None]) * self.no_mask_embed.embedding[0]
+        features, last, no_mask = self._mask_features(masks), self.mask_downscaling[-1], self.no_mask_embed.embedding[0]
+        flag = has_mask[:, None, None, None]
+        dense = flag * last(features) + (1 - flag) * no_mask
         kernel, bias = last.variables["params"]["kernel"], last.variables["params"]["bias"]
-        change = LowRankChange(
-            features=flag[:, :, None, None] * features,
-            basis=kernel.reshape(kernel.shape[-2:]),
-            offset=flag * (bias - self.no_mask_embed.embedding[0]),
-        )
+        change = LowRankChange(flag * features, kernel.reshape(kernel.shape[-2:]), has_mask[:, None] * (bias - no_mask))
         return dense, change
 
     def __call__(

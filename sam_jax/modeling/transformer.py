@@ -139,8 +139,7 @@ def moved_first_layer(
 
     The projections are linear, so each moves by `features` @ (`basis` W) + `offset` W: for
     a SAM mask, (N, 16) by (16, I) products, where projecting `keys` anew costs (N, C) by
-    (C, I) for C = 256 (a third of a fed-back click's decoder). Results equal the
-    projections of `keys` up to summation order.
+    (C, I) for C = 256. Results equal the projections of `keys` up to summation order.
 
     Args:
         weights: the `TwoWayTransformer`'s params tree.
