@@ -19,6 +19,7 @@ from segment_anything import SamPredictor
 
 import sam_jax
 from sam_jax import predictor, prompt_layout, transforms
+from sam_jax.modeling.sam import predict_low_res_slots
 from sam_jax.testing import make_image
 
 SIZE = (300, 410)
@@ -104,6 +105,25 @@ def test_larger_layouts_batched_match_predict_torch(small, session, n, with_box,
     )
     got = sam_jax.decode(small.params, emb, pts, lab, box=boxes, mask_input=mask_input)
     assert_parity([t.numpy() for t in expected], got, f"batched n={n} box={with_box} mask={with_mask}")
+
+
+def test_first_layer_with_masks(small, session):
+    """Given the image's first layer, one prompt with a mask reads it moved by the mask (its
+    flag applied: 0 is no mask), a batch of prompts with masks projects its own: the logits
+    and scores are those of the decoder without it."""
+    _, emb = session
+    params, rng = small.params, np.random.default_rng(7)
+    first = predictor.first_layer(params, emb)
+    decode = jax.jit(predict_low_res_slots)
+    for flags in ([1.0], [0.0], [1.0, 1.0]):
+        b, low = len(flags), params.config.low_res_mask_size
+        points = rng.uniform(0, 256, (b, 3, 2))
+        coords, slots = prompt_layout.layout_prompts(points, np.ones((b, 3), np.int64), None, b, OUTPUT_TOKENS)
+        masks, has_mask = rng.normal(0, 4, (b, low, low, 1)).astype(np.float32), np.asarray(flags, np.float32)
+        plain = decode(params, emb.image_embedding, coords, slots, masks, has_mask)
+        moved = decode(params, emb.image_embedding, coords, slots, masks, has_mask, first_layer=first)
+        for ours, expected in zip(moved, plain, strict=True):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=f"{flags}")
 
 
 def test_box_as_corner_labels(small, session):
