@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from segment_anything.utils.amg import batched_mask_to_box
@@ -9,6 +11,7 @@ from segment_anything.utils.amg import batched_mask_to_box
 import sam_jax
 from sam_jax import masks
 from sam_jax.data import SyntheticShapes
+from sam_jax.modeling.sam import SamParams
 from sam_jax.train import evaluation
 
 
@@ -53,6 +56,32 @@ def test_evaluate_counts_every_instance(small):
     areas = np.concatenate([data[i].masks.sum(axis=(1, 2)) for i in range(4)])
     assert figures["small_instances"] == (areas < 0.01 * 96 * 96).sum()
     assert sam_jax.get_config("tiny-shapes").decoder_num_heads == 8  # the reference's fixed choice
+
+
+def test_evaluation_embeddings_are_kept_while_the_encoder_is(small):
+    """A later evaluation with the same encoder arrays (a frozen encoder, a trained decoder)
+    encodes nothing and gives what encoding anew gives; a new encoder, or other pixels at
+    the same position, are encoded again; nothing is kept past the budget."""
+    params = small.params
+    data = SyntheticShapes(size=96, length=3, seed=5, max_objects=3)
+    kept = evaluation.EvaluationEmbeddings(2**30)
+    evaluation.evaluate(params, data, num_images=3, clicks=(1,), embeddings=kept)
+    assert kept.computed == 3 and kept.kept_bytes > 0
+    decoder = jax.tree.map(lambda x: x * 1.01, params.weights["mask_decoder"])
+    trained = SamParams(params.config, {**params.weights, "mask_decoder": decoder})
+    figures = evaluation.evaluate(trained, data, num_images=3, clicks=(1,), embeddings=kept)
+    assert kept.computed == 3
+    np.testing.assert_equal(figures, evaluation.evaluate(trained, data, num_images=3, clicks=(1,)))
+    encoder = jax.tree.map(jnp.copy, params.weights["image_encoder"])
+    evaluation.evaluate(SamParams(params.config, {**params.weights, "image_encoder": encoder}), data, 1, (), kept)
+    assert kept.computed == 4
+    other = SyntheticShapes(size=96, length=1, seed=6, max_objects=3)
+    evaluation.evaluate(SamParams(params.config, {**params.weights, "image_encoder": encoder}), other, 1, (), kept)
+    assert kept.computed == 5
+    none_kept = evaluation.EvaluationEmbeddings(0)
+    for _ in range(2):
+        evaluation.evaluate(params, data, num_images=1, clicks=(), embeddings=none_kept)
+    assert none_kept.computed == 2 and none_kept.kept_bytes == 0
 
 
 def test_evaluate_automatic_matches_generated_masks_to_instances():

@@ -85,8 +85,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         "--embedding-cache-mb",
         type=number_in(0, 2**20),
         default=2048.0,
-        help="with --freeze image_encoder: host memory for each training image's embedding, computed once "
-        "(MiB; 0: encode in every step)",
+        help="with --freeze image_encoder: memory for each training image's embedding, computed once, and "
+        "as much for the held-out images' (MiB; 0: encode in every step and every evaluation)",
     )
     p.add_argument("--remat", action="store_true", help="gradient checkpointing of encoder blocks")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="encoder compute dtype")
@@ -150,8 +150,11 @@ def finetune(args: argparse.Namespace) -> int:
     datasets = [data.open_dataset(spec) for spec in args.data]
     val = data.open_dataset(args.val_data) if args.val_data else data.heldout_synthetic(params.config.image_size)
 
+    # With the image encoder frozen, the held-out images are encoded once for every evaluation.
+    embeddings = train.EvaluationEmbeddings(int(args.embedding_cache_mb * 2**20))
+
     def evaluate_fn(p: SamParams, num_images: int = args.eval_images) -> dict[str, float]:
-        return train.evaluate(p, val, num_images=num_images, clicks=(1, 3))
+        return train.evaluate(p, val, num_images=num_images, clicks=(1, 3), embeddings=embeddings)
 
     def final_evaluate_fn(p: SamParams) -> dict[str, float]:
         return evaluate_fn(p, args.final_eval_images or len(val))

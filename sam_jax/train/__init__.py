@@ -26,7 +26,7 @@ optimiser, the jitted step), `data` (batches), `store` (run checkpoints), `loop`
 
 from sam_jax.train.config import TrainConfig
 from sam_jax.train.data import BatchStream, EmbeddingCache, prepare_sample, resize_mask, target_side
-from sam_jax.train.evaluation import evaluate, evaluate_automatic, interior_point, tight_box
+from sam_jax.train.evaluation import EvaluationEmbeddings, evaluate, evaluate_automatic, interior_point, tight_box
 from sam_jax.train.loop import train
 from sam_jax.train.losses import dice_loss, sam_loss, sigmoid_focal_loss
 from sam_jax.train.prompts import correction_click, noisy_boxes, sample_points_from, upsample_logits
@@ -50,6 +50,7 @@ __all__ = [
     "BatchStream",
     "CheckpointStore",
     "EmbeddingCache",
+    "EvaluationEmbeddings",
     "TrainConfig",
     "check_run_directory",
     "correction_click",

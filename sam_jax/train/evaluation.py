@@ -11,15 +11,17 @@ the single-mask output.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from scipy import ndimage
 
 from sam_jax.masks import iou, mask_to_box
 from sam_jax.modeling.sam import SamParams
-from sam_jax.predictor import check_params, decode, encode
+from sam_jax.predictor import ImageEmbedding, check_params, decode, encode
 
 # Instances covering less than this fraction of their image are "small" (at 128 x 128: under
 # 164 pixels, a disc of at most 14 pixels across), reported on their own.
@@ -38,7 +40,51 @@ def tight_box(mask: np.ndarray) -> np.ndarray:
     return mask_to_box(mask).astype(np.float64)
 
 
-def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Sequence[int] = (3,)) -> dict[str, float]:
+class EvaluationEmbeddings:
+    """Held-out images' embeddings kept from one evaluation to the next while the image
+    encoder is the same arrays (frozen during training): later evaluations then run only
+    the prompt encoder and the decoder. A new encoder (other arrays, another compute dtype)
+    empties it; an image is looked up by its pixels' digest, never by its position alone.
+    Up to `max_bytes` of embeddings are kept, where `encode` put them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.encoder: tuple[Any, ...] = ()
+        self.kept: dict[tuple[tuple[int, ...], bytes], ImageEmbedding] = {}
+        self.computed = 0
+
+    def __call__(self, params: SamParams, image: np.ndarray) -> ImageEmbedding:
+        """`encode(params, image)`, or the copy kept for this image and encoder."""
+        encoder = (params.compute_dtype, *jax.tree.leaves(params.weights["image_encoder"]))
+        if len(encoder) != len(self.encoder) or any(a is not b for a, b in zip(encoder, self.encoder, strict=True)):
+            self.encoder, self.kept = encoder, {}
+        image = np.ascontiguousarray(image)
+        key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        kept = self.kept.get(key)
+        if kept is None:
+            kept = encode(params, image, prepare=False)
+            self.computed += 1
+            arrays = (kept.image_embedding, kept.early_features)
+            if self.kept_bytes + sum(a.nbytes for a in arrays if a is not None) <= self.max_bytes:
+                self.kept[key] = kept
+        # A new object each time: what decoding keeps on an embedding belongs to the decoder
+        # of one evaluation, not the next.
+        return ImageEmbedding(kept.image_embedding, kept.original_size, kept.input_size, kept.early_features)
+
+    @property
+    def kept_bytes(self) -> int:
+        arrays = [a for e in self.kept.values() for a in (e.image_embedding, e.early_features)]
+        return sum(a.nbytes for a in arrays if a is not None)
+
+
+def evaluate(
+    params: SamParams,
+    dataset: Any,
+    num_images: int = 200,
+    clicks: Sequence[int] = (3,),
+    embeddings: EvaluationEmbeddings | None = None,
+) -> dict[str, float]:
     """Mean IoU over every instance of the first `num_images` samples of `dataset`.
 
     Args:
@@ -46,6 +92,8 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         dataset: `len()` and `[i] -> Sample` with `.image` (H, W, 3) uint8, `.masks` (K, H, W) bool.
         num_images: how many samples (from the start) to use.
         clicks: numbers of correction clicks after the first point to report.
+        embeddings: where the images' embeddings are kept between evaluations (periodic
+            evaluations during training with a frozen image encoder); None: encode each.
     Returns:
         {"point_miou", "box_miou", "click{k}_miou" for each k, "instances", and over the
         instances covering less than `SMALL_AREA` of their image: "small_point_miou",
@@ -63,7 +111,8 @@ def evaluate(params: SamParams, dataset: Any, num_images: int = 200, clicks: Seq
         if len(gt) == 0:
             continue
         small.extend(gt.sum(axis=(1, 2)) < SMALL_AREA * gt[0].size)
-        emb = encode(params, sample.image, prepare=False)  # decoded in batches
+        # decoded in batches
+        emb = encode(params, sample.image, prepare=False) if embeddings is None else embeddings(params, sample.image)
         pts = np.array([[interior_point(m)] for m in gt])  # (K, 1, 2)
         labels = np.ones(pts.shape[:2], np.int32)
         masks, scores, low = (np.asarray(a) for a in decode(params, emb, pts, labels))

@@ -175,7 +175,8 @@ def train(
     import time
 
     if evaluate_fn is not None and eval_every and start == 0:  # the "before" of a before/after
-        figures = evaluate_fn(params)
+        # The arrays the later evaluations see (a frozen encoder's are the same objects).
+        figures = evaluate_fn(SamParams(params.config, merge(trainable, frozen)))
         log(_figures_line("step 0", figures))
     step = start
     with bar:
