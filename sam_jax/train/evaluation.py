@@ -51,7 +51,7 @@ class EvaluationEmbeddings:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.encoder: tuple[Any, ...] = ()
-        self.kept: dict[tuple[tuple[int, ...], bytes], ImageEmbedding] = {}
+        self.kept: dict[tuple[tuple[int, ...], str, bytes], ImageEmbedding] = {}
         self.computed = 0
 
     def __call__(self, params: SamParams, image: np.ndarray) -> ImageEmbedding:
@@ -60,7 +60,7 @@ class EvaluationEmbeddings:
         if len(encoder) != len(self.encoder) or any(a is not b for a, b in zip(encoder, self.encoder, strict=True)):
             self.encoder, self.kept = encoder, {}
         image = np.ascontiguousarray(image)
-        key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        key = (image.shape, image.dtype.str, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
         kept = self.kept.get(key)
         if kept is None:
             kept = encode(params, image, prepare=False)
