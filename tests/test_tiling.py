@@ -5,14 +5,16 @@ run) through the library and `sam-jax amg --tile`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as coco
 
-from sam_jax import cli, masks, vectors
+from sam_jax import cli, jobs, masks, vectors
 from sam_jax.amg import AmgOptions, generate, tiling
 from sam_jax.amg.tiling import CroppedMask, crop_mask, merge_tiles, tile_boxes
 from sam_jax.data.synthetic import scattered_scene
@@ -209,6 +211,62 @@ def test_the_command_writes_the_library_records_and_resumes(tiny_shapes, scene, 
     assert cli.main([*other, "--tile", "256", "--overlap", "128"]) == 1
     assert "--overlap must be >= 0 and below half of --tile 256, got 128" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_kept_tile_records_come_back_equal(tiled):
+    image_size = tiled[0]["segmentation"].image_size
+    back = tiling.tile_records_from_arrays(tiling.tile_records_to_arrays(tiled), image_size)
+    assert json.dumps(tiling.coco_records(back)) == json.dumps(tiling.coco_records(tiled))
+    for a, b in zip(back, tiled, strict=True):
+        assert (a["segmentation"].y0, a["segmentation"].x0) == (b["segmentation"].y0, b["segmentation"].x0)
+        np.testing.assert_array_equal(a["segmentation"].mask, b["segmentation"].mask)
+    assert tiling.tile_records_from_arrays(tiling.tile_records_to_arrays([]), image_size) == []
+
+
+def test_a_killed_tiled_job_resumes_at_its_tile(tiny_shapes, scene, tiled, tmp_path, monkeypatch):
+    """Killed after some tiles, a job keeps them and makes only the others when run again,
+    with the output of an uninterrupted run; tiles kept for other options are made again;
+    a folder in the way that is not the job's is left as it is and the image fails."""
+    write_tiled_tiff(tmp_path / "in" / "scene.tif", scene[0], tile=64)
+    out = tmp_path / "out"
+    kept = out / "scene.json.sam-jax-tiles"
+    made = []
+
+    def run(options: AmgOptions, kill_after: int | None = None) -> jobs.JobReport:
+        made.clear()
+
+        def counted(*args, **kwargs):
+            if kill_after is not None and len(made) == kill_after:
+                raise KeyboardInterrupt  # as a killed process: nothing after this tile runs
+            made.append(1)
+            return generate(*args, **kwargs)
+
+        monkeypatch.setattr(tiling, "generate", counted)
+        return jobs.generate_tiled_masks_for_images(tiny_shapes, tmp_path / "in", out, options, tile=256, overlap=64)
+
+    options = AmgOptions(points_per_side=8, output_mode="coco_rle", **OPTIONS)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataclasses.replace(options, points_per_side=4), kill_after=1)
+    assert sorted(p.name for p in kept.iterdir()) == ["tile-y0-x0.npz", "tiles.json"]
+    with pytest.raises(KeyboardInterrupt):
+        run(options, kill_after=2)  # the kept tile was made with other options: made again
+    assert len(list(kept.glob("tile-*.npz"))) == 2 and not (out / "scene.json").exists()
+    tif = tmp_path / "in" / "scene.tif"
+    with pytest.raises(KeyboardInterrupt):
+        run(options, kill_after=0)  # nothing more made: the two tiles stay
+    os.utime(tif, ns=(tif.stat().st_atime_ns, tif.stat().st_mtime_ns + 10**9))  # the input changed
+    with pytest.raises(KeyboardInterrupt):
+        run(options, kill_after=2)  # its kept tiles are made again
+    assert run(options).ok and len(made) == 2  # 4 tiles, 2 kept
+    assert json.loads((out / "scene.json").read_text()) == json.loads(json.dumps(tiling.coco_records(tiled)))
+    assert not kept.exists()
+
+    (out / "scene.json").unlink()
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    report = run(options)
+    assert not report.ok and "is not a folder of tiles a job kept" in report.failures[0][1]
+    assert (kept / "notes.txt").read_text() == "mine" and not (out / "scene.json").exists() and not made
 
 
 def test_cropped_masks_never_hold_the_image(tiled):

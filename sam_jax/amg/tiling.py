@@ -428,6 +428,7 @@ def generate_tiled(
     overlap: int,
     merge_iou: float = MERGE_IOU,
     progress: Callable[[int], None] | None = None,
+    tile_records: Callable[[Box, Callable[[], list[dict[str, Any]]]], list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """Automatic masks of an image of any size, tile by tile (module docstring).
 
@@ -442,6 +443,9 @@ def generate_tiled(
         overlap: pixels shared by neighbouring tiles, below half the tile.
         merge_iou: IoU in the shared strip above which two pieces are one object.
         progress: called with 1 after each tile.
+        tile_records: `tile_records(box, make)` gives a tile's records (in the image's
+            coordinates), calling `make()` to compute them or returning ones kept from an
+            earlier run (a resumable job's, `sam_jax.jobs.tile_pieces`).
     Returns:
         Records as `generate`'s, in the image's coordinates (`bbox`, `point_coords`,
         `crop_box` (the tile, or for a joined mask the box of its tiles)), `segmentation` a
@@ -460,9 +464,12 @@ def generate_tiled(
     per_tile = dataclasses.replace(options, output_mode="binary_mask")
     pieces = []
     for box in boxes:
-        x0, y0, x1, y1 = box
-        records = generate(params, source.read(y0, y1, x0, x1), per_tile)
-        pieces.append([_to_image(r, box, image_size) for r in records])
+
+        def make(box: Box = box) -> list[dict[str, Any]]:
+            x0, y0, x1, y1 = box
+            return [_to_image(r, box, image_size) for r in generate(params, source.read(y0, y1, x0, x1), per_tile)]
+
+        pieces.append(make() if tile_records is None else tile_records(box, make))
         if progress:
             progress(1)
     return merge_tiles(pieces, boxes, image_size, merge_iou=merge_iou, nms_thresh=options.crop_nms_thresh)
@@ -480,6 +487,44 @@ def _to_image(record: dict[str, Any], tile: Box, image_size: tuple[int, int]) ->
         record["stability_score"],
         [int(cx) + x0, int(cy) + y0, int(cw), int(ch)],
     )
+
+
+def tile_records_to_arrays(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """One tile's records (`generate_tiled`'s, in the image's coordinates) as arrays, from
+    which `tile_records_from_arrays` makes equal records (what a resumable job keeps)."""
+    cropped = [r["segmentation"] for r in records]
+    bits = [m.mask.ravel() for m in cropped]
+    return {
+        "origins": np.array([(m.y0, m.x0) for m in cropped], np.int64).reshape(-1, 2),
+        "shapes": np.array([m.mask.shape for m in cropped], np.int64).reshape(-1, 2),
+        "bits": np.packbits(np.concatenate(bits)) if bits else np.zeros(0, np.uint8),
+        "predicted_iou": np.array([r["predicted_iou"] for r in records], np.float64),
+        "stability_score": np.array([r["stability_score"] for r in records], np.float64),
+        "point_coords": np.array([r["point_coords"][0] for r in records], np.float64).reshape(-1, 2),
+        "crop_box": np.array([r["crop_box"] for r in records], np.int64).reshape(-1, 4),
+    }
+
+
+def tile_records_from_arrays(arrays: Any, image_size: tuple[int, int]) -> list[dict[str, Any]]:
+    """`tile_records_to_arrays`'s arrays (a mapping, as `np.load` gives) -> the records."""
+    bits = np.unpackbits(arrays["bits"])
+    records, start = [], 0
+    for i, ((y0, x0), (h, w)) in enumerate(zip(arrays["origins"], arrays["shapes"], strict=True)):
+        mask = bits[start : start + h * w].reshape(h, w).astype(bool)
+        start += h * w
+        px, py = arrays["point_coords"][i]
+        cropped = CroppedMask(int(y0), int(x0), mask, image_size)
+        box = [int(v) for v in arrays["crop_box"][i]]
+        records.append(
+            _record(
+                cropped,
+                float(arrays["predicted_iou"][i]),
+                [[float(px), float(py)]],
+                float(arrays["stability_score"][i]),
+                box,
+            )
+        )
+    return records
 
 
 def coco_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from sam_jax.io import (
 from sam_jax.jobs import layout
 from sam_jax.jobs.engine import Job, JobReport, Loaded, Reader, host_threads, load_original, loaded_in_order, one_line
 from sam_jax.jobs.layout import InputItem, is_complete_masks, masks_output_path, write_masks
+from sam_jax.jobs.tile_pieces import TilePieces, image_fingerprint, pieces_folder, tiling_fingerprint
 from sam_jax.modeling.sam import SamParams
 from sam_jax.predictor import check_params
 from sam_jax.windowed import open_windows
@@ -186,7 +187,8 @@ def generate_tiled_masks_for_images(
     decoded whole within `max_pixels`. Images run one after another on one device (their
     tiles, one after another); skipping of complete outputs, atomic writes, shares across
     processes and the failures file are as in `generate_masks_for_images`. A killed job
-    redoes the image it was on.
+    resumes at the tile it was on: finished tiles are kept beside the image's output until
+    it is written (`sam_jax.jobs.tile_pieces`).
 
     Args:
         params, inputs, output_dir, options, simplify: as for `generate_masks_for_images`.
@@ -206,11 +208,17 @@ def generate_tiled_masks_for_images(
     simplify = checked_simplify(simplify, mode)
     job = plan_masks_job(inputs, output_dir, mode, process_index, process_count, progress)
     replica = jax.device_put(params, device or jax.local_devices()[0]) if job.todo else params
+    fingerprint = tiling_fingerprint(params, options, tile, overlap) if job.todo else ""
     for item in job.todo:
         target = masks_output_path(job.out, item, mode)
         try:
             with open_windows(item.path, max_pixels=max_pixels) as source:
-                records = generate_tiled(replica, source, options, tile=tile, overlap=overlap)
+                size = (int(source.shape[0]), int(source.shape[1]))
+                made_of = f"{fingerprint}:{image_fingerprint(item.path, size)}"
+                pieces = TilePieces(pieces_folder(target), made_of, size)
+                records = generate_tiled(
+                    replica, source, options, tile=tile, overlap=overlap, tile_records=pieces.tile_records
+                )
             if mode in POLYGON_MODES:
                 write_masks(target, polygon_records(records, simplify), mode)
             else:
@@ -220,6 +228,7 @@ def generate_tiled_masks_for_images(
         except FileExistsError:
             job.appeared_meanwhile(item, target)
         else:
+            pieces.remove()
             job.report.written += 1
             job.report.masks += len(records)
         if progress:
