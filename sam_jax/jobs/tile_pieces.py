@@ -82,10 +82,13 @@ class TilePieces:
             raise TilesInTheWay(f"{folder}: is in the way of this image's kept tiles; it was left as it is")
         if folder.exists():
             names = [entry.name for entry in folder.iterdir()]
-            if names and (MARKER not in names or not all(_is_ours(n) for n in names) or not self._marked()):
+            # Tiles only under a marker; a folder of temporary files alone is a killed job's
+            # (killed while writing its marker).
+            kept = [n for n in names if n != MARKER and TEMP_INFIX not in n]
+            if not all(_is_ours(n) for n in names) or ((kept or MARKER in names) and not self._marked()):
                 raise TilesInTheWay(f"{folder}: is not a folder of tiles a job kept; it was left as it is")
             if names and self._read_marker().get("fingerprint") != fingerprint:
-                self.remove()  # made with another model, options or tiling: ours, and stale
+                self.remove()  # made with another model, options, tiling or image: ours, and stale
         folder.mkdir(parents=True, exist_ok=True)
         marker = json.dumps({MARKER_KEY: 1, "fingerprint": fingerprint}).encode()
         if not (folder / MARKER).exists():
