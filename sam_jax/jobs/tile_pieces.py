@@ -3,7 +3,7 @@ job resumes at the tile it was on rather than at the image's first.
 
 An image in progress has a folder beside its output, `<output>.sam-jax-tiles/`, holding a
 marker (`tiles.json`: the fingerprint of the model, options, tiling and image file the tiles
-were made with) and one `.npz` per finished tile (`sam_jax.amg.tiling.tile_records_to_arrays`), each
+were made with) and one `.npz` per finished tile (`amg.tiling.tile_records_to_arrays`), each
 written atomically. A folder of that name that is not the job's (no marker, or other
 files) is left as it is and the image recorded as a failure. Tiles of another fingerprint
 are the job's own: removed and made again. The folder is removed once the image's output
@@ -65,6 +65,14 @@ def _tile_name(box: Box) -> str:
     return f"tile-y{y0}-x{x0}.npz"
 
 
+def _read_marker(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _is_ours(name: str) -> bool:
     return name == MARKER or (name.startswith("tile-") and name.endswith(".npz")) or TEMP_INFIX in name
 
@@ -76,33 +84,22 @@ class TilePieces:
     """
 
     def __init__(self, folder: Path, fingerprint: str, image_size: tuple[int, int]) -> None:
-        self.folder, self.fingerprint, self.image_size = folder, fingerprint, image_size
-        self.reused = 0
+        self.folder, self.image_size = folder, image_size
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise TilesInTheWay(f"{folder}: is in the way of this image's kept tiles; it was left as it is")
         if folder.exists():
             names = [entry.name for entry in folder.iterdir()]
+            marker = _read_marker(folder / MARKER) if MARKER in names else {}
             # Tiles only under a marker; a folder of temporary files alone is a killed job's
             # (killed while writing its marker).
             kept = [n for n in names if n != MARKER and TEMP_INFIX not in n]
-            if not all(_is_ours(n) for n in names) or ((kept or MARKER in names) and not self._marked()):
+            if not all(_is_ours(n) for n in names) or ((kept or MARKER in names) and marker.get(MARKER_KEY) != 1):
                 raise TilesInTheWay(f"{folder}: is not a folder of tiles a job kept; it was left as it is")
-            if names and self._read_marker().get("fingerprint") != fingerprint:
+            if names and marker.get("fingerprint") != fingerprint:
                 self.remove()  # made with another model, options, tiling or image: ours, and stale
         folder.mkdir(parents=True, exist_ok=True)
-        marker = json.dumps({MARKER_KEY: 1, "fingerprint": fingerprint}).encode()
         if not (folder / MARKER).exists():
-            atomic_write_bytes(folder / MARKER, marker)
-
-    def _read_marker(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.folder / MARKER).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _marked(self) -> bool:
-        return self._read_marker().get(MARKER_KEY) == 1
+            atomic_write_bytes(folder / MARKER, json.dumps({MARKER_KEY: 1, "fingerprint": fingerprint}).encode())
 
     def tile_records(self, box: Box, make: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """The tile's kept records, or `make()`'s, kept before they are returned."""
@@ -114,7 +111,6 @@ class TilePieces:
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # unreadable (written atomically, so not by a killed job): made again
             else:
-                self.reused += 1
                 return records
         records = make()
         buffer = io.BytesIO()

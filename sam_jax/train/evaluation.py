@@ -111,7 +111,7 @@ def evaluate(
         if len(gt) == 0:
             continue
         small.extend(gt.sum(axis=(1, 2)) < SMALL_AREA * gt[0].size)
-        # decoded in batches
+        # prepare=False: decoded in batches of prompts, not clicks (so is a kept embedding)
         emb = encode(params, sample.image, prepare=False) if embeddings is None else embeddings(params, sample.image)
         pts = np.array([[interior_point(m)] for m in gt])  # (K, 1, 2)
         labels = np.ones(pts.shape[:2], np.int32)
